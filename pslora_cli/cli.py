@@ -1,0 +1,268 @@
+"""The `pslora` command line: parse, call workflow, render. Heavy libraries are imported inside the
+commands so that `pslora --help` stays fast.
+
+Exit codes: 0 ok; 1 failure while working; 2 bad input (usage, sequence, data, store), with one line that
+names the file, key or line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import InputError, WorkError
+
+METRICS_HELP = """Metrics, from the accuracy matrix R (R[t][i] = accuracy on task i after training task t; row 0 =
+base model; stage t = W0 + merge of tasks 1..t): ACC = mean_i R[T][i]; avg_incremental_accuracy = mean_t
+mean_{i<=t} R[t][i]; BWT = mean_{i<T} (R[T][i] - R[i][i]) (negative = forgetting); FWT = mean_{i>=2}
+(R[i-1][i] - R[0][i]) (task-aware: task i's head on stage i-1); forgetting = mean_{j<T} (max_{1<=l<T} R[l][j]
+- R[T][j]); forgetting_last = mean_{j<T} (R[j][j] - R[T][j]); learning_accuracy = mean_i R[i][i]. Undefined
+values (e.g. T = 1) are null, not 0."""
+
+app = typer.Typer(
+    name="pslora",
+    help="Continual learning with LoRA: PS-LoRA's Parameter Stability Loss and magnitude merge.\n\n"
+         "Typical use: pslora run task_sequences/wordnet-nouns.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+store_app = typer.Typer(help="Inspect and check the adapter store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+StoreOpt = Annotated[Path, typer.Option("--store", help="Store folder.", envvar="PSLORA_STORE")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Override the sequence's seed.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a sequence field: key.path=value (YAML value); repeatable, e.g. "
+                  "--set method.stability_weight=0 --set tasks.t1.data.train_per_class=50.")]
+DEFAULT_STORE = Path("pslora-store")
+
+
+def _options(store, device, seed, json_, quiet, set_):
+    from .workflow import Options
+
+    return Options(store=store, device=device, seed=seed, overrides=list(set_ or []), json=json_, quiet=quiet)
+
+
+def _reporter(opts):
+    from .report import Reporter
+
+    return Reporter(quiet=opts.quiet, json_mode=opts.json)
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _show_matrix(reporter, doc) -> None:
+    from .report import print_matrix
+
+    if reporter.json_mode:
+        return
+    print_matrix(reporter, doc, doc["trained_prefix"])
+    if doc.get("figures"):
+        reporter.info("figures: " + ", ".join(doc["figures"]))
+
+
+@app.command("run")
+def run_cmd(
+    sequence: Annotated[Path, typer.Argument(help="Task sequence YAML file.")],
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    """Train every task of SEQUENCE not yet in the store, evaluating after each; merge; report."""
+    from .workflow import (complete_eval, data_loader, ensure_created, merge_tasks, open_store, resolve_device,
+                           train_one)
+
+    opts = _options(store, device, seed, json_, quiet, set_)
+    reporter = _reporter(opts)
+    dev = resolve_device(opts.device)
+    seq, st, text = open_store(opts, str(sequence), create=True)
+    load = data_loader(seq)
+    for i in range(len(seq["tasks"])):  # read and validate every task's data before any training
+        load(i)
+    trained = []
+    with st.locked():
+        ensure_created(seq, st, text, reporter)
+        for task in seq["tasks"]:
+            if st.has_task(task["id"]):
+                continue
+            train_one(seq, st, task["id"], dev, reporter, load)
+            trained.append(task["id"])
+            complete_eval(seq, st, dev, reporter, load)
+        doc = complete_eval(seq, st, dev, reporter, load)
+        merge = merge_tasks(seq, st, seq["method"]["merge"], None, None, dev)
+    reporter.info(f"merged {len(merge['tasks'])} tasks ({merge['method']}): {merge['files'][0]}")
+    if opts.json:
+        _emit_json({"store": str(st.root), "trained": trained, "matrix": doc, "merge": merge})
+    else:
+        _show_matrix(reporter, doc)
+
+
+@app.command("train-task")
+def train_task_cmd(
+    task: Annotated[str, typer.Option("--task", help="Task id from the sequence.")],
+    sequence: Annotated[Optional[Path], typer.Option("--sequence", help="Sequence YAML (needed for a new store).")] = None,
+    eval_: Annotated[bool, typer.Option("--eval/--no-eval", help="Complete the accuracy matrix afterwards.")] = True,
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    """Train one task against the earlier tasks' adapters already in the store (replaces it if present)."""
+    from .sequence import task_index
+    from .workflow import complete_eval, data_loader, ensure_created, open_store, resolve_device, train_one
+
+    opts = _options(store, device, seed, json_, quiet, set_)
+    reporter = _reporter(opts)
+    dev = resolve_device(opts.device)
+    seq, st, text = open_store(opts, str(sequence) if sequence else None, create=True)
+    i = task_index(seq, task)
+    load = data_loader(seq)
+    load(i)
+    with st.locked():
+        ensure_created(seq, st, text, reporter)
+        meta = train_one(seq, st, task, dev, reporter, load)
+        doc = complete_eval(seq, st, dev, reporter, load) if eval_ else None
+    if opts.json:
+        _emit_json({"store": str(st.root), "task": meta, "matrix": doc})
+    elif doc:
+        _show_matrix(reporter, doc)
+
+
+@app.command("merge")
+def merge_cmd(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the merged update here too (.safetensors).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="magnitude (default), sum or mean.")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task ids (default: all trained).")] = None,
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    """Merge task adapters into one dense update keyed by the base model's parameter names, plus the heads.
+
+    W0[key] + merged[key] is the merged weight of each adapted module.
+    """
+    from .workflow import merge_tasks, open_store, resolve_device
+
+    opts = _options(store, device, seed, json_, quiet, set_)
+    reporter = _reporter(opts)
+    dev = resolve_device(opts.device)
+    seq, st, _ = open_store(opts, None, create=False)
+    if out is not None and out.suffix != ".safetensors":
+        raise InputError(f"--out {out}: the merged update is written as .safetensors")
+    ids = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    with st.locked():
+        info = merge_tasks(seq, st, method or seq["method"]["merge"], ids, out, dev)
+    if opts.json:
+        _emit_json(info)
+    else:
+        reporter.out.print(f"merged {', '.join(info['tasks'])} ({info['method']}, {info['modules']} modules) -> "
+                           + ", ".join(info["files"]))
+
+
+@app.command("eval", help="Build or complete the accuracy matrix and print it with the metrics.\n\n" + METRICS_HELP)
+def eval_cmd(
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    from .workflow import complete_eval, data_loader, open_store, resolve_device
+
+    opts = _options(store, device, seed, json_, quiet, set_)
+    reporter = _reporter(opts)
+    dev = resolve_device(opts.device)
+    seq, st, _ = open_store(opts, None, create=False)
+    with st.locked():
+        doc = complete_eval(seq, st, dev, reporter, data_loader(seq))
+    if opts.json:
+        _emit_json(doc)
+    else:
+        _show_matrix(reporter, doc)
+
+
+@store_app.command("ls")
+def store_ls(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
+    """What the store holds: the sequence, each task's state, merges, the matrix."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .store import Store
+    from .workflow import store_listing
+
+    listing = store_listing(Store(store))
+    if json_:
+        _emit_json(listing)
+        return
+    table = Table(title=f"{listing['store']}: sequence {listing['sequence']!r} ({listing['scenario']}), "
+                        f"base model {listing['base_model']['name']}", title_justify="left")
+    for col in ("task", "trained", "classes", "train examples", "steps", "seconds", "final loss"):
+        table.add_column(col)
+    for t in listing["tasks"]:
+        table.add_row(t["id"], "yes" if t["trained"] else "no", ", ".join(t.get("classes", [])),
+                      str(t.get("num_train", "")), str(t.get("steps", "")), str(t.get("seconds", "")),
+                      f"{t['final_loss']:.4f}" if "final_loss" in t else "")
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"merges: {', '.join(listing['merges']) or 'none'}")
+    console.print(f"accuracy matrix: {listing['matrix'] or 'none yet (pslora eval)'}")
+
+
+@store_app.command("verify")
+def store_verify(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
+    """Check every task file against the sha256 recorded in its meta.json."""
+    from .store import Store
+
+    st = Store(store)
+    st.manifest()
+    checked = []
+    for task_id in st.trained_tasks():
+        st.verify_task(task_id)
+        checked.append(task_id)
+    if json_:
+        _emit_json({"store": str(st.root), "ok": True, "tasks": checked})
+    else:
+        print(f"{st.root}: ok ({len(checked)} task(s) verified)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import click
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        result = app(args=argv, standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Abort:
+        print("pslora: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("pslora: interrupted", file=sys.stderr)
+        return 130
+    except InputError as exc:
+        print(f"pslora: error: {exc}", file=sys.stderr)
+        return 2
+    except WorkError as exc:
+        print(f"pslora: failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line for users; the traceback with PSLORA_DEBUG=1
+        if os.environ.get("PSLORA_DEBUG"):
+            raise
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"pslora: failed: {type(exc).__name__}: {line} (PSLORA_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,191 @@
+"""One task's training: W = W0 + F_prev + s·B_t·A_t, loss = CE + λ·Σ_m L_PS(s·B_t·A_t, H_m) [+ O-LoRA term].
+
+F_prev is the merge (or the sum) of the earlier tasks' updates, folded into the frozen weights; H_m is the
+sum of the earlier updates of module m (METHOD.md §1, §3). The adapter is saved in PEFT's format.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .adapters import PEFT_PREFIX, AdapterFile, merged_deltas, WeightFolder
+from .backbones import load_backbone, make_head, target_parameters
+from .core.stability import adaptive_alpha, lora_delta, parameter_stability_loss
+from .errors import InputError, WorkError
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def task_seed(seed: int, index: int) -> int:
+    """Seed of task `index` (0-based): distinct per task, fixed by the sequence seed."""
+    return seed * 1000 + index
+
+
+def lora_layers(peft_model: nn.Module) -> dict[str, nn.Module]:
+    """PEFT LoRA layers keyed by the base model's weight name (e.g. encoder.layer.0...query.weight)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = {}
+    for name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            base = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+            layers[f"{base}.weight"] = module
+    return layers
+
+
+def _batches(n: int, batch_size: int, total_steps: int, gen: torch.Generator):
+    """Indices of each step's batch: seeded shuffles, one pass per epoch, last partial batch kept."""
+    step = 0
+    while step < total_steps:
+        order = torch.randperm(n, generator=gen).tolist()
+        for start in range(0, n, batch_size):
+            if step >= total_steps:
+                return
+            yield order[start:start + batch_size]
+            step += 1
+
+
+def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: Path, device: torch.device,
+               progress: ProgressFn | None = None) -> dict:
+    """Train task `index` of `seq` on `data` against the adapters in `previous_dirs`; save into `out_dir`.
+
+    Returns the training metrics recorded in the task's meta.json.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    task = seq["tasks"][index]
+    lora_cfg, method, training = seq["lora"], seq["method"], seq["training"]
+    seed = task_seed(seq["seed"], index)
+    torch.manual_seed(seed)
+
+    backbone = load_backbone(seq["backbone"], device)
+    params = target_parameters(backbone.model, lora_cfg["target_modules"])
+    previous = [AdapterFile(d) for d in previous_dirs]
+
+    # Earlier tasks enter the forward pass folded into the frozen weights (F_prev); H is their sum.
+    history: dict[str, torch.Tensor] = {}
+    prev_factors_A: dict[str, list[torch.Tensor]] = {}
+    if previous:
+        forward_method = method["merge"] if method["previous"] == "merge" else "sum"
+        f_prev = dict(merged_deltas(previous, forward_method, device))
+        WeightFolder(params).fold(f_prev)
+        history = dict(merged_deltas(previous, "sum", device)) if forward_method != "sum" else f_prev
+        if method["orthogonality_weight"] > 0:
+            for name in params:
+                prev_factors_A[name] = [a.factors(name, device)[0].float().flatten(1) for a in previous]
+
+    config = LoraConfig(r=lora_cfg["rank"], lora_alpha=lora_cfg["alpha"], lora_dropout=lora_cfg["dropout"],
+                        target_modules=list(lora_cfg["target_modules"]), bias="none")
+    peft_model = get_peft_model(backbone.model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = backbone.path
+    layers = lora_layers(peft_model)
+    missing = set(params) - set(layers)
+    if missing:
+        raise WorkError(f"PEFT did not adapt {sorted(missing)[0]}")
+    if previous and set(history) != set(layers):
+        raise InputError(f"{previous[0].path}: adapts other modules than this sequence's lora.target_modules")
+
+    alphas = {}
+    for name in layers:
+        if name in history:
+            h = history[name]
+            alphas[name] = (adaptive_alpha(h, c=method["alpha"]) if method["alpha_mode"] == "adaptive"
+                            else torch.tensor(float(method["alpha"]), device=device))
+
+    head = make_head(backbone.feature_dim, len(data.classes), seed).to(device)
+    lora_params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": lora_params, "lr": training["learning_rate"]},
+        {"params": head.parameters(), "lr": training["head_learning_rate"]},
+    ], weight_decay=training["weight_decay"])
+
+    n = len(data.train_x)
+    steps_per_epoch = math.ceil(n / training["batch_size"])
+    total = training["steps"] or training["epochs"] * steps_per_epoch
+    warmup = max(1, total // 10)
+    def lr_factor(s: int) -> float:  # linear warm-up over the first 10% of steps, then linear decay
+        return (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    labels_all = torch.tensor(data.train_y, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    use_ps = bool(previous) and method["stability_weight"] > 0
+    use_orth = bool(prev_factors_A) and method["orthogonality_weight"] > 0
+
+    peft_model.train()
+    started = time.perf_counter()
+    recent: list[dict] = []
+    for step, idx in enumerate(_batches(n, training["batch_size"], total, gen), start=1):
+        batch = backbone.collate([data.train_x[i] for i in idx], device)
+        labels = labels_all[idx].to(device)
+        logits = head(backbone.features(peft_model, batch))
+        task_loss = nn.functional.cross_entropy(logits, labels)
+        ps_loss = torch.zeros((), device=device)
+        orth_loss = torch.zeros((), device=device)
+        if use_ps or use_orth:
+            for name, layer in layers.items():
+                a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+                if use_ps:
+                    delta = lora_delta(a, b, layer.scaling["default"])
+                    ps_loss = ps_loss + parameter_stability_loss(
+                        delta, history[name].reshape(delta.shape), alpha=alphas[name],
+                        reduction=method["reduction"], variant=method["variant"], lora_A=a, lora_B=b)
+                if use_orth:
+                    a_t = a.flatten(1)
+                    for a_i in prev_factors_A[name]:
+                        orth_loss = orth_loss + (a_i @ a_t.T).abs().sum()
+        loss = task_loss + method["stability_weight"] * ps_loss + method["orthogonality_weight"] * orth_loss
+        if not torch.isfinite(loss):
+            raise WorkError(f"task {task['id']}: loss became {loss.item()} at step {step}; nothing was saved "
+                            f"(try a lower training.learning_rate)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == labels).float().mean().item()
+        recent.append({"loss": loss.item(), "task_loss": task_loss.item(), "stability_loss": ps_loss.item(),
+                       "orthogonality_loss": orth_loss.item(), "train_accuracy": acc})
+        recent = recent[-20:]
+        if progress:
+            progress(step, total, recent[-1])
+
+    seconds = time.perf_counter() - started
+    final = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]}
+
+    peft_model.save_pretrained(str(out_dir))
+    (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub; the store keeps meta.json
+    from safetensors.torch import save_file
+    import json as _json
+
+    save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
+              str(out_dir / "head.safetensors"), metadata={"classes": _json.dumps(data.classes)})
+    return {
+        "steps": total,
+        "epochs": round(total / steps_per_epoch, 3),
+        "seconds": round(seconds, 3),
+        "steps_per_second": round(total / seconds, 3) if seconds > 0 else None,
+        "final": {k: round(v, 6) for k, v in final.items()},
+        "task_seed": seed,
+        "device": str(device),
+        "alpha_per_module": {k: round(float(v), 6) for k, v in alphas.items()} or None,
+    }
+
+
+def library_versions() -> dict:
+    import peft
+    import safetensors
+    import transformers
+
+    from . import __version__
+
+    return {"pslora": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "safetensors": safetensors.__version__}
