@@ -117,14 +117,14 @@ def train_task_cmd(
     quiet: QuietOpt = False, set_: SetOpt = None,
 ):
     """Train one task against the earlier tasks' adapters already in the store (replaces it if present)."""
-    from .sequence import task_index
-    from .workflow import complete_eval, data_loader, ensure_created, open_store, resolve_device, train_one
+    from .workflow import (check_predecessors, complete_eval, data_loader, ensure_created, open_store,
+                           resolve_device, train_one)
 
     opts = _options(store, device, seed, json_, quiet, set_)
     reporter = _reporter(opts)
     dev = resolve_device(opts.device)
     seq, st, text = open_store(opts, str(sequence) if sequence else None, create=True)
-    i = task_index(seq, task)
+    i = check_predecessors(seq, st, task)
     load = data_loader(seq)
     load(i)
     with st.locked():
@@ -231,16 +231,19 @@ def store_verify(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import click
+    try:  # typer >= 0.22 vendors its own click
+        from typer._click import exceptions as click_exceptions
+    except ImportError:  # pragma: no cover - older typer on real click
+        from click import exceptions as click_exceptions
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.UsageError as exc:
+    except click_exceptions.UsageError as exc:
         exc.show()
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("pslora: aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ class Reporter:
 
     def __init__(self, quiet: bool = False, json_mode: bool = False):
         self.quiet, self.json_mode = quiet, json_mode
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
 
     def info(self, message: str) -> None:

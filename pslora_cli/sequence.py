@@ -245,6 +245,9 @@ def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int]
 
     where = _Where(file, lines or {})
     seq = _validate_mapping(raw, SCHEMA, "", where)
+    raw_training = raw.get("training") or {}
+    if raw_training.get("epochs") is not None and "steps" not in raw_training:
+        seq["training"]["steps"] = None  # epochs given alone replace the default step count
     tasks = raw.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise where("tasks", "required: a non-empty list of tasks")

@@ -101,14 +101,20 @@ def data_loader(seq: dict):
     return load
 
 
-def train_one(seq: dict, store: Store, task_id: str, device, reporter: Reporter, load) -> dict:
-    from .train import library_versions, train_task
-
+def check_predecessors(seq: dict, store: Store, task_id: str) -> int:
+    """Index of `task_id`; an InputError naming the earlier tasks that are not trained yet."""
     i = task_index(seq, task_id)
     missing = [t["id"] for t in seq["tasks"][:i] if not store.has_task(t["id"])]
     if missing:
         raise InputError(f"task {task_id!r} needs the earlier task(s) {', '.join(missing)} in the store first "
                          f"(pslora train-task --task {missing[0]})")
+    return i
+
+
+def train_one(seq: dict, store: Store, task_id: str, device, reporter: Reporter, load) -> dict:
+    from .train import library_versions, train_task
+
+    i = check_predecessors(seq, store, task_id)
     data = load(i)
     previous = [store.task_dir(t["id"]) for t in seq["tasks"][:i]]
     for t in seq["tasks"][:i]:

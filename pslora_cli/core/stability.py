@@ -1,0 +1,151 @@
+"""Parameter Stability Loss (METHOD.md §1), for one adapted module.
+
+Notation: D = ΔW_t = s·B_t A_t is the current task's update (trainable through A_t, B_t), H = Σ_{i<t} ΔW_i is the
+history (detached here: it never receives a gradient), α > 0 is the tanh sharpness.
+
+    direction term  E = 1 − tanh(α·D) ⊙ tanh(α·H)      (elementwise, in [0, 2])
+        ≈ 0 where D agrees in sign with H, ≈ 2 where it opposes H, ≈ 1 where D or H is ≈ 0.
+        "weighted-dir+fro" uses E ⊙ |D| instead of E.
+    magnitude term, by variant:
+        "dir+fro", "weighted-dir+fro":  ‖D‖_F
+        "dir+factor":                   ‖A‖_F + ‖B‖_F     (the LoRA factors, not the product)
+        "deviation":                    ‖ |D| − |H| ‖_F
+    loss = reduce(E) + magnitude term
+
+Reductions:
+    "mean": reduce(E) = mean of E over the module's elements, and every Frobenius norm is an RMS norm,
+            ‖X‖_F / sqrt(numel(X)), each X divided by its own numel (so "dir+factor" uses
+            ‖A‖_F/sqrt(numel A) + ‖B‖_F/sqrt(numel B)). The loss then does not depend on the layer size:
+            tiling D and H as [[D, D], [D, D]] leaves it unchanged.
+    "sum":  reduce(E) = sum of E over the elements; plain Frobenius norms.
+
+Norms use torch.linalg.vector_norm, whose gradient at 0 is 0 (not NaN): the first step of a task has B = 0, so D = 0.
+Everything runs on the device and dtype of the inputs; nothing is moved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+VARIANTS = ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")
+REDUCTIONS = ("mean", "sum")
+
+# Upper bound on adaptive_alpha (used when the history is all zeros, or nearly so).
+MAX_ALPHA = 1e12
+
+
+def conv_to_matrix(w: Tensor) -> Tensor:
+    """Flatten a weight to 2-D: (d_out, d_in, kh, kw) -> (d_out, d_in·kh·kw); a 2-D tensor is returned as is."""
+    if w.dim() < 2:
+        raise ValueError(f"expected a weight with at least 2 dims, got shape {tuple(w.shape)}")
+    return w if w.dim() == 2 else w.reshape(w.shape[0], -1)
+
+
+def lora_delta(lora_A: Tensor, lora_B: Tensor, scale: float | Tensor) -> Tensor:
+    """ΔW = scale · B @ A, always 2-D (d_out x d_in).
+
+    Linear factors: A (r, d_in), B (d_out, r). Conv factors: A (r, d_in, kh, kw), B (d_out, r, 1, 1) are
+    flattened first, giving (d_out, d_in·kh·kw), i.e. (d_out, d_in) for 1x1 convs.
+    """
+    a = conv_to_matrix(lora_A)
+    if lora_B.dim() == 4 and lora_B.shape[2:] != (1, 1):
+        raise ValueError(f"conv lora_B must have a 1x1 kernel, got shape {tuple(lora_B.shape)}")
+    b = conv_to_matrix(lora_B)
+    if b.shape[1] != a.shape[0]:
+        raise ValueError(f"rank mismatch: lora_B {tuple(lora_B.shape)} vs lora_A {tuple(lora_A.shape)}")
+    return scale * (b @ a)
+
+
+def _norm(x: Tensor, reduction: str) -> Tensor:
+    """‖x‖_F ("sum") or the RMS ‖x‖_F / sqrt(numel x) ("mean"); gradient 0 at x = 0."""
+    n = torch.linalg.vector_norm(x)
+    return n / math.sqrt(x.numel()) if reduction == "mean" else n
+
+
+def stability_terms(
+    delta: Tensor,
+    history: Tensor,
+    *,
+    alpha: float | Tensor,
+    reduction: str = "mean",
+    variant: str = "dir+fro",
+    lora_A: Tensor | None = None,
+    lora_B: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(direction term, magnitude term) as two scalars; see the module docstring for the definitions."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    if delta.shape != history.shape:
+        raise ValueError(f"delta shape {tuple(delta.shape)} != history shape {tuple(history.shape)}")
+    if delta.numel() == 0:
+        raise ValueError("delta is empty")
+    if isinstance(alpha, Tensor):
+        if alpha.dim() != 0:
+            raise ValueError(f"alpha must be a 0-dim tensor, got shape {tuple(alpha.shape)}")
+    elif not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be finite and > 0, got {alpha}")
+    if variant == "dir+factor" and (lora_A is None or lora_B is None):
+        raise ValueError("variant 'dir+factor' needs lora_A and lora_B")
+
+    h = history.detach()
+    e = 1 - torch.tanh(alpha * delta) * torch.tanh(alpha * h)
+    if variant == "weighted-dir+fro":
+        e = e * delta.abs()
+    direction = e.mean() if reduction == "mean" else e.sum()
+
+    if variant == "dir+factor":
+        magnitude = _norm(lora_A, reduction) + _norm(lora_B, reduction)
+    elif variant == "deviation":
+        magnitude = _norm(delta.abs() - h.abs(), reduction)
+    else:
+        magnitude = _norm(delta, reduction)
+    return direction, magnitude
+
+
+def parameter_stability_loss(
+    delta: Tensor,
+    history: Tensor,
+    *,
+    alpha: float | Tensor,
+    reduction: str = "mean",
+    variant: str = "dir+fro",
+    lora_A: Tensor | None = None,
+    lora_B: Tensor | None = None,
+) -> Tensor:
+    """L_PS(D, H) = reduce(1 − tanh(αD) ⊙ tanh(αH)) + magnitude term, a scalar (module docstring has the details).
+
+    delta: D, differentiable. history: H, same shape, detached inside. alpha: float or 0-dim tensor.
+    variant in VARIANTS; reduction in REDUCTIONS; lora_A, lora_B: required for "dir+factor" only.
+    """
+    direction, magnitude = stability_terms(
+        delta, history, alpha=alpha, reduction=reduction, variant=variant, lora_A=lora_A, lora_B=lora_B
+    )
+    return direction + magnitude
+
+
+def adaptive_alpha(history: Tensor, c: float = 2.0, eps: float = 1e-12) -> Tensor:
+    """α = c / median|H|, a detached 0-dim tensor on H's device (dtype: H's, float32 if H is not floating).
+
+    median is torch.median: for an even count, the lower of the two middle values. If median|H| <= eps, mean|H| is
+    used instead; if that is <= eps too (e.g. H = 0), eps is used. The result is clipped to at most
+    min(MAX_ALPHA, largest finite value of the dtype), so it is always finite. No host sync.
+    """
+    if history.numel() == 0:
+        raise ValueError("history is empty")
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"c must be finite and > 0, got {c}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    h = history.detach().abs()
+    if not h.is_floating_point():
+        h = h.float()
+    med, mean = h.median(), h.mean()
+    eps_t = torch.full_like(med, eps)
+    denom = torch.where(med > eps, med, torch.where(mean > eps, mean, eps_t))
+    cap = min(MAX_ALPHA, torch.finfo(h.dtype).max)
+    return (c / denom).clamp(max=cap)

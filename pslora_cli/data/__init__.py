@@ -1,0 +1,152 @@
+"""Data layer: turn a task's ``data:`` mapping into labelled train/test examples.
+
+    validate_source(source, where)                          -> filled source dict (or InputError)
+    load_task_data(source, *, seed, base_dir, where)        -> TaskData
+
+``SOURCE_SCHEMAS[type]`` maps each field of a source type to ``(expected python type(s), default)``; the
+default is ``REQUIRED`` for mandatory fields. Source types: see ``pslora_cli.data.text_sources``.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+
+from pslora_cli.data._common import REQUIRED, TaskData, compute_fingerprint
+from pslora_cli.data.text_sources import (
+    FILE_FORMATS,
+    FIXED_CLASSES,
+    LOADERS,
+    SUPERSENSES,
+    TEXT_SCHEMAS,
+    canonical_classes,
+)
+from pslora_cli.errors import InputError
+
+__all__ = ["REQUIRED", "SOURCE_SCHEMAS", "TaskData", "compute_fingerprint", "load_task_data", "validate_source"]
+
+SOURCE_SCHEMAS: dict[str, dict[str, tuple[type | tuple, object]]] = dict(TEXT_SCHEMAS)
+
+_NoneType = type(None)
+
+# Extra value checks beyond the python type (key -> allowed values); applied where the key exists.
+_CHOICES = {"pos": ("noun", "verb"), "format": FILE_FORMATS}
+
+
+def _type_name(types) -> str:
+    names = {bool: "bool", int: "int", float: "number", str: "string", list: "list", dict: "mapping",
+             _NoneType: "null"}
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{_type_name(type(value))} {text}"
+
+
+def _type_ok(value, types) -> bool:
+    types = types if isinstance(types, tuple) else (types,)
+    for t in types:
+        if t is _NoneType and value is None:
+            return True
+        if isinstance(value, bool):
+            if t is bool:
+                return True
+            continue  # bool is not an int (nor a float)
+        if t is float and isinstance(value, (int, float)):
+            return True
+        if t is not _NoneType and t is not float and isinstance(value, t):
+            return True
+    return False
+
+
+def validate_source(source: dict, where: str) -> dict:
+    """Check a task's ``data:`` mapping and return a copy with defaults filled in.
+
+    Checks: ``type`` is a known source type; no unknown keys; each value has the schema's type (bool is not
+    an int, an int is accepted where a number is expected and becomes a float, null is accepted where the
+    default is null); required keys are present; plus value checks (``pos``, ``format``, positive caps,
+    ``0 < test_fraction < 1``, ``classes`` a non-empty list of distinct names, known names for the
+    fixed-vocabulary sources). Errors are InputErrors naming ``f"{where}.{key}"``.
+    """
+    if not isinstance(source, dict):
+        raise InputError(f"{where}: expected a mapping with a 'type' key, got {_describe(source)}")
+    known_types = ", ".join(SOURCE_SCHEMAS)
+    if "type" not in source:
+        raise InputError(f"{where}.type: missing (known types: {known_types})")
+    kind = source["type"]
+    if not isinstance(kind, str) or kind not in SOURCE_SCHEMAS:
+        raise InputError(f"{where}.type: unknown data source type {kind!r} (known types: {known_types})")
+    schema = SOURCE_SCHEMAS[kind]
+    for key in source:
+        if key != "type" and key not in schema:
+            raise InputError(f"{where}.{key}: unknown key for data type '{kind}' "
+                             f"(allowed: type, {', '.join(schema)})")
+    out = {"type": kind}
+    for key, (types, default) in schema.items():
+        if key not in source:
+            if default is REQUIRED:
+                raise InputError(f"{where}.{key}: required for data type '{kind}' (expected {_type_name(types)})")
+            out[key] = copy.deepcopy(default)
+            continue
+        value = source[key]
+        if not (_type_ok(value, types) or (value is None and default is None)):
+            raise InputError(f"{where}.{key}: expected {_type_name(types)}, got {_describe(value)}")
+        if isinstance(value, int) and not isinstance(value, bool) and _type_ok(value, float) \
+                and float in (types if isinstance(types, tuple) else (types,)):
+            value = float(value)
+        out[key] = copy.deepcopy(value)
+    _check_values(out, kind, where)
+    return out
+
+
+def _check_values(src: dict, kind: str, where: str) -> None:
+    for key, allowed in _CHOICES.items():
+        if src.get(key) is not None and src[key] not in allowed:
+            raise InputError(f"{where}.{key}: {src[key]!r} is not one of {', '.join(allowed)}")
+    for key in ("train_per_class", "test_per_class"):
+        if src.get(key) is not None and src[key] < 1:
+            raise InputError(f"{where}.{key}: must be at least 1, got {src[key]}")
+    if "test_fraction" in src and not 0.0 < src["test_fraction"] < 1.0:
+        raise InputError(f"{where}.test_fraction: must be between 0 and 1 (exclusive), got {src['test_fraction']}")
+    for key in ("path", "train", "test", "text_column", "label_column", "train_split", "test_split", "name"):
+        if isinstance(src.get(key), str) and not src[key].strip():
+            raise InputError(f"{where}.{key}: must not be empty")
+    classes = src.get("classes")
+    if classes is None:
+        return
+    if not classes:
+        raise InputError(f"{where}.classes: must list at least one class")
+    names_only = kind in ("wordnet",) or kind in FIXED_CLASSES
+    for i, c in enumerate(classes):
+        ok = isinstance(c, str) or (not names_only and isinstance(c, int) and not isinstance(c, bool))
+        if not ok:
+            raise InputError(f"{where}.classes[{i}]: expected {'a class name' if names_only else 'a class name or label'}"
+                             f", got {_describe(c)}")
+    seen = set()
+    for c in classes:
+        key = c.lower() if isinstance(c, str) and names_only else c
+        if key in seen:
+            raise InputError(f"{where}.classes: class {c!r} is listed twice")
+        seen.add(key)
+    if kind == "wordnet":
+        canonical_classes(classes, list(SUPERSENSES[src["pos"]]), where, f"WordNet {src['pos']} supersense")
+    elif kind in FIXED_CLASSES:
+        what = {"rotten_tomatoes": "Rotten Tomatoes class", "convention_speeches": "convention party"}[kind]
+        canonical_classes(classes, FIXED_CLASSES[kind], where, what)
+
+
+def load_task_data(source: dict, *, seed: int, base_dir: pathlib.Path, where: str) -> TaskData:
+    """Load the train/test examples of one task.
+
+    ``source`` is the task's ``data:`` mapping (validated again here, so a raw mapping works too);
+    relative file paths resolve against ``base_dir`` (the YAML file's folder); ``seed`` fixes the split,
+    the per-class caps and the order; ``where`` prefixes error messages (e.g. ``"task t2: data"``).
+    """
+    filled = validate_source(source, where)
+    return LOADERS[filled["type"]](filled, seed=int(seed), base_dir=pathlib.Path(base_dir), where=where)

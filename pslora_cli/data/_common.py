@@ -1,0 +1,214 @@
+"""Shared pieces of the data layer: the TaskData record, the REQUIRED sentinel, seeded splitting and capping,
+and the content fingerprint.
+
+Randomness: every loader derives three independent ``random.Random`` streams from the task seed
+(``split``, ``cap``, ``shuffle``), seeded with strings. String seeds are hashed with SHA-512 by
+``random.Random`` (not with Python's salted ``hash``), so the streams - and therefore the splits - are the
+same on every run and every machine. Keeping the streams separate means, for example, that changing
+``train_per_class`` does not move examples between the train and test sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterable, Sequence
+
+from pslora_cli.errors import InputError
+
+
+class _Required:
+    """Sentinel type for a schema field that has no default."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+
+@dataclass
+class TaskData:
+    """The labelled data of one task.
+
+    ``classes[i]`` is the name of label ``i``. ``fingerprint`` is a SHA-256 hex digest over the ordered
+    class names and the ordered train and test examples: the same source, options and seed give the same
+    fingerprint on every run and machine.
+    """
+
+    classes: list[str]
+    train_x: list
+    train_y: list[int]
+    test_x: list
+    test_y: list[int]
+    fingerprint: str
+    source: str
+    modality: str = "text"
+
+
+def rngs(seed: int) -> tuple[random.Random, random.Random, random.Random]:
+    """The (split, cap, shuffle) random streams for ``seed``."""
+    return (
+        random.Random(f"pslora-data-split:{seed}"),
+        random.Random(f"pslora-data-cap:{seed}"),
+        random.Random(f"pslora-data-shuffle:{seed}"),
+    )
+
+
+def _encode_item(x) -> bytes:
+    if isinstance(x, str):
+        return b"s" + x.encode("utf-8")
+    if isinstance(x, (bytes, bytearray)):
+        return b"b" + bytes(x)
+    tobytes = getattr(x, "tobytes", None)
+    if tobytes is not None:  # numpy arrays / tensors converted by the caller
+        shape = getattr(x, "shape", ())
+        dtype = str(getattr(x, "dtype", ""))
+        return b"a" + json.dumps([list(shape), dtype]).encode() + b"|" + tobytes()
+    return b"j" + json.dumps(x, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def compute_fingerprint(classes: Sequence[str], train_x: Sequence, train_y: Sequence[int],
+                        test_x: Sequence, test_y: Sequence[int]) -> str:
+    """SHA-256 hex digest over the ordered class names, then the ordered train and test examples.
+
+    Every field is length-prefixed, so no two different datasets share a byte stream.
+    """
+    h = hashlib.sha256()
+
+    def put(b: bytes) -> None:
+        h.update(len(b).to_bytes(8, "big"))
+        h.update(b)
+
+    put(b"pslora-taskdata-v1")
+    put(json.dumps(list(classes), ensure_ascii=False).encode("utf-8"))
+    for tag, xs, ys in ((b"train", train_x, train_y), (b"test", test_x, test_y)):
+        put(tag)
+        put(str(len(xs)).encode())
+        for x, y in zip(xs, ys):
+            put(str(int(y)).encode())
+            put(_encode_item(x))
+    return h.hexdigest()
+
+
+def n_test_for(n: int, fraction: float) -> int:
+    """How many of ``n`` items (n >= 2) go to test for a test ``fraction``: at least 1, at most n - 1."""
+    k = int(math.floor(n * fraction + 0.5))
+    return min(max(k, 1), n - 1)
+
+
+def split_groups(groups: Sequence[Hashable], fraction: float, rng: random.Random) -> tuple[set, set]:
+    """Split group keys (sorted for a canonical order, then shuffled) into (train, test) sets.
+
+    ``fraction`` of the groups (rounded; at least one on each side) go to test. Fewer than two groups:
+    everything goes to train (the caller reports the empty test side).
+    """
+    keys = sorted(set(groups), key=repr)
+    rng.shuffle(keys)
+    if len(keys) < 2:
+        return set(keys), set()
+    k = n_test_for(len(keys), fraction)
+    return set(keys[k:]), set(keys[:k])
+
+
+def dedupe_by_group(items: Iterable[tuple[Hashable, str, int]]) -> list[tuple[Hashable, str, int]]:
+    """Drop texts that would leak or contradict: ``items`` are (group, text, label).
+
+    A text that occurs in more than one group, or with more than one label, is dropped entirely (it would
+    let the same text sit on both sides of a group split, or carry two labels). Repeats of a text inside one
+    group with one label are kept once. Order of first occurrence is kept.
+    """
+    items = list(items)
+    seen: dict[str, tuple[set, set]] = {}
+    for g, t, y in items:
+        gs, ys = seen.setdefault(t, (set(), set()))
+        gs.add(g)
+        ys.add(y)
+    out, emitted = [], set()
+    for g, t, y in items:
+        gs, ys = seen[t]
+        if len(gs) > 1 or len(ys) > 1 or t in emitted:
+            continue
+        emitted.add(t)
+        out.append((g, t, y))
+    return out
+
+
+def carve_per_class(pools: Sequence[Sequence[str]], fraction: float, rng: random.Random,
+                    ) -> tuple[list[list[str]], list[list[str]]]:
+    """Carve a test side out of per-class pools of texts, stratified and seeded.
+
+    Grouping is by text: every copy of a text goes to the same side. A class with a single distinct text
+    keeps it on the train side (its test side stays empty and the caller reports it).
+    """
+    train, test = [], []
+    for pool in pools:
+        _, test_keys = split_groups(pool, fraction, rng)
+        train.append([t for t in pool if t not in test_keys])
+        test.append([t for t in pool if t in test_keys])
+    return train, test
+
+
+def assemble(classes: list[str], train_pools: Sequence[Sequence], test_pools: Sequence[Sequence],
+             train_cap: int | None, test_cap: int | None, *, seed: int, where: str, source: str,
+             what: Callable[[str, str], str] | None = None, modality: str = "text") -> TaskData:
+    """Cap each class (seeded sample) on each side, shuffle each side (seeded) and fingerprint.
+
+    ``train_pools[i]`` / ``test_pools[i]`` hold the examples of class ``i`` in a canonical order.
+    A class left with no example on either side is an InputError naming the class; ``what(class, side)``
+    (side: "training" or "test") adds detail to that message.
+    """
+    _, cap_rng, shuffle_rng = rngs(seed)
+    for side, pools in (("training", train_pools), ("test", test_pools)):
+        for name, pool in zip(classes, pools):
+            if not pool:
+                detail = what(name, side) if what else ""
+                raise InputError(f"{where}.classes: class '{name}' has no {side} examples{detail}")
+
+    def take(pools, cap):
+        out = []
+        for label, pool in enumerate(pools):
+            pool = list(pool)
+            chosen = pool if cap is None or len(pool) <= cap else cap_rng.sample(pool, cap)
+            out.extend((x, label) for x in chosen)
+        shuffle_rng.shuffle(out)
+        return [x for x, _ in out], [y for _, y in out]
+
+    train_x, train_y = take(train_pools, train_cap)
+    test_x, test_y = take(test_pools, test_cap)
+    if not train_x or not test_x:  # unreachable with at least one class, kept as a guard
+        raise InputError(f"{where}: the task has no {'training' if not train_x else 'test'} examples")
+    fp = compute_fingerprint(classes, train_x, train_y, test_x, test_y)
+    return TaskData(classes=list(classes), train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                    fingerprint=fp, source=source, modality=modality)
+
+
+def class_sort_key(value) -> tuple:
+    """Sort key for raw label values: integers (and integer-looking strings) numerically, then strings."""
+    if isinstance(value, bool):
+        return (1, 0, str(value))
+    if isinstance(value, int):
+        return (0, value, str(value))
+    s = str(value)
+    try:
+        return (0, int(s), s)
+    except ValueError:
+        return (1, 0, s)
+
+
+def short_list(names: Iterable, limit: int = 40) -> str:
+    """Comma-separated names, shortened with a count past ``limit``."""
+    names = [str(n) for n in names]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"

@@ -1,0 +1,159 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pslora_cli.core.merge import (
+    METHODS,
+    RunningMerge,
+    magnitude_merge,
+    mean_merge,
+    merge_deltas,
+    pick_larger,
+    sum_merge,
+)
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def test_hand_computed_magnitude_merge():
+    d1 = torch.tensor([[0.5, -2.0], [0.1, 0.0]])
+    d2 = torch.tensor([[-1.0, 1.0], [0.0, 0.3]])
+    d3 = torch.tensor([[0.2, 0.5], [-0.4, -0.2]])
+    # per element, the value (with sign) of largest |.|: [-1.0, -2.0], [-0.4, 0.3]
+    expected = torch.tensor([[-1.0, -2.0], [-0.4, 0.3]])
+    assert torch.equal(magnitude_merge([d1, d2, d3]), expected)
+
+
+def test_ties_go_to_the_earlier_task():
+    d1 = torch.tensor([1.0, -2.0, 3.0, 0.0])
+    d2 = torch.tensor([-1.0, 2.0, 3.0, -0.0])
+    d3 = torch.tensor([0.5, -2.0, -3.0, 0.0])
+    assert torch.equal(pick_larger(d1, d2), d1)
+    out = magnitude_merge([d1, d2, d3])
+    assert torch.equal(out, d1)
+    assert torch.equal(torch.signbit(out), torch.signbit(d1))  # even -0.0 vs 0.0 keeps the earlier
+    # reversed order: d2 is now the earlier task and wins every tie
+    assert torch.equal(magnitude_merge([d2, d1]), d2)
+
+
+def test_sum_and_mean_hand_computed():
+    ds = [torch.tensor([1.0, -2.0]), torch.tensor([3.0, 4.0]), torch.tensor([-1.0, 1.0])]
+    assert torch.equal(sum_merge(ds), torch.tensor([3.0, 3.0]))
+    assert torch.equal(mean_merge(ds), torch.tensor([1.0, 1.0]))
+    assert torch.equal(merge_deltas(ds, "sum"), torch.tensor([3.0, 3.0]))
+
+
+def test_streams_from_a_generator_and_any_shape():
+    def gen():
+        for i in range(5):
+            yield torch.full((2, 3, 1, 1), float(i) * (-1) ** i)
+
+    out = magnitude_merge(gen())
+    assert out.shape == (2, 3, 1, 1) and torch.equal(out, torch.full((2, 3, 1, 1), 4.0))
+    assert torch.equal(mean_merge(gen()), torch.full((2, 3, 1, 1), 0.4))  # (0 - 1 + 2 - 3 + 4) / 5
+    scalar = magnitude_merge(iter([torch.tensor(1.0), torch.tensor(-3.0)]))
+    assert scalar.item() == -3.0
+
+
+def test_inputs_not_modified():
+    ds = [torch.randn(4, 5) for _ in range(3)]
+    copies = [d.clone() for d in ds]
+    for method in METHODS:
+        out = merge_deltas(ds, method)
+        out.add_(100.0)  # the result does not alias an input either
+        for d, c in zip(ds, copies):
+            assert torch.equal(d, c)
+        single = merge_deltas([ds[0]], method)
+        single.add_(100.0)  # a one-task merge is a copy, not the input itself
+        assert torch.equal(ds[0], copies[0])
+        # a result handed out earlier is not changed by later adds
+        m = RunningMerge(method).add(ds[0])
+        earlier = m.result
+        m.add(ds[1] * 10)
+        assert torch.equal(earlier, copies[0])
+        assert not torch.equal(m.result, earlier)
+
+
+def test_errors():
+    for method in METHODS:
+        with pytest.raises(ValueError, match="nothing to merge"):
+            merge_deltas([], method)
+        with pytest.raises(ValueError, match="shape"):
+            merge_deltas([torch.zeros(2, 2), torch.zeros(2, 3)], method)
+        with pytest.raises(ValueError, match="shape"):
+            merge_deltas([torch.zeros(2, 2), torch.zeros(2)], method)  # no broadcasting
+    with pytest.raises(ValueError, match="method"):
+        merge_deltas([torch.zeros(2)], "ties")
+    with pytest.raises(ValueError, match="method"):
+        RunningMerge("median")
+    with pytest.raises(ValueError):
+        pick_larger(torch.zeros(3), torch.zeros(1))
+    with pytest.raises(ValueError):
+        RunningMerge().result
+
+
+@st.composite
+def distinct_tasks(draw, max_tasks=5, numel=6):
+    """n tasks of shape (2, 3) whose entries all have distinct absolute values (so no ties anywhere)."""
+    n = draw(st.integers(1, max_tasks))
+    mags = draw(
+        st.lists(st.floats(2.0**-13, 2.0**10, width=32), min_size=n * numel, max_size=n * numel, unique=True)
+    )
+    signs = draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=n * numel, max_size=n * numel))
+    flat = torch.tensor([m * s for m, s in zip(mags, signs)], dtype=torch.float32)
+    return list(flat.reshape(n, 2, 3).unbind(0))
+
+
+@SETTINGS
+@given(distinct_tasks(max_tasks=1))
+def test_merge_of_one_task_is_itself(tasks):
+    for method in METHODS:
+        assert torch.equal(merge_deltas(tasks, method), tasks[0])
+
+
+@SETTINGS
+@given(distinct_tasks(), st.randoms(use_true_random=False))
+def test_magnitude_merge_order_invariant_without_ties(tasks, rnd):
+    shuffled = list(tasks)
+    rnd.shuffle(shuffled)
+    assert torch.equal(magnitude_merge(tasks), magnitude_merge(shuffled))
+
+
+@SETTINGS
+@given(st.lists(st.lists(st.floats(-10, 10, width=32), min_size=6, max_size=6), min_size=1, max_size=5))
+def test_result_dominates_and_is_drawn_from_inputs(rows):
+    # arbitrary values, ties allowed
+    tasks = [torch.tensor(r, dtype=torch.float32).reshape(2, 3) for r in rows]
+    out = magnitude_merge(tasks)
+    stacked = torch.stack(tasks)  # only the test stacks
+    assert (out.abs().unsqueeze(0) >= stacked.abs()).all()
+    assert (stacked == out.unsqueeze(0)).any(dim=0).all()
+    # and it is the earliest task with the max |.|
+    first_max = (stacked.abs() == stacked.abs().amax(0)).int().argmax(0)
+    assert torch.equal(out, stacked.gather(0, first_max.unsqueeze(0)).squeeze(0))
+
+
+@SETTINGS
+@given(st.lists(st.lists(st.floats(-10, 10, width=32), min_size=6, max_size=6), min_size=1, max_size=5))
+def test_running_merge_equals_merge_deltas_and_reference(rows):
+    tasks = [torch.tensor(r, dtype=torch.float64) for r in rows]
+    stacked = torch.stack(tasks)
+    reference = {"sum": stacked.sum(0), "mean": stacked.mean(0)}
+    for method in METHODS:
+        m = RunningMerge(method)
+        for d in tasks:
+            m.add(d)
+        assert m.count == len(tasks)
+        assert torch.equal(m.result, merge_deltas(iter(tasks), method))
+        if method in reference:
+            assert torch.allclose(m.result, reference[method], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_merge_matches_cpu():
+    ds = [torch.randn(8, 16) for _ in range(4)]
+    for method in METHODS:
+        gpu = merge_deltas((d.cuda() for d in ds), method)
+        assert gpu.is_cuda
+        assert torch.allclose(gpu.cpu(), merge_deltas(ds, method))

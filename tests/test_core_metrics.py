@@ -1,0 +1,135 @@
+import math
+
+import pytest
+
+from pslora_cli.core.metrics import METRIC_DOCS, cl_metrics
+
+# R[t][i] = matrix[t][i-1]; row 0 = base model
+M3 = [
+    [0.10, 0.20, 0.30],  # base
+    [0.90, 0.90, 0.35],  # after task 1 (R[1][2] = .9 is before task 2 is trained)
+    [0.95, 0.85, 0.60],  # after task 2
+    [0.70, 0.75, 0.95],  # after task 3
+]
+
+
+def test_three_tasks_hand_computed():
+    m = cl_metrics(M3, sample_counts=[1, 2, 1])
+    assert m["num_tasks"] == 3
+    assert m["acc"] == pytest.approx((0.70 + 0.75 + 0.95) / 3)  # 0.8
+    assert m["acc_weighted"] == pytest.approx((0.70 * 1 + 0.75 * 2 + 0.95 * 1) / 4)  # 0.7875
+    # stage means: 0.9, (0.95 + 0.85)/2 = 0.9, 0.8
+    assert m["avg_incremental_accuracy"] == pytest.approx((0.9 + 0.9 + 0.8) / 3)
+    # (0.70 - 0.90) and (0.75 - 0.85)
+    assert m["bwt"] == pytest.approx(((0.70 - 0.90) + (0.75 - 0.85)) / 2)  # -0.15
+    assert m["forgetting_last"] == pytest.approx(0.15)
+    # i=2: R[1][2] - R[0][2] = 0.9 - 0.2; i=3: R[2][3] - R[0][3] = 0.6 - 0.3
+    assert m["fwt"] == pytest.approx(((0.9 - 0.2) + (0.6 - 0.3)) / 2)  # 0.5
+    # j=1: max(R[1][1], R[2][1]) = 0.95 -> 0.95 - 0.70; j=2: max over l>=2 only = R[2][2] = 0.85 (not R[1][2] = 0.9)
+    assert m["forgetting"] == pytest.approx(((0.95 - 0.70) + (0.85 - 0.75)) / 2)  # 0.175
+    assert m["learning_accuracy"] == pytest.approx((0.90 + 0.85 + 0.95) / 3)  # 0.9
+
+
+def test_keys_match_docs_and_acc_weighted_none_without_counts():
+    m = cl_metrics(M3)
+    assert set(m) == set(METRIC_DOCS)
+    assert m["acc_weighted"] is None
+    assert all(isinstance(v, str) and v for v in METRIC_DOCS.values())
+
+
+def test_single_task_undefined_metrics_are_none():
+    m = cl_metrics([[0.3], [0.8]])
+    assert m["num_tasks"] == 1
+    for key in ("bwt", "forgetting", "forgetting_last", "fwt"):
+        assert m[key] is None
+    assert m["acc"] == pytest.approx(0.8)
+    assert m["learning_accuracy"] == pytest.approx(0.8)
+    assert m["avg_incremental_accuracy"] == pytest.approx(0.8)
+
+
+def test_class_incremental_none_entries():
+    # unseen tasks cannot be scored: base row and the upper triangle are None
+    m = cl_metrics(
+        [
+            [None, None, None],
+            [0.9, None, None],
+            [0.8, 0.7, None],
+            [0.6, 0.5, 0.9],
+        ]
+    )
+    assert m["fwt"] is None
+    assert m["acc"] == pytest.approx((0.6 + 0.5 + 0.9) / 3)
+    assert m["avg_incremental_accuracy"] == pytest.approx((0.9 + 0.75 + (0.6 + 0.5 + 0.9) / 3) / 3)
+    assert m["bwt"] == pytest.approx(((0.6 - 0.9) + (0.5 - 0.7)) / 2)
+    assert m["forgetting"] == pytest.approx(((0.9 - 0.6) + (0.7 - 0.5)) / 2)
+    assert m["learning_accuracy"] == pytest.approx((0.9 + 0.7 + 0.9) / 3)
+
+
+def test_fwt_skips_undefined_pairs():
+    m = cl_metrics(
+        [
+            [0.1, None, 0.3],
+            [0.9, 0.4, 0.35],
+            [0.8, 0.85, 0.5],
+            [0.7, 0.75, 0.95],
+        ]
+    )
+    assert m["fwt"] == pytest.approx(0.5 - 0.3)  # only i=3
+
+
+def test_forgetting_skips_undefined_intermediate_entries():
+    m = cl_metrics(
+        [
+            [0.1, 0.2, 0.3],
+            [0.6, 0.4, 0.35],
+            [None, 0.85, 0.5],  # task 1 not evaluated at stage 2
+            [0.5, 0.75, 0.95],
+        ]
+    )
+    assert m["forgetting"] == pytest.approx(((0.6 - 0.5) + (0.85 - 0.75)) / 2)
+    assert m["avg_incremental_accuracy"] is None  # stage 2 mean needs R[2][1]
+    assert m["bwt"] == pytest.approx(((0.5 - 0.6) + (0.75 - 0.85)) / 2)
+
+
+def test_needed_none_makes_metric_none():
+    m = cl_metrics([[0.1, 0.2], [0.9, 0.3], [None, 0.8]], sample_counts=[10, 10])
+    for key in ("acc", "acc_weighted", "avg_incremental_accuracy", "bwt", "forgetting", "forgetting_last"):
+        assert m[key] is None, key
+    assert m["learning_accuracy"] == pytest.approx((0.9 + 0.8) / 2)
+    assert m["fwt"] == pytest.approx(0.3 - 0.2)
+    m = cl_metrics([[0.1, 0.2], [None, 0.3], [0.5, 0.8]])
+    assert m["learning_accuracy"] is None and m["bwt"] is None and m["forgetting"] is None
+    assert m["acc"] == pytest.approx(0.65)
+
+
+def test_perfect_retention_gives_zero_not_none():
+    m = cl_metrics([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    assert m["bwt"] == 0.0 and m["forgetting"] == 0.0 and m["forgetting_last"] == 0.0
+    assert m["fwt"] == 0.0 and m["acc"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "matrix,match",
+    [
+        ([], "non-empty"),
+        ([[0.1, 0.2], [0.5], [0.5, 0.6]], "ragged"),
+        ([[0.1, 0.2], [0.5, 0.6]], "rows"),  # T=2 needs 3 rows
+        ([[0.1, 0.2], [0.5, 0.6], [0.5, 0.6], [0.5, 0.6]], "rows"),
+        ([[], []], "empty"),
+        ([[0.1], [1.5]], "outside"),
+        ([[0.1], [-0.01]], "outside"),
+        ([[0.1], [math.nan]], "outside"),
+        ([[0.1], ["0.5"]], "not a number"),
+        ([[0.1], [True]], "not a number"),
+        ([[0.1], 0.5], "not a list"),
+    ],
+)
+def test_validation_errors(matrix, match):
+    with pytest.raises(ValueError, match=match):
+        cl_metrics(matrix)
+
+
+@pytest.mark.parametrize("counts", [[1], [1, -1], [0, 0], [1, math.inf], "ab"])
+def test_sample_count_errors(counts):
+    with pytest.raises(ValueError, match="sample_counts"):
+        cl_metrics([[0.1, 0.2], [0.9, 0.3], [0.5, 0.8]], sample_counts=counts)

@@ -1,0 +1,109 @@
+"""Sequence YAML validation: every error is one InputError line naming the file, key path and line."""
+
+from pathlib import Path
+
+import pytest
+
+from pslora_cli.errors import InputError
+from pslora_cli.sequence import apply_overrides, identity_hash, load_sequence, sequence_from_text
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = """\
+name: s
+backbone: {name: all-minilm-l6-v2}
+tasks:
+  - id: a
+    data: {type: wordnet, classes: [animal, food]}
+  - id: b
+    data: {type: wordnet, classes: [person, plant]}
+"""
+
+
+def parse(text, overrides=None):
+    return sequence_from_text(text, "seq.yaml", Path("."), overrides)
+
+
+def error(text, overrides=None) -> str:
+    with pytest.raises(InputError) as exc:
+        parse(text, overrides)
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_are_filled():
+    seq = parse(GOOD)
+    assert seq["scenario"] == "class-incremental"
+    assert seq["lora"] == {"rank": 8, "alpha": 16.0, "target_modules": ["query", "value"], "dropout": 0.0}
+    assert seq["method"]["merge"] == "magnitude"
+    assert seq["training"]["steps"] == 120 and seq["training"]["epochs"] is None
+    assert seq["tasks"][0]["data"]["train_per_class"] == 200
+
+
+def test_unknown_key_names_path_and_line():
+    text = GOOD.replace("backbone: {name: all-minilm-l6-v2}", "backbone:\n  name: all-minilm-l6-v2\n  colour: red")
+    assert error(text) == "seq.yaml: backbone.colour (line 4): unknown key (allowed: source, name, pooling, " \
+                          "max_length, trust_remote_code)"
+
+
+def test_wrong_type_and_bad_choice():
+    msg = error(GOOD.replace("name: s\n", "name: s\nlora:\n  rank: eight\n"))
+    assert msg == "seq.yaml: lora.rank (line 3): expected integer, got str 'eight'"
+    msg = error(GOOD.replace("name: s\n", "name: s\nscenario: domain\n"))
+    assert "scenario (line 2): must be one of class-incremental, task-incremental" in msg
+    msg = error(GOOD.replace("name: s\n", "name: s\nlora: {rank: true}\n"))
+    assert "lora.rank" in msg and "true" in msg.lower()
+
+
+def test_duplicate_task_ids_and_bad_ids():
+    assert "tasks[1].id (line 6): duplicate task id 'a'" in error(GOOD.replace("id: b", "id: a"))
+    assert "invalid task id '../x'" in error(GOOD.replace("id: b", "id: ../x"))
+
+
+def test_data_errors_carry_file_and_path():
+    msg = error(GOOD.replace("type: wordnet, classes: [person", "type: wordnet, colour: 1, classes: [person"))
+    assert msg.startswith("seq.yaml: tasks[1].data.colour")
+    msg = error(GOOD.replace("type: wordnet, classes: [person", "type: tweets, classes: [person"))
+    assert "tasks[1].data.type" in msg and "tweets" in msg
+
+
+def test_yaml_syntax_error_names_line():
+    msg = error(GOOD + "  - id: [c\n")
+    assert msg.startswith("seq.yaml: line ") and "invalid YAML" in msg
+
+
+def test_steps_and_epochs_exclusive():
+    msg = error(GOOD.replace("name: s\n", "name: s\ntraining: {epochs: 2, steps: 3}\n"))
+    assert "set exactly one of training.steps and training.epochs" in msg
+    assert parse(GOOD.replace("name: s\n", "name: s\ntraining: {epochs: 2, steps: null}\n"))["training"]["epochs"] == 2
+
+
+def test_set_overrides():
+    seq = parse(GOOD, ["method.stability_weight=0", "tasks.b.data.train_per_class=7", "tasks.0.id=first",
+                       "lora.target_modules=[query]"])
+    assert seq["method"]["stability_weight"] == 0.0
+    assert seq["tasks"][1]["data"]["train_per_class"] == 7
+    assert seq["tasks"][0]["id"] == "first"
+    assert seq["lora"]["target_modules"] == ["query"]
+    assert "method.lambda" in error(GOOD, ["method.lambda=1"])
+    with pytest.raises(InputError, match="no list item 'zz'"):
+        parse(GOOD, ["tasks.zz.id=q"])
+    with pytest.raises(InputError, match="expected key.path=value"):
+        parse(GOOD, ["method.stability_weight"])
+
+
+def test_identity_hash_ignores_training_settings():
+    a, b = parse(GOOD), parse(GOOD, ["training.steps=5", "method.stability_weight=0"])
+    assert identity_hash(a) == identity_hash(b)
+    assert identity_hash(a) != identity_hash(parse(GOOD, ["lora.rank=4"]))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "task_sequences").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sequences_validate(path):
+    seq, _ = load_sequence(path)
+    assert seq["tasks"]
+
+
+def test_missing_file():
+    with pytest.raises(InputError, match="nope.yaml: sequence file not found"):
+        load_sequence("nope.yaml")
