@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         from click import exceptions as click_exceptions
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # PEFT calls a transformers API that transformers 5 marks deprecated; the warning is not the user's.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
