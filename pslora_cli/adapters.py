@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 import torch
 from safetensors import safe_open
 
-from .core.merge import RunningMerge
+from .core.merge import merge_module
 from .core.stability import lora_delta
 from .errors import InputError
 
@@ -79,19 +79,23 @@ def open_adapters(task_dirs: Iterable[Path]) -> list[AdapterFile]:
     return adapters
 
 
-def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device | str = "cpu"
-                  ) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device | str = "cpu", *,
+                  density: float = 0.2, scale: float = 1.0) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (base parameter name, merged dense update) one module at a time.
 
-    Streams over modules and over tasks: at any moment one running result and one task's delta are held.
+    Streams over modules and over tasks: at any moment one running result and one task's delta are held
+    (TIES reads the tasks twice rather than holding them).
     """
     if not adapters:
         return
     for param in adapters[0].modules:
-        running = RunningMerge(method)
-        for adapter in adapters:
-            running.add(adapter.delta(param, device))
-        yield param, running.result
+        yield param, merge_module(lambda: (a.delta(param, device) for a in adapters), method,
+                                  density=density, scale=scale)
+
+
+def merge_options(method_cfg: dict) -> dict:
+    """The merge keyword arguments of a sequence's method section."""
+    return {"density": method_cfg["merge_density"], "scale": method_cfg["merge_scale"]}
 
 
 def history_sum(adapters: list[AdapterFile], device) -> dict[str, torch.Tensor]:

@@ -25,6 +25,25 @@ BUILTIN_TEXT = {
 PEFT_PREFIX = "base_model.model."
 
 
+def backbone_modality(cfg: dict) -> str:
+    """"image" for timm and built-in image backbones, "text" for transformers and built-in text backbones.
+
+    An unknown built-in name is an InputError naming backbone.name.
+    """
+    from .vision import BUILTIN_VISION
+
+    if cfg["source"] == "timm":
+        return "image"
+    if cfg["source"] == "builtin":
+        if cfg["name"] in BUILTIN_VISION:
+            return "image"
+        if cfg["name"] not in BUILTIN_TEXT:
+            raise InputError(f"backbone.name: unknown built-in backbone {cfg['name']!r} (built-in: "
+                             f"{', '.join(list(BUILTIN_TEXT) + list(BUILTIN_VISION))}; or set backbone.source: "
+                             f"huggingface or timm)")
+    return "text"
+
+
 def _quiet_transformers() -> None:
     import transformers
 
@@ -33,7 +52,12 @@ def _quiet_transformers() -> None:
 
 
 def resolve_model_path(cfg: dict) -> str:
-    """The folder (or hub id) transformers should load for a backbone config."""
+    """The folder (or hub id) transformers should load for a backbone config (for an image backbone: a
+    description of the timm model and its weights)."""
+    if backbone_modality(cfg) == "image":
+        from .vision import describe
+
+        return describe(cfg)
     if cfg["source"] == "builtin":
         if cfg["name"] not in BUILTIN_TEXT:
             raise InputError(f"backbone.name: unknown built-in backbone {cfg['name']!r} "
@@ -54,6 +78,10 @@ _IDENTITY_CACHE: dict[str, dict] = {}
 
 def backbone_identity(cfg: dict) -> dict:
     """What identifies the base model: its source, name and a hash of its config and weight files."""
+    if backbone_modality(cfg) == "image":
+        from .vision import vision_identity
+
+        return vision_identity(cfg)
     path = resolve_model_path(cfg)
     if path in _IDENTITY_CACHE:
         return _IDENTITY_CACHE[path]
@@ -96,7 +124,15 @@ class TextBackbone:
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
-def load_backbone(cfg: dict, device: torch.device) -> TextBackbone:
+def load_backbone(cfg: dict, device: torch.device):
+    """A TextBackbone (transformers) or, for timm and built-in image backbones, a VisionBackbone."""
+    if backbone_modality(cfg) == "image":
+        from .vision import load_vision_backbone
+
+        return load_vision_backbone(cfg, device)
+    if cfg.get("pretrained") is False:
+        raise InputError("backbone.pretrained: false is supported for image backbones (source timm or builtin "
+                         "efficientnet-lite0) only")
     _quiet_transformers()
     from transformers import AutoModel, AutoTokenizer
 

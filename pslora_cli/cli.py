@@ -81,32 +81,45 @@ def run_cmd(
     quiet: QuietOpt = False, set_: SetOpt = None,
 ):
     """Train every task of SEQUENCE not yet in the store, evaluating after each; merge; report."""
-    from .workflow import (complete_eval, data_loader, ensure_created, merge_tasks, open_store, resolve_device,
-                           train_one)
+    from .workflow import resolve_device, run_sequence
 
     opts = _options(store, device, seed, json_, quiet, set_)
     reporter = _reporter(opts)
-    dev = resolve_device(opts.device)
-    seq, st, text = open_store(opts, str(sequence), create=True)
-    load = data_loader(seq)
-    for i in range(len(seq["tasks"])):  # read and validate every task's data before any training
-        load(i)
-    trained = []
-    with st.locked():
-        ensure_created(seq, st, text, reporter)
-        for task in seq["tasks"]:
-            if st.has_task(task["id"]):
-                continue
-            train_one(seq, st, task["id"], dev, reporter, load)
-            trained.append(task["id"])
-            complete_eval(seq, st, dev, reporter, load)
-        doc = complete_eval(seq, st, dev, reporter, load)
-        merge = merge_tasks(seq, st, seq["method"]["merge"], None, None, dev)
-    reporter.info(f"merged {len(merge['tasks'])} tasks ({merge['method']}): {merge['files'][0]}")
+    result = run_sequence(opts, str(sequence), resolve_device(opts.device), reporter)
     if opts.json:
-        _emit_json({"store": str(st.root), "trained": trained, "matrix": doc, "merge": merge})
+        _emit_json(result)
     else:
-        _show_matrix(reporter, doc)
+        _show_matrix(reporter, result["matrix"])
+
+
+@app.command("compare")
+def compare_cmd(
+    sequence: Annotated[Path, typer.Argument(help="Task sequence YAML file.")],
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods: ps-lora, ps-lora+o-lora, "
+                                         "ps-loss-only, ps-merge-only, inc-lora, o-lora, seq-lora, per-task, custom.")]
+    = "ps-lora,inc-lora,o-lora,seq-lora",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
+    orders: Annotated[int, typer.Option("--orders", help="Task orders: 1 = as written, k > 1 adds seeded shuffles.")] = 1,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the per-run stores and the summary.")] = Path("pslora-compare"),
+    device: DeviceOpt = "auto", json_: JsonOpt = False, quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    """Run SEQUENCE with several methods x seeds x orders (one store each) and compare them."""
+    from .compare import compare, print_summary
+    from .workflow import resolve_device
+
+    opts = _options(out, device, None, json_, quiet, set_)
+    reporter = _reporter(opts)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    doc = compare(sequence, method_list, seed_list, orders, out, opts, resolve_device(device), reporter)
+    if opts.json:
+        _emit_json(doc)
+    else:
+        print_summary(reporter, doc)
+        reporter.info(f"summary: {out / 'compare.json'}, {out / 'compare.csv'}; figure: {doc['figure']}")
 
 
 @app.command("train-task")
@@ -185,6 +198,50 @@ def eval_cmd(
         _emit_json(doc)
     else:
         _show_matrix(reporter, doc)
+
+
+@app.command("analyze-shifts")
+def analyze_shifts_cmd(
+    compare: Annotated[Optional[Path], typer.Option(
+        "--compare", help="Another store to analyse side by side (read only), e.g. one trained without the "
+                          "stability loss.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the JSON, CSV and PNG files here.")] = None,
+    rank_by: Annotated[str, typer.Option("--rank-by", help="Ranking key of the top/bottom-k% subsets: delta "
+                                                           "(|ΔW_t|), history (|H|) or combined (|C|).")] = "delta",
+    ks: Annotated[str, typer.Option("--ks", help="Subset sizes in % of the entries.")] = "1,5,10,20,50",
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated stages to analyse (task ids "
+                                                                 "from the second on; default: all).")] = None,
+    intervene: Annotated[bool, typer.Option("--intervene", help="Figure 2: zero the --subset entries of ΔW_t and "
+                                                                "re-evaluate the old tasks (loads the model and "
+                                                                "data).")] = False,
+    subset: Annotated[str, typer.Option("--subset", help="SIGN:PART:K for --intervene: same|opposite, top|bottom, "
+                                                         "K in %.")] = "opposite:top:10",
+    bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = 61,
+    max_samples: Annotated[int, typer.Option("--max-samples", help="Above this many entries, quantiles, W1 and KS "
+                                                                   "use a seeded subsample of this size.")] = 1 << 21,
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    """The paper's parameter-shift analysis of the stored adapters (no model load unless --intervene).
+
+    For each stage t >= 2, per module and pooled: D = ΔW_t, H = sum of the earlier ΔW, C = H + D; quantiles and
+    shared-bin histograms, ‖D‖/‖H‖, Wasserstein-1 and KS between H and C, sign agreement (same/opposite
+    fraction where both are nonzero, conflict ratio Σ_{DH<0}|DH| / Σ|DH|, flip rate sign C ≠ sign H), top and
+    bottom-k% subsets split by sign with their share of ‖D‖₁; correlation with the old-task accuracy drop when
+    the store has an accuracy matrix. Files go to STORE/analysis/ and --out.
+    """
+    from .analysis import AnalysisOptions, analyze_shifts, parse_ks, parse_rank_by, print_analysis
+
+    opts = _options(store, device, seed, json_, quiet, set_)
+    reporter = _reporter(opts)
+    aopts = AnalysisOptions(rank_by=parse_rank_by(rank_by), ks=parse_ks(ks), bins=bins, max_samples=max_samples,
+                            tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+                            intervene=intervene, subset=subset, compare=compare, out=out)
+    doc = analyze_shifts(opts, aopts, reporter)
+    if opts.json:
+        _emit_json(doc)
+    else:
+        print_analysis(reporter, doc)
 
 
 @store_app.command("ls")

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .adapters import AdapterFile, WeightFolder, merged_deltas
+from .adapters import AdapterFile, WeightFolder, merge_options, merged_deltas
 from .backbones import load_backbone, target_parameters
 from .core.metrics import cl_metrics
 from .errors import InputError
@@ -40,8 +40,8 @@ def trained_prefix(seq: dict, store: Store) -> int:
 
 def _keys(seq: dict, store: Store, k: int) -> tuple[list[str], list[str]]:
     metas = [store.task_meta(t["id"]) for t in seq["tasks"][:k]]
-    merge = seq["method"]["merge"]
-    row_keys = ["base"] + [canonical_hash([merge] + [m["sha256"]["adapter_model.safetensors"] for m in metas[:t]])
+    merge = [seq["method"][k] for k in ("merge", "merge_density", "merge_scale")]
+    row_keys = ["base"] + [canonical_hash(merge + [m["sha256"]["adapter_model.safetensors"] for m in metas[:t]])
                            for t in range(1, k + 1)]
     col_keys = [canonical_hash([m["sha256"]["head.safetensors"], m["data_fingerprint"]]) for m in metas]
     return row_keys, col_keys
@@ -112,11 +112,17 @@ class Evaluator:
     @torch.inference_mode()
     def stage(self, t: int, cells: list[tuple[int, str]]) -> dict[tuple[int, str], float]:
         """Accuracy of stage t (0 = base model) on the requested (task index, kind) cells."""
+        method = self.seq["method"]
         ids = [task["id"] for task in self.seq["tasks"][:t]]
         adapters = [AdapterFile(self.store.task_dir(i)) for i in ids]
-        self.folder.fold(dict(merged_deltas(adapters, self.seq["method"]["merge"], self.device)) if t else None)
+        own = method["merge"] == "own"  # per-task: each task scored with its own adapter alone
+        if not own:
+            self.folder.fold(dict(merged_deltas(adapters, method["merge"], self.device, **merge_options(method)))
+                             if t else None)
         results = {}
         for i in sorted({i for i, _ in cells}):
+            if own:
+                self.folder.fold(dict(merged_deltas([adapters[i]], "sum", self.device)) if t and i < t else None)
             feats, labels = self.features(i)
             kinds = {kind for j, kind in cells if j == i}
             if "aware" in kinds:

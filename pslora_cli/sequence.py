@@ -29,12 +29,20 @@ SCHEMA: dict[str, Any] = {
     "seed": ((int,), 0, None),
     "backbone": {
         # builtin: a model that ships inside a Python package (offline); huggingface: a hub id or local
-        # folder loaded with transformers.
-        "source": ((str,), "builtin", ("builtin", "huggingface")),
+        # folder loaded with transformers; timm: any timm image model name.
+        "source": ((str,), "builtin", ("builtin", "huggingface", "timm")),
         "name": ((str,), "all-minilm-l6-v2", None),
         "pooling": ((str,), "mean", ("mean", "cls")),
         "max_length": ((int,), 64, None),
         "trust_remote_code": ((bool,), False, None),
+        # Image backbones (timm, builtin efficientnet-lite0). pretrained: hub weights for timm names (false:
+        # random init, fixed seed); weights: a local .safetensors/.pth file for a timm model instead of the hub;
+        # image_size: the side images are resized to (null: the model's own input size); model_kwargs: passed
+        # to timm.create_model (e.g. img_size, patch_size, depth for a small ViT).
+        "pretrained": ((bool,), True, None),
+        "weights": ((str, type(None)), None, None),
+        "image_size": ((int, type(None)), None, None),
+        "model_kwargs": ((dict,), {}, None),
     },
     "lora": {
         "rank": ((int,), 8, None),
@@ -43,18 +51,23 @@ SCHEMA: dict[str, Any] = {
         "dropout": (_NUMBER, 0.0, None),
     },
     "method": {
-        # lambda: weight of the Parameter Stability Loss (0 disables it).
+        # Which continual-learning method (see METHOD_PRESETS): it fixes the merge and how earlier tasks
+        # enter training, and switches the stability and orthogonality terms on or off.
+        "name": ((str,), "ps-lora", None),
+        # lambda: weight of the Parameter Stability Loss when the method uses it.
         "stability_weight": (_NUMBER, 1.0, None),
         # alpha of tanh(alpha*x): fixed value, or adaptive = alpha_c / median|H| per module.
         "alpha_mode": ((str,), "adaptive", ("adaptive", "fixed")),
         "alpha": (_NUMBER, 2.0, None),
         "reduction": ((str,), "mean", ("mean", "sum")),
         "variant": ((str,), "dir+fro", ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")),
-        # O-LoRA-style orthogonality between the new A and the earlier A's (0 disables it).
-        "orthogonality_weight": (_NUMBER, 0.0, None),
-        "merge": ((str,), "magnitude", ("magnitude", "sum", "mean")),
-        # How earlier tasks enter task t's training forward pass: their running merge or their sum.
-        "previous": ((str,), "merge", ("merge", "sum")),
+        # O-LoRA's lambda_1 for sum_{i<t} ||A_i A_t^T||_1, when the method uses it.
+        "orthogonality_weight": (_NUMBER, 0.5, None),
+        "merge": ((str,), "magnitude", ("magnitude", "sum", "mean", "ties", "task-arithmetic", "last", "own")),
+        "merge_density": (_NUMBER, 0.2, None),   # TIES: fraction of each update kept by the trim step
+        "merge_scale": (_NUMBER, 1.0, None),     # task arithmetic: scale of the summed updates
+        # How earlier tasks enter task t's training forward pass: their running merge, their sum, or not.
+        "previous": ((str,), "merge", ("merge", "sum", "none")),
     },
     "training": {
         "steps": ((int, type(None)), 120, None),
@@ -70,6 +83,19 @@ TASK_SCHEMA: dict[str, Any] = {
     "id": ((str,), REQUIRED, None),
     "description": ((str,), "", None),
     "data": ((dict,), REQUIRED, None),
+}
+# name -> (stability term on, orthogonality term on, merge, previous, adapter init). None = the method
+# leaves that setting to the sequence. "init: previous" continues from the last task's adapter.
+METHOD_PRESETS: dict[str, tuple] = {
+    "ps-lora":        (True, False, "magnitude", None, "new"),
+    "ps-lora+o-lora": (True, True, "magnitude", None, "new"),
+    "ps-loss-only":   (True, False, "sum", "sum", "new"),       # ablation: the loss, summed like inc-lora
+    "ps-merge-only":  (False, False, "magnitude", None, "new"),  # ablation: the merge without the loss
+    "inc-lora":       (False, False, "sum", "sum", "new"),       # a new adapter per task, earlier ones summed
+    "o-lora":         (False, True, "sum", "sum", "new"),
+    "seq-lora":       (False, False, "last", "none", "previous"),  # one adapter trained on through all tasks
+    "per-task":       (False, False, "own", "none", "new"),      # each task's own adapter on its own task
+    "custom":         (None, None, None, None, "new"),           # every knob as given
 }
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Parts of the sequence that define what a store holds; the rest (training, method) may be overridden
@@ -144,6 +170,10 @@ def _check_ranges(seq: dict, where: _Where) -> None:
         section, name = key.split(".")
         if seq[section][name] < 0:
             raise where(key, f"must be >= 0, got {seq[section][name]!r}")
+    if seq["backbone"]["image_size"] is not None and seq["backbone"]["image_size"] <= 0:
+        raise where("backbone.image_size", f"must be > 0, got {seq['backbone']['image_size']!r}")
+    if seq["backbone"]["weights"] is not None and seq["backbone"]["source"] != "timm":
+        raise where("backbone.weights", "a local weights file is for backbone.source: timm")
     if not 0 <= seq["lora"]["dropout"] < 1:
         raise where("lora.dropout", "must be in [0, 1)")
     if not seq["lora"]["target_modules"] or not all(isinstance(m, str) and m for m in seq["lora"]["target_modules"]):
@@ -154,6 +184,49 @@ def _check_ranges(seq: dict, where: _Where) -> None:
     for key in ("steps", "epochs"):
         if training[key] is not None and training[key] <= 0:
             raise where(f"training.{key}", f"must be > 0, got {training[key]!r}")
+
+
+def _check_modality(seq: dict, where: _Where) -> None:
+    """Every task's data must be what the backbone takes (text or images)."""
+    from .backbones import backbone_modality
+    from .data import source_modality
+
+    backbone = seq["backbone"]
+    try:
+        wants = backbone_modality(backbone)
+    except InputError as exc:
+        raise where("backbone.name", str(exc).split(": ", 1)[-1]) from None
+    if wants == "text" and not backbone["pretrained"]:
+        raise where("backbone.pretrained", "false (random weights) is for image backbones only")
+    for i, task in enumerate(seq["tasks"]):
+        has = source_modality(task["data"])
+        if has != wants:
+            kind = "an image" if wants == "image" else "a text"
+            raise where(f"tasks[{i}].data", f"task {task['id']!r} has {has} data ({task['data']['type']}), but the "
+                        f"backbone ({backbone['source']} {backbone['name']}) is {kind} model")
+
+
+def _resolve_method(method: dict, raw: dict, where: _Where) -> None:
+    """Apply the method preset: fixed settings, terms on/off, the adapter init ("init")."""
+    name = method["name"]
+    if name not in METHOD_PRESETS:
+        raise where("method.name", f"must be one of {', '.join(METHOD_PRESETS)}; got {name!r}")
+    ps, orth, merge, previous, init = METHOD_PRESETS[name]
+    for key, fixed in (("merge", merge), ("previous", previous)):
+        if fixed is not None:
+            if key in raw and raw[key] != fixed:
+                raise where(f"method.{key}", f"method {name} uses {key} {fixed!r}, not {raw[key]!r} "
+                                             f"(set method.name: custom to choose it)")
+            method[key] = fixed
+    for key, on in (("stability_weight", ps), ("orthogonality_weight", orth)):
+        if on is False:
+            method[key] = 0.0
+        elif on and method[key] <= 0:
+            raise where(f"method.{key}", f"method {name} needs {key} > 0")
+    if method["merge"] == "own" and method["previous"] == "merge":
+        raise where("method.previous", "merge 'own' scores each task with its own adapter; "
+                                       "use previous: none or sum")
+    method["init"] = init
 
 
 def _line_map(text: str) -> dict[str, int]:
@@ -274,11 +347,14 @@ def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int]
         resolved_tasks.append(t)
     seq["tasks"] = resolved_tasks
     _check_ranges(seq, where)
+    _resolve_method(seq["method"], raw.get("method") or {}, where)
+    _check_modality(seq, where)
     seq["base_dir"] = str(base_dir.resolve())
     return seq
 
 
-def load_sequence(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, str]:
+def load_sequence(path: str | Path, overrides: list[str] | None = None,
+                  base_dir: Path | None = None) -> tuple[dict, str]:
     """Read, override and validate a sequence file. Returns (resolved sequence, raw YAML text)."""
     path = Path(path)
     if not path.is_file():
@@ -287,7 +363,7 @@ def load_sequence(path: str | Path, overrides: list[str] | None = None) -> tuple
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read sequence file: {exc}") from None
-    return sequence_from_text(text, str(path), path.parent, overrides), text
+    return sequence_from_text(text, str(path), base_dir or path.parent, overrides), text
 
 
 def sequence_from_text(text: str, file: str, base_dir: Path, overrides: list[str] | None = None) -> dict:

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .adapters import PEFT_PREFIX, AdapterFile, merged_deltas, WeightFolder
+from .adapters import PEFT_PREFIX, AdapterFile, WeightFolder, merge_options, merged_deltas
 from .backbones import load_backbone, make_head, target_parameters
 from .core.stability import adaptive_alpha, lora_delta, parameter_stability_loss
 from .errors import InputError, WorkError
@@ -69,14 +69,17 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
     params = target_parameters(backbone.model, lora_cfg["target_modules"])
     previous = [AdapterFile(d) for d in previous_dirs]
 
-    # Earlier tasks enter the forward pass folded into the frozen weights (F_prev); H is their sum.
+    # Earlier tasks enter the forward pass folded into the frozen weights (F_prev: their merge, their sum, or
+    # nothing); H, the history the stability loss compares against, is always their sum.
     history: dict[str, torch.Tensor] = {}
     prev_factors_A: dict[str, list[torch.Tensor]] = {}
     if previous:
-        forward_method = method["merge"] if method["previous"] == "merge" else "sum"
-        f_prev = dict(merged_deltas(previous, forward_method, device))
-        WeightFolder(params).fold(f_prev)
-        history = dict(merged_deltas(previous, "sum", device)) if forward_method != "sum" else f_prev
+        history = dict(merged_deltas(previous, "sum", device))
+        if method["previous"] == "merge" and method["merge"] != "sum":
+            WeightFolder(params).fold(dict(merged_deltas(previous, method["merge"], device,
+                                                         **merge_options(method))))
+        elif method["previous"] != "none":
+            WeightFolder(params).fold(history)
         if method["orthogonality_weight"] > 0:
             for name in params:
                 prev_factors_A[name] = [a.factors(name, device)[0].float().flatten(1) for a in previous]
@@ -91,6 +94,13 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
         raise WorkError(f"PEFT did not adapt {sorted(missing)[0]}")
     if previous and set(history) != set(layers):
         raise InputError(f"{previous[0].path}: adapts other modules than this sequence's lora.target_modules")
+    if method["init"] == "previous" and previous:
+        # Sequential LoRA: one adapter trained on through the tasks; start from the last task's factors.
+        with torch.no_grad():
+            for name, layer in layers.items():
+                a, b = previous[-1].factors(name, device)
+                layer.lora_A["default"].weight.copy_(a.reshape(layer.lora_A["default"].weight.shape))
+                layer.lora_B["default"].weight.copy_(b.reshape(layer.lora_B["default"].weight.shape))
 
     alphas = {}
     for name in layers:
@@ -160,7 +170,9 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
     seconds = time.perf_counter() - started
     final = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]}
 
-    peft_model.save_pretrained(str(out_dir))
+    # No embedding layer is ever adapted; "auto" would look the base model up on the hub when its
+    # base_model_name_or_path is not a local folder (timm backbones).
+    peft_model.save_pretrained(str(out_dir), save_embedding_layers=False)
     (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub; the store keeps meta.json
     from safetensors.torch import save_file
     import json as _json

@@ -24,6 +24,7 @@ class Options:
     overrides: list[str] = field(default_factory=list)
     json: bool = False
     quiet: bool = False
+    base_dir: Path | None = None  # where relative data paths resolve (default: the sequence file's folder)
 
 
 def resolve_device(name: str):
@@ -50,7 +51,7 @@ def open_store(opts: Options, sequence_file: str | None, create: bool) -> tuple[
     store = Store(opts.store)
     overrides = _all_overrides(opts)
     if sequence_file is not None:
-        seq, text = load_sequence(sequence_file, overrides)
+        seq, text = load_sequence(sequence_file, overrides, base_dir=opts.base_dir)
         if store.exists():
             manifest = store.manifest()
             if manifest["identity_hash"] != identity_hash(seq):
@@ -156,8 +157,8 @@ def merge_tasks(seq: dict, store: Store, method: str, task_ids: list[str] | None
     """Write the dense merged update (base-model parameter names) plus the task heads to a safetensors file."""
     from safetensors.torch import load_file, save_file
 
-    from .adapters import open_adapters, merged_deltas
-    from .core.merge import METHODS
+    from .adapters import merge_options, merged_deltas, open_adapters
+    from .core.merge import ALL_METHODS as METHODS
     from .store import atomic_path
 
     if method not in METHODS:
@@ -171,7 +172,8 @@ def merge_tasks(seq: dict, store: Store, method: str, task_ids: list[str] | None
             raise InputError(f"--tasks: task {task_id!r} is not trained in {store.root}")
         store.verify_task(task_id)
     adapters = open_adapters(store.task_dir(t) for t in ids)
-    tensors = {name: delta.cpu().contiguous() for name, delta in merged_deltas(adapters, method, device)}
+    tensors = {name: delta.cpu().contiguous() for name, delta in merged_deltas(adapters, method, device,
+                                                                             **merge_options(seq["method"]))}
     for task_id in ids:
         head = load_file(str(store.task_dir(task_id) / "head.safetensors"))
         tensors[f"heads.{task_id}.weight"] = head["weight"]
@@ -191,6 +193,29 @@ def merge_tasks(seq: dict, store: Store, method: str, task_ids: list[str] | None
 
     write_json_atomic(store.merges_dir / (default_name[:-len(".safetensors")] + ".json"), info)
     return info
+
+
+def run_sequence(opts: Options, sequence_file: str, device, reporter: Reporter) -> dict:
+    """`pslora run`: train every task not yet in the store, evaluating after each; merge; return the result."""
+    seq, store, text = open_store(opts, sequence_file, create=True)
+    load = data_loader(seq)
+    for i in range(len(seq["tasks"])):  # read and validate every task's data before any training
+        load(i)
+    trained = []
+    with store.locked():
+        ensure_created(seq, store, text, reporter)
+        for task in seq["tasks"]:
+            if store.has_task(task["id"]):
+                continue
+            train_one(seq, store, task["id"], device, reporter, load)
+            trained.append(task["id"])
+            complete_eval(seq, store, device, reporter, load)
+        doc = complete_eval(seq, store, device, reporter, load)
+        merge = None
+        if seq["method"]["merge"] != "own":  # per-task keeps the adapters apart: nothing to merge
+            merge = merge_tasks(seq, store, seq["method"]["merge"], None, None, device)
+            reporter.info(f"merged {len(merge['tasks'])} tasks ({merge['method']}): {merge['files'][0]}")
+    return {"store": str(store.root), "trained": trained, "matrix": doc, "merge": merge}
 
 
 def store_listing(store: Store) -> dict:

@@ -157,3 +157,35 @@ def test_cuda_merge_matches_cpu():
         gpu = merge_deltas((d.cuda() for d in ds), method)
         assert gpu.is_cuda
         assert torch.allclose(gpu.cpu(), merge_deltas(ds, method))
+
+
+# --- TIES, task arithmetic, last ---------------------------------------------------------------------------
+from pslora_cli.core.merge import merge_module, ties_merge, trim_mask  # noqa: E402
+
+
+def test_trim_mask_keeps_top_fraction():
+    d = torch.tensor([[0.1, -0.5], [0.3, -0.05]])
+    assert trim_mask(d, 0.5).tolist() == [[False, True], [True, False]]
+    assert trim_mask(d, 0.01).sum() == 1 and trim_mask(d, 1.0).all()
+
+
+def test_ties_hand_computed():
+    a = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+    b = torch.tensor([[-3.0, -1.0, 0.25, 0.9]])
+    # density 1: no trimming. Elected signs: sign(a+b) = [-, -, +, +].
+    # Disjoint mean: [-3, (-2-1)/2, (0.5+0.25)/2, (3+0.9)/2].
+    out = ties_merge(lambda: [a, b], density=1.0)
+    assert torch.allclose(out, torch.tensor([[-3.0, -1.5, 0.375, 1.95]]))
+    # density 0.5 keeps the two largest |.| of each: a -> [0,-2,0,3], b -> [-3,-1,0,0];
+    # elected signs of the trimmed sum [-3,-3,0,3] = [-,-,0,+]; element 3 has no agreeing entry -> 0.
+    out = ties_merge(lambda: [a, b], density=0.5)
+    assert torch.allclose(out, torch.tensor([[-3.0, -1.5, 0.0, 3.0]]))
+
+
+def test_merge_module_dispatch():
+    a, b = torch.tensor([1.0, -4.0]), torch.tensor([-2.0, 1.0])
+    assert torch.equal(merge_module(lambda: [a, b], "magnitude"), torch.tensor([-2.0, -4.0]))
+    assert torch.equal(merge_module(lambda: [a, b], "task-arithmetic", scale=0.5), torch.tensor([-0.5, -1.5]))
+    assert torch.equal(merge_module(lambda: [a, b], "last"), b)
+    with pytest.raises(ValueError):
+        merge_module(lambda: [a], "median")

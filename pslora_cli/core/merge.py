@@ -86,3 +86,58 @@ def sum_merge(deltas: Iterable[Tensor]) -> Tensor:
 def mean_merge(deltas: Iterable[Tensor]) -> Tensor:
     """M = (1/N) Σ_i ΔW_i."""
     return merge_deltas(deltas, "mean")
+
+
+# --- Baseline merges that are not a single running fold --------------------------------------------------
+# They take a zero-argument callable returning a fresh iterable of the deltas, so that they can make two
+# streaming passes (TIES) without ever holding all tasks at once.
+ALL_METHODS = METHODS + ("ties", "task-arithmetic", "last")
+
+
+def trim_mask(delta: Tensor, density: float) -> Tensor:
+    """Boolean mask of the top `density` fraction of |delta| (at least one entry): TIES's trim step."""
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    k = max(1, int(round(density * delta.numel())))
+    if k >= delta.numel():
+        return torch.ones_like(delta, dtype=torch.bool)
+    threshold = delta.abs().flatten().kthvalue(delta.numel() - k + 1).values
+    return delta.abs() >= threshold
+
+
+def ties_merge(make_deltas, density: float = 0.2) -> Tensor:
+    """TIES (Yadav et al. 2023): trim each ΔW_i to its top-`density` magnitudes, elect the sign of each element
+    as the sign of the trimmed sum, then average the trimmed entries that agree with the elected sign
+    ("disjoint mean"; 0 where none agrees). Two streaming passes over the tasks.
+    """
+    elected = merge_deltas(d * trim_mask(d, density) for d in make_deltas()).sign()
+    total: Tensor | None = None
+    count: Tensor | None = None
+    for d in make_deltas():
+        trimmed = d * trim_mask(d, density)
+        agree = (trimmed.sign() == elected) & (trimmed != 0)
+        part, n = torch.where(agree, trimmed, torch.zeros_like(trimmed)), agree.to(d.dtype)
+        total, count = (part, n) if total is None else (total + part, count + n)
+    return total / count.clamp_min(1)
+
+
+def merge_module(make_deltas, method: str = "magnitude", *, density: float = 0.2, scale: float = 1.0) -> Tensor:
+    """Merge one module's updates with any method in ALL_METHODS.
+
+    "task-arithmetic": scale · Σ_i ΔW_i. "last": the last task's update alone (sequential LoRA, whose adapter
+    carries everything learned so far).
+    """
+    if method in METHODS:
+        return merge_deltas(make_deltas(), method)
+    if method == "ties":
+        return ties_merge(make_deltas, density)
+    if method == "task-arithmetic":
+        return merge_deltas(make_deltas(), "sum") * scale
+    if method == "last":
+        last = None
+        for d in make_deltas():
+            last = d
+        if last is None:
+            raise ValueError("nothing to merge: no deltas were added")
+        return last
+    raise ValueError(f"unknown merge method {method!r}; expected one of {ALL_METHODS}")

@@ -23,14 +23,25 @@ from pslora_cli.data.text_sources import (
 )
 from pslora_cli.errors import InputError
 
-__all__ = ["REQUIRED", "SOURCE_SCHEMAS", "TaskData", "compute_fingerprint", "load_task_data", "validate_source"]
+__all__ = ["REQUIRED", "SOURCE_SCHEMAS", "TaskData", "compute_fingerprint", "load_task_data", "source_modality",
+           "validate_source"]
 
 SOURCE_SCHEMAS: dict[str, dict[str, tuple[type | tuple, object]]] = dict(TEXT_SCHEMAS)
+# Image sources: pslora_cli.data.image_sources.
+from pslora_cli.data.image_sources import IMAGE_CHOICES, IMAGE_LOADERS, IMAGE_SCHEMAS, check_image_source  # noqa: E402
+
+SOURCE_SCHEMAS.update(IMAGE_SCHEMAS)
+
+
+def source_modality(source: dict) -> str:
+    """"image" or "text": what a (validated) ``data:`` mapping yields, without loading it."""
+    return "image" if source.get("type") in IMAGE_SCHEMAS else "text"
+
 
 _NoneType = type(None)
 
 # Extra value checks beyond the python type (key -> allowed values); applied where the key exists.
-_CHOICES = {"pos": ("noun", "verb"), "format": FILE_FORMATS}
+_CHOICES = {"pos": ("noun", "verb"), "format": FILE_FORMATS, **IMAGE_CHOICES}
 
 
 def _type_name(types) -> str:
@@ -102,6 +113,8 @@ def validate_source(source: dict, where: str) -> dict:
             value = float(value)
         out[key] = copy.deepcopy(value)
     _check_values(out, kind, where)
+    if kind in IMAGE_SCHEMAS:
+        check_image_source(out, kind, where)
     return out
 
 
@@ -149,4 +162,5 @@ def load_task_data(source: dict, *, seed: int, base_dir: pathlib.Path, where: st
     the per-class caps and the order; ``where`` prefixes error messages (e.g. ``"task t2: data"``).
     """
     filled = validate_source(source, where)
-    return LOADERS[filled["type"]](filled, seed=int(seed), base_dir=pathlib.Path(base_dir), where=where)
+    loader = IMAGE_LOADERS.get(filled["type"]) or LOADERS[filled["type"]]
+    return loader(filled, seed=int(seed), base_dir=pathlib.Path(base_dir), where=where)

@@ -1,0 +1,160 @@
+"""`pslora compare`: run one sequence with several methods, seeds and task orders, each into its own store,
+and summarise ACC, BWT, FWT, forgetting and learning accuracy as mean ± std.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+from .report import Reporter
+from .sequence import METHOD_PRESETS, parse_yaml
+from .store import atomic_path, write_json_atomic, write_text_atomic
+from .workflow import Options, run_sequence
+
+SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_accuracy", "avg_incremental_accuracy")
+
+
+def order_files(sequence_file: Path, orders: int, out_dir: Path) -> list[Path]:
+    """Order 1 is the sequence as written; order k > 1 is a permutation of its tasks seeded by k."""
+    if orders == 1:
+        return [sequence_file]
+    raw = parse_yaml(sequence_file.read_text(encoding="utf-8"), str(sequence_file))
+    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
+        raise InputError(f"{sequence_file}: tasks: required: a non-empty list of tasks")
+    files = [sequence_file]
+    for k in range(2, orders + 1):
+        tasks = list(raw["tasks"])
+        random.Random(k).shuffle(tasks)
+        path = out_dir / "orders" / f"order{k}.yaml"
+        write_text_atomic(path, f"# {sequence_file.name} with its tasks in order {k} (seeded shuffle)\n"
+                                + yaml.safe_dump({**raw, "tasks": tasks}, sort_keys=False))
+        files.append(path)
+    return files
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: int, out_dir: Path,
+            base: Options, device, reporter: Reporter) -> dict:
+    unknown = [m for m in methods if m not in METHOD_PRESETS]
+    if unknown:
+        raise InputError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHOD_PRESETS)})")
+    if not seeds:
+        raise InputError("--seeds: give at least one seed")
+    if orders < 1:
+        raise InputError("--orders: must be >= 1")
+    if not sequence_file.is_file():
+        raise InputError(f"{sequence_file}: sequence file not found")
+    files = order_files(sequence_file, orders, out_dir)
+    runs = []
+    for method in methods:
+        for order, file in enumerate(files, start=1):
+            for seed in seeds:
+                store = out_dir / method / f"order{order}-seed{seed}"
+                opts = Options(store=store, device=base.device, seed=seed, json=True, quiet=base.quiet,
+                               overrides=list(base.overrides) + [f"method.name={method}"],
+                               base_dir=sequence_file.parent)
+                reporter.info(f"== {method}, order {order}, seed {seed} -> {store}")
+                started = time.perf_counter()
+                result = run_sequence(opts, str(file), device, reporter)
+                doc = result["matrix"]
+                runs.append({"method": method, "order": order, "seed": seed, "store": str(store),
+                             "wall_seconds": round(time.perf_counter() - started, 1),
+                             "trained": result["trained"], "tasks": doc["tasks"],
+                             "matrix": doc[doc["primary"]], "metrics": doc["metrics"].get("primary", {}),
+                             "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt")})
+    summary = {}
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method]
+        summary[method] = {"runs": len(mine)}
+        for metric in SUMMARY_METRICS:
+            values = [r["metrics"].get(metric) for r in mine]
+            summary[method][metric] = dict(zip(("mean", "std"), _mean_std(values)))
+        summary[method]["fwt_task_aware"] = dict(zip(("mean", "std"), _mean_std([r["fwt_task_aware"] for r in mine])))
+    doc = {"sequence": str(sequence_file), "methods": methods, "seeds": seeds, "orders": orders,
+           "primary": "task_agnostic or task_aware per the sequence's scenario", "summary": summary, "runs": runs}
+    write_json_atomic(out_dir / "compare.json", doc)
+    write_text_atomic(out_dir / "compare.csv", summary_csv(summary))
+    doc["figure"] = str(plot_curves(runs, methods, out_dir / "curves.png"))
+    return doc
+
+
+def summary_csv(summary: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "runs"] + [f"{m}_{s}" for m in SUMMARY_METRICS + ("fwt_task_aware",) for s in ("mean", "std")])
+    for method, row in summary.items():
+        w.writerow([method, row["runs"]] + [row[m][s] for m in SUMMARY_METRICS + ("fwt_task_aware",)
+                                            for s in ("mean", "std")])
+    return buf.getvalue()
+
+
+def seen_accuracy_curve(matrix: list[list]) -> list[float | None]:
+    """Mean accuracy over the tasks seen so far, after each stage (rows 1..T)."""
+    curve = []
+    for t in range(1, len(matrix)):
+        values = [v for v in matrix[t][:t] if v is not None]
+        curve.append(sum(values) / len(values) if values else None)
+    return curve
+
+
+def plot_curves(runs: list[dict], methods: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method in methods:
+        curves = np.array([[np.nan if v is None else 100 * v for v in seen_accuracy_curve(r["matrix"])]
+                           for r in runs if r["method"] == method], dtype=float)
+        if curves.size == 0:
+            continue
+        mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+        stages = np.arange(1, curves.shape[1] + 1)
+        ax.plot(stages, mean, marker="o", label=method)
+        ax.fill_between(stages, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("after training task")
+    ax.set_ylabel("mean accuracy on tasks seen so far (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xticks(np.arange(1, max(len(r["matrix"]) for r in runs)))
+    ax.legend(fontsize=8)
+    ax.set_title("methods compared (mean ± std over seeds and orders)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def print_summary(reporter: Reporter, doc: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{doc['sequence']}: {len(doc['seeds'])} seed(s) x {doc['orders']} order(s); accuracy "
+                        f"points, mean ± std (BWT < 0 = forgetting)", title_justify="left")
+    table.add_column("method", style="bold")
+    for m in ("acc", "bwt", "fwt_task_aware", "forgetting", "learning_accuracy"):
+        table.add_column(m, justify="right")
+    for method, row in doc["summary"].items():
+        cells = []
+        for m in ("acc", "bwt", "fwt_task_aware", "forgetting", "learning_accuracy"):
+            mean, std = row[m]["mean"], row[m]["std"]
+            cells.append("—" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}")
+        table.add_row(method, *cells)
+    reporter.out.print(table)

@@ -1,0 +1,82 @@
+"""`pslora compare` and the method presets end to end on the tiny model."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_sequence
+from pslora_cli.cli import main
+
+
+def two_tasks(tiny_bert, **method):
+    seq = tiny_sequence(tiny_bert)
+    seq["tasks"] = seq["tasks"][:2]
+    seq["training"]["steps"] = 4
+    seq["method"] = method
+    return seq
+
+
+def test_compare_runs_methods_seeds_orders(tiny_bert, write_sequence, tmp_path, capsys):
+    seq = write_sequence(two_tasks(tiny_bert))
+    out = tmp_path / "cmp"
+    code = main(["compare", str(seq), "--methods", "ps-lora,inc-lora", "--seeds", "0,1",
+                 "--orders", "2", "--out", str(out), "--device", "cpu", "--json", "--quiet"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["runs"]) == 2 * 2 * 2
+    for method in ("ps-lora", "inc-lora"):
+        row = doc["summary"][method]
+        assert row["runs"] == 4 and row["acc"]["mean"] is not None and row["acc"]["std"] >= 0
+        accs = [r["metrics"]["acc"] for r in doc["runs"] if r["method"] == method]
+        mean = sum(accs) / len(accs)
+        assert abs(row["acc"]["mean"] - mean) < 1e-12
+    orders = {tuple(r["tasks"]) for r in doc["runs"]}
+    assert orders == {("t1", "t2"), ("t2", "t1")}
+    assert (out / "compare.csv").read_text().startswith("method,runs,acc_mean")
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Re-running finds every store complete and trains nothing.
+    code = main(["compare", str(seq), "--methods", "inc-lora", "--seeds", "0", "--out", str(out), "--json", "--quiet"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["runs"][0]["trained"] == []
+
+
+def test_seq_lora_continues_one_adapter_and_uses_the_last(tiny_bert, write_sequence, tmp_path, capsys):
+    seq = write_sequence(two_tasks(tiny_bert, name="seq-lora"))
+    store = tmp_path / "s"
+    assert main(["run", str(seq), "--store", str(store), "--json", "--quiet", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    merged = load_file(next((store / "merges").glob("last-*.safetensors")).as_posix())
+    t2 = load_file(str(store / "tasks" / "t2" / "adapter_model.safetensors"))
+    cfg = json.loads((store / "tasks" / "t2" / "adapter_config.json").read_text())
+    p = "base_model.model.encoder.layer.0.attention.self.query"
+    expected = cfg["lora_alpha"] / cfg["r"] * t2[p + ".lora_B.weight"] @ t2[p + ".lora_A.weight"]
+    assert torch.equal(merged["encoder.layer.0.attention.self.query.weight"], expected)
+    # Trained on from task 1's adapter: task 2's A is not a fresh random init, it moved from task 1's.
+    t1 = load_file(str(store / "tasks" / "t1" / "adapter_model.safetensors"))
+    moved = (t2[p + ".lora_A.weight"] - t1[p + ".lora_A.weight"]).abs().max()
+    assert 0 < moved < t1[p + ".lora_A.weight"].abs().max()
+
+
+def test_per_task_scores_each_task_with_its_own_adapter(tiny_bert, write_sequence, tmp_path, capsys):
+    seq = write_sequence(two_tasks(tiny_bert, name="per-task"))
+    store = tmp_path / "s"
+    assert main(["run", str(seq), "--store", str(store), "--json", "--quiet", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    aware = doc["matrix"]["task_aware"]
+    assert aware[2][0] == aware[1][0]          # task 1 keeps its own adapter: no forgetting by construction
+    assert doc["merge"] is None
+
+
+@pytest.mark.parametrize("merge", ["ties", "task-arithmetic", "mean"])
+def test_custom_merges_run(merge, tiny_bert, write_sequence, tmp_path, capsys):
+    seq = write_sequence(two_tasks(tiny_bert, name="custom", merge=merge, previous="sum", merge_scale=0.5))
+    assert main(["run", str(seq), "--store", str(tmp_path / "s"), "--json", "--quiet", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["merge"]["method"] == merge and doc["matrix"]["metrics"]["primary"]["acc"] is not None
+
+
+def test_compare_bad_method(tiny_bert, write_sequence, tmp_path, capsys):
+    seq = write_sequence(two_tasks(tiny_bert))
+    assert main(["compare", str(seq), "--methods", "ewc", "--out", str(tmp_path / "c")]) == 2
+    assert "unknown method 'ewc'" in capsys.readouterr().err
