@@ -138,6 +138,10 @@ def train_one(seq: dict, store: Store, task_id: str, device, reporter: Reporter,
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     reporter.info(f"task {task_id}: trained {metrics['steps']} steps in {metrics['seconds']:.1f} s, "
                   f"final loss {metrics['final']['loss']:.4f}")
+    stale = [t["id"] for t in seq["tasks"][i + 1:] if store.has_task(t["id"])]
+    if stale:
+        reporter.info(f"note: {', '.join(stale)} were trained against the previous {task_id}; "
+                      f"retrain them (pslora train-task --task {stale[0]}) to keep the sequence consistent")
     return meta
 
 
