@@ -64,6 +64,14 @@ class AdapterFile:
         with safe_open(str(self.path), framework="pt", device=str(device)) as f:
             return f.get_tensor(a_key), f.get_tensor(b_key)
 
+    def weight_shape(self, param: str) -> tuple[int, ...]:
+        """Shape of the adapted base weight: (d_out, d_in) for a Linear, (d_out, d_in, kh, kw) for a conv (from
+        the factors' shapes, A (r, d_in, kh, kw) and B (d_out, r, 1, 1); read from the header only)."""
+        a_key, b_key = self.modules[param]
+        with safe_open(str(self.path), framework="pt") as f:
+            a_shape, b_shape = f.get_slice(a_key).get_shape(), f.get_slice(b_key).get_shape()
+        return (int(b_shape[0]), *(int(d) for d in a_shape[1:]))
+
     def delta(self, param: str, device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
         a, b = self.factors(param, device)
         return lora_delta(a.to(dtype), b.to(dtype), self.scale)
@@ -95,7 +103,7 @@ def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device
 
 def merge_options(method_cfg: dict) -> dict:
     """The merge keyword arguments of a sequence's method section."""
-    return {"density": method_cfg["merge_density"], "scale": method_cfg["merge_scale"]}
+    return {"density": method_cfg.get("merge_density", 0.2), "scale": method_cfg.get("merge_scale", 1.0)}
 
 
 def history_sum(adapters: list[AdapterFile], device) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ the statistics are those of core/shifts.py. Only the adapters are read (no model
 - --intervene (the paper's Figure 2): for stage t, zero the entries of ΔW_t in the chosen subset (by default the
   opposite-sign entries among the top-10% of the pooled entries by |ΔW_t|), evaluate W0 + merge(ΔW_1..ΔW_{t-1},
   modified ΔW_t) on tasks 1..t; compare with zeroing as many entries of the other sign (those with the largest
-  key, or the smallest for a bottom subset) and as many random entries (seeded).
+  key, or the smallest for a bottom subset) and as many random entries (drawn with the seed + t).
 - --compare OTHER: the same analysis of another store (read only), side by side.
 
 Outputs (each written atomically) go to STORE/analysis/ (under the store's lock) and to --out DIR:
@@ -22,6 +22,7 @@ sign-agreement.png, intervention.png, compare.png.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -35,7 +36,7 @@ from .core import shifts as S
 from .errors import InputError
 from .report import Reporter
 from .sequence import canonical_hash
-from .store import Store, atomic_path, read_json, write_json_atomic, write_text_atomic
+from .store import Store, atomic_path, read_json, write_json_atomic
 from .workflow import Options, open_store, resolve_device
 
 RANK_ALIASES = {"d": "delta", "delta": "delta", "h": "history", "history": "history", "c": "combined",
@@ -118,14 +119,33 @@ def _matrix_rows(seq: dict, store: Store, ids: list[str]) -> tuple[list[list] | 
         grid, merge = doc[doc["primary"]], doc["merge"]
         if doc["tasks"][:len(ids)] != ids:
             return None, f"{path}: its tasks do not match the store's"
-        from .evaluate import _keys  # the keys evaluate.py writes: a cell is fresh when its stage's adapters
-        # and its task's head and data are those in the store now
-        rows, cols = _keys(seq, store, len(ids))
-        fresh = [[grid[t][i] if doc["row_keys"][t] == rows[t] and doc["col_keys"][i] == cols[i] else None
+        rows, cols = _fresh_keys(seq, store, ids, merge)
+        fresh = [[grid[t][i] if doc["row_keys"][t] in rows[t] and doc["col_keys"][i] == cols[i] else None
                   for i in range(len(ids))] for t in range(len(ids) + 1)]
     except (KeyError, IndexError, TypeError) as exc:
         return None, f"{path}: unexpected layout ({type(exc).__name__}: {exc})"
     return fresh, f"{path} ({doc['primary']}, stages merged with {merge})"
+
+
+def _fresh_keys(seq: dict, store: Store, ids: list[str], merge: str) -> tuple[list[set], list[str]]:
+    """The keys evaluate.py gives the matrix rows and columns for the adapters and heads in the store now.
+
+    A row is also accepted under the earlier key form, hash([merge] + adapter sha256s), written before the merge
+    options existed: it names the same adapters and, for the merges of that time, the same stage.
+    """
+    from .evaluate import _keys
+
+    metas = [store.task_meta(t) for t in ids]
+    legacy = ["base"] + [canonical_hash([merge] + [m["sha256"]["adapter_model.safetensors"] for m in metas[:t]])
+                         for t in range(1, len(ids) + 1)]
+    cols = [canonical_hash([m["sha256"]["head.safetensors"], m["data_fingerprint"]]) for m in metas]
+    try:
+        rows, cols = _keys(seq, store, len(ids))
+    except KeyError:  # a sequence stored before the merge options existed
+        rows = legacy
+    if merge != seq["method"]["merge"]:
+        return [{"base"}] + [set() for _ in ids], cols
+    return [{r, lg} for r, lg in zip(rows, legacy)], cols
 
 
 def _stage_merger(seq: dict):
@@ -187,6 +207,22 @@ def _stage_list(ids: list[str], wanted: list[str] | None, where: str) -> list[in
     return sorted(set(stages))
 
 
+@contextlib.contextmanager
+def _one_thread(device):
+    """Run the statistics on one CPU thread. They are sorts and passes over a few million entries at most; on the
+    2-core CPU this was measured on (shared with other work), torch's intra-op threads made them 2x (pooled) to
+    5x (per module) slower than one thread."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def analyze_store(seq: dict, store: Store, aopts: AnalysisOptions, device, reporter: Reporter) -> dict:
     """The statistics of every requested stage of one store, its accuracy drops and correlations."""
     from .adapters import open_adapters
@@ -211,11 +247,12 @@ def analyze_store(seq: dict, store: Store, aopts: AnalysisOptions, device, repor
         if t in stages:
             reporter.info(f"{store.root}: stage {ids[t - 1]} (ΔW_{t} against the sum of tasks 1..{t - 1}), "
                           f"{len(modules)} modules")
-            per_module = {m: S.shift_stats(deltas[m], history[m], **kw) for m in modules}
-            d = torch.cat([deltas[m].reshape(-1) for m in modules])
-            h = torch.cat([history[m].reshape(-1) for m in modules])
-            pooled = S.shift_stats(d, h, **kw)
-            del d, h
+            with _one_thread(device):
+                per_module = {m: S.shift_stats(deltas[m], history[m], **kw) for m in modules}
+                d = torch.cat([deltas[m].reshape(-1) for m in modules])
+                h = torch.cat([history[m].reshape(-1) for m in modules])
+                pooled = S.shift_stats(d, h, **kw)
+                del d, h
             out_stages.append({"task": ids[t - 1], "stage": t, "pooled": pooled, "modules": per_module,
                                "summary": summary(pooled, k_ref)})
         for m in modules:
@@ -244,6 +281,8 @@ def correlations(stages: list[dict], matrix: str | None, note: str) -> dict:
                  "drop": [st["accuracy"]["drop"] for st in points], "statistics": {}}
     if matrix is None:
         doc["note"] = note
+    elif not points and stages:
+        doc["note"] = f"no stage of {note} matches the adapters in the store now (`pslora eval` refreshes it)"
     elif len(points) < 3:
         doc["note"] = f"{len(points)} stage(s) with a known drop: correlations need at least 3"
     for key in SUMMARY_LABELS:
@@ -261,6 +300,9 @@ def intervene(seq: dict, store: Store, doc: dict, aopts: AnalysisOptions, device
     from .evaluate import Evaluator
     from .workflow import data_loader
 
+    if seq["method"]["merge"] == "own":
+        raise InputError(f"--intervene: {store.root} scores each task with its own adapter (method.merge = own); "
+                         f"there is no merged stage to modify")
     sub = aopts.parsed_subset
     other = "same" if sub["sign"] == "opposite" else "opposite"
     ci = seq["scenario"] == "class-incremental"
@@ -271,8 +313,8 @@ def intervene(seq: dict, store: Store, doc: dict, aopts: AnalysisOptions, device
     evaluator = Evaluator(seq, store, device, data_loader(seq))
     grid, _ = _matrix_rows(seq, store, ids)
     merge = _stage_merger(seq)
-    result = {"subset": dict(sub, rank_by=aopts.rank_by), "control_sign": other, "merge": seq["method"]["merge"], "kind": kind,
-              "seed": seq["seed"], "stages": []}
+    result = {"subset": dict(sub, rank_by=aopts.rank_by), "control_sign": other, "merge": seq["method"]["merge"],
+              "kind": kind, "seed": seq["seed"], "stages": []}
     for st in doc["stages"]:
         t = st["stage"]
         deltas = {m: adapters[t - 1].delta(m, device) for m in modules}
@@ -288,6 +330,9 @@ def intervene(seq: dict, store: Store, doc: dict, aopts: AnalysisOptions, device
         l1 = float(d.double().abs().sum())
         entry = {"task": st["task"], "stage": t, "numel": d.numel(), "count": count, "variants": {}}
         for name, mask in masks.items():
+            if name != "none" and not bool(mask.any()):  # nothing to zero: the unmodified stage
+                entry["variants"][name] = dict(entry["variants"]["none"])
+                continue
             reporter.info(f"{store.root}: stage {st['task']}: zeroing {int(mask.sum())} entries ({name}), "
                           f"evaluating tasks 1..{t}")
             modified = torch.where(mask, torch.zeros_like(d), d)
@@ -360,7 +405,9 @@ def comparison(a: dict, b: dict) -> dict:
         means[side] = {k: _mean([r[side][k] for r in rows]) for k in SUMMARY_LABELS}
         means[side]["drop"] = _mean([r[f"{side}_drop"] for r in rows])
     return {"a": a["store"], "b": b["store"], "tasks": [r["task"] for r in rows], "stages": rows, "mean": means,
-            "same_modules": a["modules"] == b["modules"]}
+            "same_modules": a["modules"] == b["modules"],
+            "merge": {"a": a["method"]["merge"], "b": b["method"]["merge"]},
+            "note": "drop_t is measured on each store's own stages (W0 + its merge of tasks 1..t)"}
 
 
 def _mean(values: list) -> float | None:
@@ -414,12 +461,21 @@ def analyze_shifts(opts: Options, aopts: AnalysisOptions, reporter: Reporter) ->
     return doc
 
 
+OUTPUT_FILES = ("shifts.csv", "subsets.csv", "histograms.csv", "correlation.csv", "intervention.csv",
+                "comparison.csv", "shift-histograms.png", "sign-agreement.png", "intervention.png", "compare.png")
+
+
 def _write_all(folder: Path, files: dict[str, bytes], doc: dict) -> None:
+    """Write this run's files; remove the files an earlier run left there that this one does not produce (e.g.
+    compare.png after a run without --compare), so that the folder always describes one run."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         with atomic_path(folder / name) as tmp:
             tmp.write_bytes(data)
     write_json_atomic(folder / "shifts.json", doc)
+    for name in OUTPUT_FILES:
+        if name not in files:
+            (folder / name).unlink(missing_ok=True)
 
 
 # -- CSV and figures (rendered in memory, then written atomically) ----------------------------------------------
@@ -458,7 +514,8 @@ def subsets_csv(doc: dict) -> bytes:
             for part in S.PARTS:
                 for k, e in sub[part].items():
                     rows.append([st["task"], module, sub["rank_by"], part, k, e["count"]]
-                                + [e[g][c] for g in ("same", "opposite", "zero") for c in ("count", "fraction", "l1_share")]
+                                + [e[g][c] for g in ("same", "opposite", "zero")
+                                   for c in ("count", "fraction", "l1_share")]
                                 + [e["l1_share"]])
     return _csv(rows)
 
@@ -518,6 +575,7 @@ def render_figures(doc: dict) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     out = {}
     docs = [doc] + ([doc["compare"]] if doc.get("compare") else [])
@@ -542,20 +600,22 @@ def render_figures(doc: dict) -> dict[str, bytes]:
             sh = st["pooled"]["shift"]
             ax.set_title(f"{_label(d)}: {st['task']}  W1={sh['wasserstein1']:.2e} KS={sh['ks']:.3f}", fontsize=8)
             ax.tick_params(labelsize=7)
-            ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
+            ax.xaxis.set_major_locator(MaxNLocator(5, symmetric=True))
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
             ax.xaxis.get_offset_text().set_fontsize(7)
             if c == 0:
                 ax.set_ylabel("entries (log)", fontsize=8)
             if r == len(docs) - 1:
                 ax.set_xlabel("parameter update value", fontsize=8)
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Parameter shift per stage, pooled over modules (shared bins)", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=3, frameon=False)
+    fig.suptitle("Parameter shift per stage, pooled over modules (shared bins)", fontsize=10, x=0.3)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     out["shift-histograms.png"] = _png(fig)
 
     # Sign agreement: per stage, same/opposite fractions with the conflict ratio and flip rate; and the opposite
     # fraction inside the top-k% subsets by the ranking key.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.15, 1], "wspace": 0.5})
     ax = axes[0]
     width = 0.8 / len(docs)
     tasks = [st["task"] for st in doc["stages"]]
@@ -569,28 +629,32 @@ def render_figures(doc: dict) -> dict[str, bytes]:
                label=f"same sign ({_label(d)})")
         ax.bar(pos, opp, width * 0.9, bottom=same, color="tab:red", alpha=0.75 if j == 0 else 0.4,
                label=f"opposite sign ({_label(d)})")
-        ax.plot(pos, [_nan(by_task.get(t, {}).get("conflict_ratio")) for t in tasks], "ko" if j == 0 else "kD",
-                label=f"conflict ratio ({_label(d)})")
-        ax.plot(pos, [_nan(by_task.get(t, {}).get("flip_rate")) for t in tasks], "k_" if j == 0 else "kx",
-                markersize=12, label=f"flip rate ({_label(d)})")
+        ax.plot(pos, [_nan(by_task.get(t, {}).get("conflict_ratio")) for t in tasks], "o" if j == 0 else "D",
+                color="black", markeredgecolor="white", markersize=8, label=f"conflict ratio ({_label(d)})")
+        ax.plot(pos, [_nan(by_task.get(t, {}).get("flip_rate")) for t in tasks], "v" if j == 0 else "^",
+                color="navy", markeredgecolor="white", markersize=8, label=f"flip rate ({_label(d)})")
     ax.set_xticks(x, tasks)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction of entries where ΔW_t ≠ 0 and H ≠ 0")
+    ax.set_ylabel("fraction of entries (ΔW_t ≠ 0, H ≠ 0)")
     ax.set_title("sign of ΔW_t against the history H", fontsize=10)
-    ax.legend(fontsize=6, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax = axes[1]
+    all_tasks = list(dict.fromkeys(st["task"] for d in docs for st in d["stages"]))
     for j, d in enumerate(docs):
         for st in d["stages"]:
             ks = list(st["pooled"]["subsets"]["top"])
             ax.plot([float(k) for k in ks], [st["pooled"]["subsets"]["top"][k]["opposite"]["fraction"] for k in ks],
                     marker="o" if j == 0 else "s", linestyle="-" if j == 0 else "--",
-                    label=f"{_label(d)} {st['task']}")
+                    color=f"C{all_tasks.index(st['task']) % 10}", label=f"{_label(d)} {st['task']}")
     ax.set_xscale("log")
+    ax.set_xticks([float(k) for k in doc["ks"]], [str(k) for k in doc["ks"]])
+    ax.minorticks_off()
     ax.set_xlabel(f"top-k% of entries by |{ {'delta': 'ΔW_t', 'history': 'H', 'combined': 'C'}[doc['rank_by']] }|")
     ax.set_ylabel("fraction with sign opposite to H")
+    ax.set_ylim(bottom=0)
     ax.set_title("opposite-sign share among the largest entries", fontsize=10)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+    ax.legend(fontsize=7, ncol=2)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.92)
     out["sign-agreement.png"] = _png(fig)
 
     if doc.get("intervention"):
@@ -608,33 +672,43 @@ def render_figures(doc: dict) -> dict[str, bytes]:
             for j, (name, label) in enumerate(names):
                 vals = [100 * e["variants"][name][key] for e in iv["stages"]]
                 ax.bar(x - 0.4 + width * (j + 0.5), vals, width * 0.9, label=label)
-            ax.set_xticks(x, itasks)
+            ax.set_xticks(x, [f"{e['task']}\n({e['count']} zeroed)" for e in iv["stages"]])
             ax.set_ylabel(f"accuracy (%), {iv['kind'].replace('_', '-')}")
             ax.set_title(title, fontsize=10)
             ax.set_ylim(0, 100)
-        axes[0].legend(fontsize=7)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", fontsize=8, ncol=4, frameon=False)
         fig.suptitle(f"zeroing entries of ΔW_t before merging ({iv['merge']}); {_label(doc)}", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         out["intervention.png"] = _png(fig)
 
     if doc.get("comparison"):
         cmp = doc["comparison"]
-        keys = ["conflict_ratio", "opposite_fraction", "top_opposite_l1_share", "relative_norm", "wasserstein1",
-                "flip_rate"]
-        fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+        titles = {"conflict_ratio": "conflict ratio Σ_{DH<0}|DH| / Σ|DH|",
+                  "opposite_fraction": "opposite-sign fraction (D, H ≠ 0)",
+                  "top_opposite_l1_share": f"opposite sign in top-{doc['k_ref']}%: share of ‖D‖₁",
+                  "flip_rate": "flip rate: sign C ≠ sign H", "relative_norm": "relative norm ‖D‖/‖H‖",
+                  "wasserstein1": "Wasserstein-1 (H, C)", "ks": "Kolmogorov–Smirnov (H, C)",
+                  "drop": "old-task accuracy drop (points)"}
+        fig, axes = plt.subplots(2, 4, figsize=(15, 6.5))
         x = np.arange(len(cmp["tasks"]))
-        for ax, key in zip(axes.flat, keys):
+        for ax, key in zip(axes.flat, titles):
             for j, side in enumerate(("a", "b")):
-                vals = [_nan(r[side][key]) for r in cmp["stages"]]
-                ax.bar(x - 0.2 + 0.4 * j, vals, 0.38, label=_label(doc if side == "a" else doc["compare"]))
+                if key == "drop":
+                    vals = [100 * _nan(r[f"{side}_drop"]) for r in cmp["stages"]]
+                else:
+                    vals = [_nan(r[side][key]) for r in cmp["stages"]]
+                other = doc if side == "a" else doc["compare"]
+                ax.bar(x - 0.2 + 0.4 * j, vals, 0.38, label=f"{_label(other)} ({other['method']['merge']} merge)")
             ax.set_xticks(x, cmp["tasks"])
-            title = SUMMARY_LABELS[key].replace("top-k%", f"top-{doc['k_ref']}%")
-            ax.set_title(title, fontsize=10)
+            ax.set_title(titles[key], fontsize=9)
             ax.tick_params(labelsize=8)
-        axes[0][0].legend(fontsize=8)
+            ax.axhline(0, color="black", linewidth=0.6)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=2, frameon=False)
         fig.suptitle("pooled shift statistics per stage: " + " vs ".join(
-            _label(d) for d in (doc, doc["compare"])), fontsize=10)
-        fig.tight_layout()
+            _label(d) for d in (doc, doc["compare"])), fontsize=10, x=0.3)
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
         out["compare.png"] = _png(fig)
     return out
 
@@ -656,67 +730,65 @@ def _pct(v) -> str:
 
 
 def print_analysis(reporter: Reporter, doc: dict) -> None:
+    from rich import box
     from rich.table import Table
+
+    def table(title: str, columns: list[str]) -> Table:
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+        for i, col in enumerate(columns):
+            t.add_column(col, justify="left" if i == 0 else "right")
+        return t
 
     for d in [doc] + ([doc["compare"]] if doc.get("compare") else []):
         k = d["k_ref"]
-        table = Table(title=f"{d['store']}: parameter shifts per stage, pooled over {len(d['modules'])} modules "
-                            f"(D = ΔW_t, H = Σ earlier ΔW, C = H + D; fractions in %)", title_justify="left")
-        for col in ("task", "‖D‖/‖H‖", "W1(H,C)", "KS(H,C)", "same", "opposite", "conflict ratio", "flip",
-                    f"top-{k}% opp.", f"top-{k}% opp. ‖D‖₁", "old-acc drop"):
-            table.add_column(col, justify="right")
+        t = table(f"{d['store']} ({d['method']['merge']} merge): shifts per stage, pooled over "
+                  f"{len(d['modules'])} modules. D = ΔW_t, H = Σ earlier ΔW, C = H + D; D/H = ‖D‖/‖H‖; W1, KS "
+                  f"between H and C; same% of entries with D, H ≠ 0; conflict = Σ_(DH<0)|DH| / Σ|DH|; flip% = sign C "
+                  f"≠ sign H; top{k} opp% = opposite-sign % in the top-{k}% by |{d['rank_by']}|; drop% = old-task "
+                  f"accuracy lost at this stage",
+                  ["task", "D/H", "W1", "KS", "same%", "conflict", "flip%", f"top{k} opp%", "drop%"])
         for st in d["stages"]:
             s = st["summary"]
-            table.add_row(st["task"], _f(s["relative_norm"]), _f(s["wasserstein1"], ".2e"), _f(s["ks"]),
-                          _pct(s["same_fraction"]), _pct(s["opposite_fraction"]), _f(s["conflict_ratio"]),
-                          _pct(s["flip_rate"]), _pct(s["top_opposite_fraction"]), _pct(s["top_opposite_l1_share"]),
-                          _pct((st["accuracy"] or {}).get("drop")))
-        reporter.out.print(table)
-        table = Table(title=f"subsets ranked by |{d['rank_by']}| (pooled): share of entries / of ‖D‖₁ with sign "
-                            f"opposite to H, in %", title_justify="left")
-        table.add_column("task")
-        for part in S.PARTS:
-            for kk in d["ks"]:
-                table.add_column(f"{part} {kk}%", justify="right")
+            t.add_row(st["task"], _f(s["relative_norm"]), _f(s["wasserstein1"], ".2e"), _f(s["ks"]),
+                      _pct(s["same_fraction"]), _f(s["conflict_ratio"], ".4f"), _pct(s["flip_rate"]),
+                      _pct(s["top_opposite_fraction"]), _pct((st["accuracy"] or {}).get("drop")))
+        reporter.out.print(t)
+        t = table(f"top-k% of entries by |{d['rank_by']}| (pooled): % with sign opposite to H / their % of ‖D‖₁",
+                  ["task"] + [f"top {kk}%" for kk in d["ks"]])
         for st in d["stages"]:
-            sub = st["pooled"]["subsets"]
-            table.add_row(st["task"], *[f"{_pct(e['opposite']['fraction'])} / {_pct(e['opposite']['l1_share'])}"
-                                        for part in S.PARTS for e in sub[part].values()])
-        reporter.out.print(table)
+            t.add_row(st["task"], *[f"{_pct(e['opposite']['fraction'])} / {_pct(e['opposite']['l1_share'])}"
+                                    for e in st["pooled"]["subsets"]["top"].values()])
+        reporter.out.print(t)
         corr = d["correlation"]
         if corr["points"] >= 3:
-            table = Table(title=f"correlation across {corr['points']} stages with the old-task accuracy drop",
-                          title_justify="left")
-            for col in ("statistic", "Pearson", "Spearman"):
-                table.add_column(col, justify="right")
+            t = table(f"correlation across {corr['points']} stages with the old-task accuracy drop",
+                      ["statistic", "Pearson", "Spearman"])
             for key, v in corr["statistics"].items():
-                table.add_row(SUMMARY_LABELS[key].replace("top-k%", f"top-{k}%"), _f(v["pearson"]),
-                              _f(v["spearman"]))
-            reporter.out.print(table)
+                t.add_row(SUMMARY_LABELS[key].replace("top-k%", f"top-{k}%"), _f(v["pearson"]), _f(v["spearman"]))
+            reporter.out.print(t)
         else:
             reporter.out.print(f"correlation with the accuracy drop: {corr.get('note', 'not enough stages')}")
     if doc.get("intervention"):
         iv = doc["intervention"]
         sub = iv["subset"]
-        table = Table(title=f"intervention: zero entries of ΔW_t, then W0 + {iv['merge']} merge; "
-                            f"accuracy in % ({iv['kind'].replace('_', '-')})", title_justify="left")
-        for col in ("task", "entries", "none: old / new", f"{sub['sign']} {sub['part']}-{sub['k']}%: old / new",
-                    f"{iv['control_sign']} sign: old / new", "random: old / new"):
-            table.add_column(col, justify="right")
+        t = table(f"intervention: zero entries of ΔW_t, then W0 + {iv['merge']} merge; accuracy % on old / new "
+                  f"task ({iv['kind'].replace('_', '-')})",
+                  ["task", "zeroed", "none", f"{sub['sign']} {sub['part']}{sub['k']}%", f"{iv['control_sign']} sign",
+                   "random"])
         for e in iv["stages"]:
             v = e["variants"]
-            table.add_row(e["task"], str(e["count"]),
+            t.add_row(e["task"], str(e["count"]),
                           *[f"{_pct(v[n]['old_accuracy'])} / {_pct(v[n]['new_accuracy'])}"
-                            for n in ("none", "selected", "other_sign", "random")])
-        reporter.out.print(table)
+                        for n in ("none", "selected", "other_sign", "random")])
+        reporter.out.print(t)
     if doc.get("comparison"):
         cmp = doc["comparison"]
-        table = Table(title=f"comparison, mean over stages {', '.join(cmp['tasks'])}", title_justify="left")
-        for col in ("statistic", _label(doc), _label(doc["compare"])):
-            table.add_column(col, justify="right")
+        t = table(f"comparison, mean over stages {', '.join(cmp['tasks'])} (merges: {cmp['merge']['a']} vs "
+                  f"{cmp['merge']['b']})",
+                  ["statistic", _label(doc), _label(doc["compare"])])
         for key in list(SUMMARY_LABELS) + ["drop"]:
             label = "old-acc drop" if key == "drop" else SUMMARY_LABELS[key].replace("top-k%", f"top-{doc['k_ref']}%")
-            table.add_row(label, _f(cmp["mean"]["a"][key], ".4f"), _f(cmp["mean"]["b"][key], ".4f"))
-        reporter.out.print(table)
+            t.add_row(label, _f(cmp["mean"]["a"][key], ".4f"), _f(cmp["mean"]["b"][key], ".4f"))
+        reporter.out.print(t)
     if doc.get("files"):
         reporter.info("files: " + ", ".join(doc["files"]))

@@ -40,7 +40,7 @@ def trained_prefix(seq: dict, store: Store) -> int:
 
 def _keys(seq: dict, store: Store, k: int) -> tuple[list[str], list[str]]:
     metas = [store.task_meta(t["id"]) for t in seq["tasks"][:k]]
-    merge = [seq["method"][k] for k in ("merge", "merge_density", "merge_scale")]
+    merge = [seq["method"].get(k) for k in ("merge", "merge_density", "merge_scale")]
     row_keys = ["base"] + [canonical_hash(merge + [m["sha256"]["adapter_model.safetensors"] for m in metas[:t]])
                            for t in range(1, k + 1)]
     col_keys = [canonical_hash([m["sha256"]["head.safetensors"], m["data_fingerprint"]]) for m in metas]

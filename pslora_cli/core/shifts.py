@@ -2,7 +2,8 @@
 
 Notation: D = ΔW_t (task t's update), H = Σ_{i<t} ΔW_i (the history), C = H + D. Inputs are tensors of any
 shape and are flattened; the pooled statistics of a stage are the same functions applied to the concatenation of
-its modules' flattened tensors. Sorting is done in the inputs' dtype; sums and products are taken in float64.
+its modules' flattened tensors. Sums are taken in float64; sorting is exact (on integer keys that order like the
+floats).
 Nothing here reads or writes files.
 
 Definitions (n = number of entries):
@@ -21,9 +22,10 @@ Definitions (n = number of entries):
   flip_rate = share of the entries with H ≠ 0 where sign C ≠ sign H (C = 0 counts as a flip; null when H = 0).
 - subsets: the entries ranked by a key, |D| ("delta", default), |H| ("history") or |C| ("combined"); the top-k%
   (largest keys) and bottom-k% (smallest keys) hold m = ⌈k·n/100⌉ entries (at least 1); among equal keys the
-  top ranking takes the lower position first (a stable sort) and the bottom ranking is its exact reverse. Each subset is split by the sign relation of D and H: "same" (DH > 0), "opposite" (DH < 0),
-  "zero" (D = 0 or H = 0), giving each group's count, its fraction of the subset and its share of ‖D‖_1 (the
-  group's Σ|D| over the whole Σ|D|; null when D = 0).
+  top ranking takes the lower position first (a stable sort) and the bottom ranking is its exact reverse. Each
+  subset is split by the sign relation of D and H: "same" (DH > 0), "opposite" (DH < 0), "zero" (D = 0 or
+  H = 0), giving each group's count, its fraction of the subset and its share of ‖D‖_1 (the group's Σ|D| over
+  the whole Σ|D|; null when D = 0).
 - Pearson and Spearman correlation (Spearman = Pearson on average ranks); null for fewer than 3 points or when
   either variable is constant.
 """
@@ -67,6 +69,35 @@ def _sum64(x: Tensor) -> float:
     return float(x.sum(dtype=torch.float64))
 
 
+_INT_VIEW = {torch.float32: (torch.int32, 0x7FFFFFFF), torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF)}
+
+
+def _order_keys(x: Tensor) -> Tensor:
+    """Integers that sort like the floats `x` (IEEE bits, negatives' magnitude bits flipped; −0 just below +0).
+
+    Sorting these is about twice as fast on the CPU as sorting the floats, with exactly the same order. The map
+    is its own inverse. Other dtypes are returned unchanged.
+    """
+    if x.dtype not in _INT_VIEW:
+        return x
+    itype, mask = _INT_VIEW[x.dtype]
+    bits = x.contiguous().view(itype)
+    return bits ^ ((bits >> (bits.element_size() * 8 - 1)) & mask)
+
+
+def sort_values(x: Tensor) -> Tensor:
+    """torch.sort(x).values for a 1-D tensor (through integer keys for float32/float64; NaN is not supported)."""
+    keys = _order_keys(x)
+    if keys is x:
+        return torch.sort(x).values
+    return _order_keys_inverse(torch.sort(keys).values, x.dtype)
+
+
+def _order_keys_inverse(keys: Tensor, dtype) -> Tensor:
+    itype, mask = _INT_VIEW[dtype]
+    return (keys ^ ((keys >> (keys.element_size() * 8 - 1)) & mask)).view(dtype)
+
+
 def _quantiles_sorted(s: Tensor, levels: Sequence[float]) -> list[float]:
     n = s.numel()
     if n == 0:
@@ -84,7 +115,7 @@ def _quantiles_sorted(s: Tensor, levels: Sequence[float]) -> list[float]:
 
 def quantiles(x: Tensor, levels: Sequence[float] = QUANTILES) -> list[float]:
     """Quantiles of the values of `x` at `levels` (each in [0, 1]), linear interpolation (numpy's default)."""
-    return _quantiles_sorted(torch.sort(_flat(x)).values, levels)
+    return _quantiles_sorted(sort_values(_flat(x)), levels)
 
 
 def shared_histograms(tensors: dict[str, Tensor], bins: int = DEFAULT_BINS) -> tuple[list[float], dict[str, list[int]]]:
@@ -104,21 +135,21 @@ def shared_histograms(tensors: dict[str, Tensor], bins: int = DEFAULT_BINS) -> t
 
 def ecdf_distances(a: Tensor, b: Tensor) -> tuple[float, float]:
     """(Wasserstein-1, Kolmogorov–Smirnov) between the empirical distributions of the values of a and b, exact."""
-    a, b = torch.sort(_flat(a)).values, torch.sort(_flat(b)).values
-    return _ecdf_sorted(a, b)
+    return _ecdf_sorted(sort_values(_flat(a)), sort_values(_flat(b)))
 
 
 def _ecdf_sorted(a: Tensor, b: Tensor) -> tuple[float, float]:
     na, nb = a.numel(), b.numel()
     if na == 0 or nb == 0:
         raise ValueError("distances between empty samples")
-    # Both empirical CDFs are right-continuous steps that jump only at sample points, so |F_a − F_b| is largest
-    # at one of them.
+    # F_a − F_b only rises at points of a and only falls at points of b (both CDFs are right-continuous steps), so
+    # KS = max(max_i F_a(a_i) − F_b(a_i), max_j F_b(b_j) − F_a(b_j)). At the i-th smallest point of a, (i+1)/n_a
+    # is F_a(a_i) for the last of equal values and below it for the others, so the maxima are exact.
     ks = 0.0
-    for pts in (a, b):
-        fa = torch.searchsorted(a, pts, right=True).double() / na
-        fb = torch.searchsorted(b, pts, right=True).double() / nb
-        ks = max(ks, float((fa - fb).abs().max()))
+    for x, y in ((a, b), (b, a)):
+        fx = torch.arange(1, x.numel() + 1, device=x.device, dtype=torch.float64) / x.numel()
+        fy = torch.searchsorted(y, x, right=True).double() / y.numel()
+        ks = max(ks, float((fx - fy).max()))
     if na == nb:  # W1 between equal-size samples: the mean distance between matching order statistics
         w1 = _sum64((a.double() - b.double()).abs()) / na
     else:  # ∫ |F_a − F_b| dx: both CDFs are constant between consecutive points of the pooled sample
@@ -156,7 +187,7 @@ def sign_agreement(delta: Tensor, history: Tensor, rel: Tensor | None = None) ->
     rel = sign_relation(d, h) if rel is None else rel
     same, opposite = int((rel == SAME).sum()), int((rel == OPPOSITE).sum())
     both = same + opposite
-    p = d.double() * h.double()
+    p = d * h
     total = _sum64(p.abs())
     conflict = -_sum64(p.clamp(max=0))
     sh = torch.sign(h)
@@ -187,7 +218,7 @@ def ranking(key: Tensor, part: str) -> Tensor:
     first in the top ranking, and the bottom ranking is its exact reverse."""
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r}; expected one of {PARTS}")
-    order = torch.sort(key, descending=True, stable=True).indices
+    order = torch.sort(_order_keys(key), descending=True, stable=True).indices
     return order if part == "top" else order.flip(0)
 
 
@@ -202,20 +233,38 @@ def subsets(delta: Tensor, history: Tensor, ks: Sequence[float] = SUBSET_KS, ran
     total_l1 = _sum64(absd)
     top = ranking(rank_key(d, h, rank_by), "top")
     r, a = rel[top], absd[top].double()
+    is_same, is_opp = r == SAME, r == OPPOSITE
+    # Prefix sums along the top ranking; a bottom-m subset is the complement of the top-(n−m) prefix.
+    prefix = {"same": (torch.cumsum(is_same, 0), torch.cumsum(torch.where(is_same, a, 0.0), 0)),
+              "opposite": (torch.cumsum(is_opp, 0), torch.cumsum(torch.where(is_opp, a, 0.0), 0)),
+              "all": (None, torch.cumsum(a, 0))}
+
+    def head(name: str, m: int) -> tuple[int, float]:
+        """(count, Σ|D|) of group `name` among the first m entries of the top ranking."""
+        if m == 0:
+            return 0, 0.0
+        counts, l1 = prefix[name]
+        return (m if counts is None else int(counts[m - 1])), float(l1[m - 1])
+
     out: dict = {"rank_by": rank_by}
     for part in PARTS:
-        if part == "bottom":
-            r, a = r.flip(0), a.flip(0)
-        cum = {name: (torch.cumsum(r == code, 0), torch.cumsum(torch.where(r == code, a, 0.0), 0))
-               for name, code in (("same", SAME), ("opposite", OPPOSITE), ("zero", ZERO))}
         groups = {}
         for k in ks:
             m = subset_size(n, k)
+            vals = {}
+            for name in ("same", "opposite", "all"):
+                if part == "top":
+                    vals[name] = head(name, m)
+                else:
+                    whole, rest = head(name, n), head(name, n - m)
+                    vals[name] = (whole[0] - rest[0], whole[1] - rest[1])
+            vals["zero"] = (m - vals["same"][0] - vals["opposite"][0],
+                            max(0.0, vals["all"][1] - vals["same"][1] - vals["opposite"][1]))
             entry: dict = {"count": m}
-            for name, (counts, l1) in cum.items():
-                c = int(counts[m - 1])
-                entry[name] = {"count": c, "fraction": c / m, "l1_share": _ratio(float(l1[m - 1]), total_l1)}
-            entry["l1_share"] = _ratio(sum(float(l1[m - 1]) for _, l1 in cum.values()), total_l1)
+            for name in ("same", "opposite", "zero"):
+                c, l1 = vals[name]
+                entry[name] = {"count": c, "fraction": c / m, "l1_share": _ratio(l1, total_l1)}
+            entry["l1_share"] = _ratio(vals["all"][1], total_l1)
             groups[_k_name(k)] = entry
         out[part] = groups
     return out
@@ -234,7 +283,7 @@ def shift_stats(delta: Tensor, history: Tensor, *, ks: Sequence[float] = SUBSET_
     n = d.numel()
     pos = subsample_positions(n, max_samples, seed, d.device)
     ds, hs, cs = (d, h, c) if pos is None else (d[pos], h[pos], c[pos])
-    w1, ks_stat = _ecdf_sorted(torch.sort(hs).values, torch.sort(cs).values)
+    w1, ks_stat = _ecdf_sorted(sort_values(hs), sort_values(cs))
     rel = sign_relation(d, h)
     stats = {
         "numel": n,
