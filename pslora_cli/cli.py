@@ -219,6 +219,7 @@ def analyze_shifts_cmd(
     bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = 61,
     max_samples: Annotated[int, typer.Option("--max-samples", help="Above this many entries, quantiles, W1 and KS "
                                                                    "use a seeded subsample of this size.")] = 1 << 21,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the PNG figures.")] = True,
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
     quiet: QuietOpt = False, set_: SetOpt = None,
 ):
@@ -236,7 +237,7 @@ def analyze_shifts_cmd(
     reporter = _reporter(opts)
     aopts = AnalysisOptions(rank_by=parse_rank_by(rank_by), ks=parse_ks(ks), bins=bins, max_samples=max_samples,
                             tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
-                            intervene=intervene, subset=subset, compare=compare, out=out)
+                            intervene=intervene, subset=subset, compare=compare, out=out, figures=figures)
     doc = analyze_shifts(opts, aopts, reporter)
     if opts.json:
         _emit_json(doc)
