@@ -17,7 +17,8 @@ from torch import nn
 
 from .adapters import PEFT_PREFIX, AdapterFile, WeightFolder, merge_options, merged_deltas
 from .backbones import load_backbone, make_head, target_parameters
-from .core.stability import adaptive_alpha, lora_delta, parameter_stability_loss
+from .core.stability import adaptive_alpha
+from .core.stability_lean import prepare_history
 from .errors import InputError, WorkError
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -127,6 +128,11 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
     labels_all = torch.tensor(data.train_y, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
     use_ps = bool(previous) and method["stability_weight"] > 0
+    # The stability loss reads H block by block (core/stability_lean.py): the earlier tasks' stacked factors when
+    # they are smaller than dense H, else tanh(αH) cached densely; nothing d_out x d_in is kept for backward.
+    ps_history = {name: prepare_history(history[name], [(*adp.factors(name, device), adp.scale) for adp in previous],
+                                        alpha=alphas[name], variant=method["variant"])
+                  for name in layers} if use_ps else {}
     use_orth = bool(prev_factors_A) and method["orthogonality_weight"] > 0
 
     peft_model.train()
@@ -143,10 +149,8 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
             for name, layer in layers.items():
                 a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
                 if use_ps:
-                    delta = lora_delta(a, b, layer.scaling["default"])
-                    ps_loss = ps_loss + parameter_stability_loss(
-                        delta, history[name].reshape(delta.shape), alpha=alphas[name],
-                        reduction=method["reduction"], variant=method["variant"], lora_A=a, lora_B=b)
+                    ps_loss = ps_loss + ps_history[name].loss(a, b, layer.scaling["default"],
+                                                              reduction=method["reduction"])
                 if use_orth:
                     a_t = a.flatten(1)
                     for a_i in prev_factors_A[name]:

@@ -66,23 +66,41 @@ def describe(cfg: dict) -> str:
     arch = _architecture(cfg)
     file = _weights_file(cfg)
     if cfg["source"] == "builtin" and file is not None:
-        return f"timm:{arch} (weights: {BUILTIN_VISION[cfg['name']][1]} {file.name})"
+        return f"timm:{arch} (weights: {BUILTIN_VISION[cfg['name']][1].replace('_', '-')} {file.name})"
     if file is not None:
         return f"timm:{arch} (weights: {file})"
     if not cfg.get("pretrained", True):
         return f"timm:{arch} (random init, seed {RANDOM_INIT_SEED})"
+    if not _uses_hub(cfg):
+        return f"timm:{arch} (timm has no pretrained weights for it: random init, seed {RANDOM_INIT_SEED})"
     hub_id = _hub_id(arch)
-    return f"hf-hub:{hub_id}" if hub_id else f"timm:{arch}"
+    return f"hf-hub:{hub_id}" if hub_id else f"timm:{arch} (pretrained)"
 
 
-def _hub_id(arch: str) -> str | None:
+def _pretrained_cfg(arch: str):
     try:
         import timm
 
-        cfg = timm.models.get_pretrained_cfg(arch)
+        return timm.models.get_pretrained_cfg(arch)
     except Exception:  # unknown name: reported when the model is created
         return None
+
+
+def _hub_id(arch: str) -> str | None:
+    cfg = _pretrained_cfg(arch)
     return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def has_pretrained(arch: str) -> bool:
+    """Whether timm knows where pretrained weights of `arch` live (hub id, URL or file)."""
+    cfg = _pretrained_cfg(arch)
+    return cfg is not None and any(getattr(cfg, k, None) for k in ("hf_hub_id", "url", "file"))
+
+
+def _uses_hub(cfg: dict) -> bool:
+    """Hub weights: a timm backbone with pretrained: true, no local file, and weights timm can find."""
+    return (cfg["source"] == "timm" and cfg.get("pretrained", True) and not cfg.get("weights")
+            and has_pretrained(cfg["name"]))
 
 
 _IDENTITY_CACHE: dict[tuple, dict] = {}
@@ -105,7 +123,8 @@ def vision_identity(cfg: dict) -> dict:
             digest = h.hexdigest()
         _IDENTITY_CACHE[key] = {
             "source": cfg["source"], "name": cfg["name"], "architecture": _architecture(cfg),
-            "model_kwargs": dict(cfg.get("model_kwargs") or {}), "pretrained": bool(cfg.get("pretrained", True)),
+            "model_kwargs": dict(cfg.get("model_kwargs") or {}),
+            "pretrained": file is not None or _uses_hub(cfg),
             "weights": describe(cfg), "weights_sha256": digest, "timm": timm.__version__,
         }
     return _IDENTITY_CACHE[key]
@@ -125,6 +144,11 @@ def _create(arch: str, kwargs: dict, pretrained: bool, num_classes: int | None =
 
     if not timm.is_model(arch.split(".")[0]) and not arch.startswith("hf-hub:"):
         raise _unknown_model(arch)
+    if "." in arch and not arch.startswith("hf-hub:") and _pretrained_cfg(arch) is None:
+        base, tag = arch.split(".", 1)
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{base}.*")][:8]
+        raise InputError(f"backbone.name: timm has no pretrained tag {tag!r} for {base} "
+                         f"(tags: {', '.join(tags) or 'none'})")
     args = dict(kwargs)
     if num_classes is not None:
         args["num_classes"] = num_classes
@@ -136,13 +160,21 @@ def _create(arch: str, kwargs: dict, pretrained: bool, num_classes: int | None =
             return timm.create_model(arch, pretrained=False, **args)
     except TypeError as exc:
         raise InputError(f"backbone.model_kwargs: timm {arch!r} does not take these arguments ({exc})") from None
-    except (RuntimeError, OSError, ValueError) as exc:
+    except (RuntimeError, ValueError, AssertionError) as exc:
         if not pretrained:
             raise InputError(f"backbone.model_kwargs: cannot build timm {arch!r}: {exc}") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"backbone.pretrained: cannot get pretrained weights for timm {arch!r} ({first[:200]}); "
-                         f"without hub access set backbone.pretrained: false (random weights) or "
-                         f"backbone.weights: FILE") from None
+        raise _no_weights(arch, exc) from None
+    except Exception as exc:  # hub unreachable (OSError, httpx / requests errors), missing file ...
+        if not pretrained:
+            raise
+        raise _no_weights(arch, exc) from None
+
+
+def _no_weights(arch: str, exc: BaseException) -> InputError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return InputError(f"backbone.pretrained: cannot get pretrained weights for timm {arch!r} ({first[:200]}); "
+                      f"without hub access set backbone.pretrained: false (random weights) or "
+                      f"backbone.weights: FILE")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -213,8 +245,8 @@ def build_model(cfg: dict) -> nn.Module:
         file = _weights_file(cfg)
         model = _create(arch, kwargs, pretrained=False)
         _load_named(model, _read_state_dict(file), str(file))
-    else:
-        model = _create(arch, kwargs, pretrained=bool(cfg.get("pretrained", True)))
+    else:  # hub weights when timm has them; a model without any is built with random weights (fixed seed)
+        model = _create(arch, kwargs, pretrained=_uses_hub(cfg))
     return model.eval()
 
 

@@ -176,8 +176,10 @@ def merge_tasks(seq: dict, store: Store, method: str, task_ids: list[str] | None
             raise InputError(f"--tasks: task {task_id!r} is not trained in {store.root}")
         store.verify_task(task_id)
     adapters = open_adapters(store.task_dir(t) for t in ids)
-    tensors = {name: delta.cpu().contiguous() for name, delta in merged_deltas(adapters, method, device,
-                                                                             **merge_options(seq["method"]))}
+    # Each update in its weight's shape (a 1x1 conv's (d_out, d_in) matrix back to (d_out, d_in, 1, 1)), so that
+    # W0[key] + merged[key] holds for every key.
+    tensors = {name: delta.reshape(adapters[0].weight_shape(name)).cpu().contiguous()
+               for name, delta in merged_deltas(adapters, method, device, **merge_options(seq["method"]))}
     for task_id in ids:
         head = load_file(str(store.task_dir(task_id) / "head.safetensors"))
         tensors[f"heads.{task_id}.weight"] = head["weight"]

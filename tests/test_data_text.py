@@ -399,7 +399,8 @@ def test_files_errors(tmp_path):
 
 
 def test_schemas_are_as_documented():
-    assert set(SOURCE_SCHEMAS) == {"wordnet", "rotten_tomatoes", "convention_speeches", "huggingface", "files"}
+    assert set(SOURCE_SCHEMAS) == {"wordnet", "rotten_tomatoes", "convention_speeches", "huggingface", "files",
+                                   "fashion_mnist", "mnist", "huggingface_images", "image_folder"}  # + images
     assert SOURCE_SCHEMAS["wordnet"]["classes"] == (list, REQUIRED)
     assert SOURCE_SCHEMAS["huggingface"]["path"][1] is REQUIRED
     assert SOURCE_SCHEMAS["files"]["train"][1] is REQUIRED

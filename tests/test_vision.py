@@ -31,6 +31,16 @@ CPU = torch.device("cpu")
 TINY_VIT = {"img_size": 28, "patch_size": 7, "depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny batches gain nothing from a second thread, and on a shared 2-core machine two threads wait on each
+    other for whichever core another process holds (measured: this file 29 s with one thread, 184 s with two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def backbone_cfg(**changes) -> dict:
     cfg = {"source": "timm", "name": "vit_tiny_patch16_224", "pooling": "mean", "max_length": 64,
            "trust_remote_code": False, "pretrained": False, "weights": None, "image_size": None,
@@ -238,7 +248,7 @@ def test_collate_follows_the_data_config():
         load_backbone(backbone_cfg(image_size=32), CPU)
 
 
-def test_random_init_is_fixed_and_offline():
+def test_random_init_is_fixed_and_offline(monkeypatch):
     torch.manual_seed(123)
     a = load_backbone(backbone_cfg(), CPU).model.state_dict()
     torch.manual_seed(456)
@@ -246,8 +256,22 @@ def test_random_init_is_fixed_and_offline():
     assert all(torch.equal(a[k], b[k]) for k in a)
     ident = backbone_identity(backbone_cfg())
     assert ident["pretrained"] is False and ident["weights_sha256"] is None and "random init" in ident["weights"]
-    with pytest.raises(InputError, match="backbone.pretrained: cannot get pretrained weights"):
+    with pytest.raises(InputError, match="backbone.name: timm has no pretrained tag 'no_such_tag' for vit_tiny"):
         load_backbone(backbone_cfg(name="vit_tiny_patch16_224.no_such_tag", pretrained=True), CPU)
+    # a model timm has no weights for is built with the same fixed random init, and says so
+    assert "no pretrained weights" in backbone_identity(backbone_cfg(name="botnet50ts_256", pretrained=True))["weights"]
+    import timm
+
+    def offline(name, pretrained=False, **kwargs):  # what the hub download raises without network
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        return real(name, pretrained=pretrained, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(InputError, match="backbone.pretrained: cannot get pretrained weights for timm "
+                                         "'vit_tiny_patch16_224' .*set backbone.pretrained: false"):
+        load_backbone(backbone_cfg(pretrained=True), CPU)
     with pytest.raises(InputError, match="backbone.name: 'no_such_net' is not a timm model"):
         load_backbone(backbone_cfg(name="no_such_net"), CPU)
 
@@ -392,6 +416,9 @@ def test_efficientnet_lite0_end_to_end_on_fashion_mnist(tmp_path, write_sequence
     assert sum(k.endswith(".conv_pwl.lora_A.weight") for k in adapters) == 15
     meta = json.loads((store / "tasks" / "t2" / "meta.json").read_text())
     assert meta["train"]["final"]["stability_loss"] > 0
+    code, _, _ = run_cli(capsys, "merge", "--store", store, "--out", tmp_path / "m.safetensors", "--json")
+    merged = load_file(str(tmp_path / "m.safetensors"))
+    assert code == 0 and merged["blocks.1.0.conv_pwl.weight"].shape == (24, 96, 1, 1)  # W0[key] + merged[key]
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["base_model"]["weights_sha256"] and manifest["base_model"]["architecture"] == "tf_efficientnet_lite0"
 

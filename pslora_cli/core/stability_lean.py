@@ -1,0 +1,503 @@
+"""Memory-lean Parameter Stability Loss: the value and gradients of `stability.parameter_stability_loss` on the
+dense product D = s·B·A, without keeping any d_out x d_in tensor for backward (issue 6).
+
+    loss = lean_stability_loss(lora_A, lora_B, scale, history, alpha=..., reduction="mean", variant="dir+fro")
+
+equals `parameter_stability_loss(lora_delta(A, B, s), H, alpha=..., ..., lora_A=A, lora_B=B)` in value and in its
+gradients with respect to A and B (tests check it in float64 for every variant x reduction).
+
+How:
+- The elementwise terms (direction term, the deviation term's Σ(|D| − |H|)²) go through one autograd.Function
+  that walks D block by block over rows, D[rows] = s·B[rows] @ A, so that at most a few blocks of
+  `block_rows` x d_in elements exist at a time. Since these terms are sums over elements, their gradients with
+  respect to A and B are contractions of each block's dL/dD[rows] with A and B[rows]; two strategies:
+    "fused" (default): the forward computes each block's dL/dD right away (it has tanh(αD) in hand) and
+        contracts it into factor-sized accumulators (r x d_in and d_out x r); backward only scales them by the
+        incoming gradient. One pass over the elements per step; saved for backward: factor-sized tensors.
+        The gradient work is skipped when no gradient is wanted (no_grad, or A and B not requiring grad).
+    "recompute": the forward computes only the value; backward recomputes every block and contracts it.
+        Saved for backward: A and B. Two passes, for when the gradient is usually not wanted.
+- ‖D‖_F ("dir+fro", "weighted-dir+fro") goes through the factors: ‖s·BA‖_F² = s²·Σ (BᵀB) ⊙ (AAᵀ), with a square
+  root whose gradient is 0 at 0 (as torch.linalg.vector_norm's is, so B = 0 gives the reference's gradient).
+  "dir+factor" uses the reference's ‖A‖ + ‖B‖ directly.
+- The history H is a constant: dense (as in the reference), stacked factors H = B_H @ A_H (`HistoryFactors`,
+  smaller than dense while the total rank R of the earlier tasks is below d_out·d_in / (d_out + d_in)), or a
+  `PreparedHistory` that holds, for one task's training, either tanh(αH) cached densely (fastest: no tanh of H
+  per step) or the stacked factors (leanest: H's block is recomputed per step), chosen by size.
+
+Fallbacks (explicit): the reference implementation is used, through the dense product, when alpha or scale
+needs a gradient, or for complex dtypes (`fallback_reason` says why). Higher-order gradients are not supported:
+a backward pass with create_graph=True through this loss raises RuntimeError rather than give a wrong answer.
+Everything runs on the inputs' device and dtype; nothing is moved to the host (no syncs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .stability import REDUCTIONS, VARIANTS, _norm, conv_to_matrix, lora_delta, stability_terms
+
+STRATEGIES = ("fused", "recompute")
+STORES = ("auto", "dense", "factors")
+
+# Default block size, in elements of D: about 1 MiB (float32) per block on the CPU, 4 MiB on accelerators (fewer,
+# larger kernels). A block is always at least one row.
+BLOCK_ELEMENTS = {"cpu": 1 << 18, "default": 1 << 20}
+
+
+def default_block_rows(d_out: int, d_in: int, device: torch.device | str = "cpu") -> int:
+    target = BLOCK_ELEMENTS["cpu" if torch.device(device).type == "cpu" else "default"]
+    return max(1, min(d_out, target // max(1, d_in)))
+
+
+# --- the history ---------------------------------------------------------------------------------------------
+
+
+class HistoryFactors(NamedTuple):
+    """H = B @ A with B (d_out, R) and A (R, d_in): the earlier tasks' factors stacked, their scales folded into B."""
+
+    B: Tensor
+    A: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.B.shape[0], self.A.shape[1])
+
+    def numel(self) -> int:
+        return self.B.numel() + self.A.numel()
+
+    def dense(self) -> Tensor:
+        return self.B @ self.A
+
+
+def stack_history(factors: Iterable[tuple[Tensor, Tensor, float]]) -> HistoryFactors:
+    """Stack [(lora_A_i, lora_B_i, scale_i), ...] (linear or 1x1-conv shapes) into HistoryFactors:
+    B_H = [s_1·B_1, .., s_k·B_k], A_H = [A_1; ..; A_k], so B_H @ A_H = Σ_i s_i·B_i·A_i."""
+    bs, as_ = [], []
+    for a, b, s in factors:
+        a2, b2 = conv_to_matrix(a), conv_to_matrix(b)
+        if b2.shape[1] != a2.shape[0]:
+            raise ValueError(f"rank mismatch: lora_B {tuple(b.shape)} vs lora_A {tuple(a.shape)}")
+        bs.append(b2 * s)
+        as_.append(a2)
+    if not bs:
+        raise ValueError("no factors to stack")
+    return HistoryFactors(torch.cat(bs, dim=1).contiguous(), torch.cat(as_, dim=0).contiguous())
+
+
+def _tanh_prescale(device: torch.device) -> float:
+    """Factor k such that _finish_tanh_(k·x) = tanh(x): 2 on the CPU, 1 elsewhere."""
+    return 2.0 if device.type == "cpu" else 1.0
+
+
+def _finish_tanh_(y: Tensor) -> Tensor:
+    """In place: tanh(x) from y = _tanh_prescale(device)·x.
+
+    On the CPU, torch's tanh kernel costs about 4x its sigmoid kernel, so tanh(x) = 2·sigmoid(2x) − 1 is used
+    there. Its absolute error is that of float rounding near ±1 (a few ulp of 1), like the reference's 1 − t·T,
+    which is the only way the loss uses t besides 1 − t²; it saturates exactly to ±1 and is NaN-free.
+    """
+    if y.device.type == "cpu":
+        return y.sigmoid_().mul_(2).sub_(1)
+    return y.tanh_()
+
+
+class _Source:
+    """Row blocks of tanh(αH) and |H| for one module (internal)."""
+
+    def __init__(self, *, dense: Tensor | None = None, factors: HistoryFactors | None = None,
+                 tanh_cache: Tensor | None = None, abs_cache: Tensor | None = None):
+        self.dense, self.factors, self.tanh_cache, self.abs_cache = dense, factors, tanh_cache, abs_cache
+
+    def rows(self, r0: int, r1: int, alpha, need_tanh: bool, need_abs: bool) -> tuple[Tensor | None, Tensor | None]:
+        """(tanh(α·H[r0:r1]), |H[r0:r1]|), each only if asked for. Cached blocks are views: never modify them."""
+        if self.tanh_cache is not None and (not need_abs or self.abs_cache is not None):
+            return (self.tanh_cache[r0:r1] if need_tanh else None,
+                    self.abs_cache[r0:r1] if need_abs else None)
+        k = _tanh_prescale(self.factors.A.device if self.factors is not None else self.dense.device)
+        if self.factors is not None and not need_abs:  # scale the thin factor, not the block
+            return _finish_tanh_(torch.mm(self.factors.B[r0:r1] * (alpha * k), self.factors.A)), None
+        h = self.dense[r0:r1] if self.dense is not None else self.factors.B[r0:r1] @ self.factors.A
+        abs_h = h.abs() if need_abs else None
+        if not need_tanh:
+            return None, abs_h
+        return _finish_tanh_(h * (alpha * k)), abs_h
+
+
+class PreparedHistory:
+    """One module's history H, prepared once for a task's training with a fixed α (METHOD.md §1: H is constant
+    while task t trains).
+
+    store "dense": tanh(αH) is cached (and |H| too for variant "deviation"), replacing H: one dense buffer, as
+        large as H, and no tanh of H per step.
+    store "factors": the stacked factors are kept and H's block recomputed per step: memory (d_out + d_in)·R.
+    store "auto": "factors" when factors are given and take fewer elements than dense H, else "dense".
+    """
+
+    def __init__(self, history: Tensor | HistoryFactors | None = None, *, alpha: float | Tensor,
+                 variant: str = "dir+fro", store: str = "auto", factors: HistoryFactors | None = None):
+        if store not in STORES:
+            raise ValueError(f"unknown store {store!r}; expected one of {STORES}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        _check_alpha(alpha)
+        if isinstance(history, HistoryFactors):
+            history, factors = None, history
+        if history is None and factors is None:
+            raise ValueError("PreparedHistory needs a dense history or its factors")
+        dense = history.detach() if history is not None else None
+        shape = tuple(dense.shape) if dense is not None else factors.shape
+        if dense is not None and factors is not None and dense.numel() != factors.shape[0] * factors.shape[1]:
+            raise ValueError(f"history shape {shape} does not match its factors {factors.shape}")
+        if dense is not None and factors is not None and factors.B.dtype != dense.dtype:
+            factors = HistoryFactors(factors.B.to(dense.dtype), factors.A.to(dense.dtype))
+        if store == "auto":
+            store = "factors" if factors is not None and factors.numel() < math.prod(shape) else "dense"
+        if store == "factors" and factors is None:
+            raise ValueError("store 'factors' needs the history's factors")
+        self.alpha = alpha.detach() if isinstance(alpha, Tensor) else float(alpha)
+        self.variant, self.store, self.shape = variant, store, shape
+        if store == "factors":
+            self.source = _Source(factors=HistoryFactors(factors.B.detach(), factors.A.detach()))
+        else:
+            h = dense if dense is not None else factors.dense().detach()
+            h = h.reshape(h.shape[0], -1)
+            self.source = _Source(tanh_cache=torch.tanh(h * self.alpha),
+                                  abs_cache=h.abs() if variant == "deviation" else None)
+
+    @property
+    def nbytes(self) -> int:
+        s = self.source
+        return sum(t.numel() * t.element_size() for t in (s.tanh_cache, s.abs_cache, *(s.factors or ()))
+                   if t is not None)
+
+    def loss(self, lora_A: Tensor, lora_B: Tensor, scale: float | Tensor, *, reduction: str = "mean",
+             block_rows: int | None = None, strategy: str = "fused") -> Tensor:
+        return lean_stability_loss(lora_A, lora_B, scale, self, alpha=self.alpha, reduction=reduction,
+                                   variant=self.variant, block_rows=block_rows, strategy=strategy)
+
+
+def prepare_history(dense: Tensor | None = None, factors: Iterable[tuple[Tensor, Tensor, float]] | None = None, *,
+                    alpha: float | Tensor, variant: str = "dir+fro", store: str = "auto") -> PreparedHistory:
+    """PreparedHistory from a dense H and/or the earlier tasks' [(lora_A, lora_B, scale), ...]."""
+    stacked = stack_history(factors) if factors is not None else None
+    return PreparedHistory(dense, alpha=alpha, variant=variant, store=store, factors=stacked)
+
+
+# --- the loss ----------------------------------------------------------------------------------------------------
+
+
+def _check_alpha(alpha) -> None:
+    if isinstance(alpha, Tensor):
+        if alpha.dim() != 0:
+            raise ValueError(f"alpha must be a 0-dim tensor, got shape {tuple(alpha.shape)}")
+    elif not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be finite and > 0, got {alpha}")
+
+
+def _value(x) -> float:
+    return float(x.detach()) if isinstance(x, Tensor) else float(x)
+
+
+def fallback_reason(lora_A: Tensor, lora_B: Tensor, scale, alpha) -> str | None:
+    """Why lean_stability_loss would use the dense reference for these inputs (None: it does not)."""
+    if isinstance(alpha, Tensor) and alpha.requires_grad:
+        return "alpha requires grad"
+    if isinstance(scale, Tensor) and scale.requires_grad:
+        return "scale requires grad"
+    if lora_A.is_complex() or lora_B.is_complex():
+        return "complex dtype"
+    return None
+
+
+class _SafeSqrt(torch.autograd.Function):
+    """sqrt(max(x, 0)) with gradient 0 where the result is 0 (like vector_norm's gradient at 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clamp_min(0).sqrt()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, g / (2 * y).clamp_min(torch.finfo(y.dtype).tiny), torch.zeros_like(y))
+
+
+def _fro_factored(a2: Tensor, b2: Tensor, scale) -> Tensor:
+    """‖s·B·A‖_F from the r x r Gram matrices: s²·Σ (BᵀB) ⊙ (AAᵀ) = s²·trace((BᵀB)(AAᵀ))."""
+    sq = ((b2.T @ b2) * (a2 @ a2.T)).sum() * (scale * scale)
+    return _SafeSqrt.apply(sq)
+
+
+def _block(kind: int, a2: Tensor, b: Tensor, scale, alpha, src: _Source, r0: int, r1: int, want_grad: bool):
+    """One row block. Returns (values, grads): values are 0-dim tensors, one per output ("dir", and "dev" for the
+    deviation kind); grads are [(G, c)] with dS_k/dD[rows] = c·G, or None when not wanted.
+
+    kind 0: direction Σ(1 − tanh(αD)·tanh(αH)).  kind 1: weighted Σ(1 − tanh·tanh)·|D|.
+    kind 2: kind 0 plus Σ(|D| − |H|)².
+    """
+    n = (r1 - r0) * a2.shape[1]
+    if kind == 0:
+        th, _ = src.rows(r0, r1, alpha, True, False)
+        t = _finish_tanh_(torch.mm(b * (alpha * scale * _tanh_prescale(a2.device)), a2))  # tanh(α·D[rows])
+        th = th.to(t.dtype)
+        values = [n - torch.dot(t.reshape(-1), th.reshape(-1)).to(_acc_dtype(t.dtype, t.device))]
+        if not want_grad:
+            return values, None
+        # dE/dD = −α·tanh(αH)·(1 − tanh²(αD)); written over t
+        g = torch.ops.aten.tanh_backward.grad_input(th, t, grad_input=t)
+        return values, [(g, -alpha)]
+    th, abs_h = src.rows(r0, r1, alpha, True, kind == 2)
+    d = torch.mm(b * scale, a2)
+    t = _finish_tanh_(d * (alpha * _tanh_prescale(d.device)))
+    th = th.to(d.dtype)
+    if kind == 1:
+        e = torch.mul(t, th).neg_().add_(1)
+        abs_d = d.abs()
+        values = [torch.dot(e.reshape(-1), abs_d.reshape(-1))]
+        if not want_grad:
+            return values, None
+        # d(E·|D|)/dD = −α·tanh(αH)(1 − t²)·|D| + E·sign(D)
+        g = torch.ops.aten.tanh_backward(th, t).mul_(abs_d).mul_(-alpha)
+        g.addcmul_(e, d.sign())
+        return values, [(g, 1.0)]
+    dev = d.abs().sub_(abs_h.to(d.dtype))
+    values = [n - torch.dot(t.reshape(-1), th.reshape(-1)).to(_acc_dtype(t.dtype, t.device)),
+              torch.dot(dev.reshape(-1), dev.reshape(-1))]
+    if not want_grad:
+        return values, None
+    g_dir = torch.ops.aten.tanh_backward.grad_input(th, t, grad_input=t)
+    g_dev = dev.mul_(d.sign_())  # d(|D| − |H|)²/dD = 2·(|D| − |H|)·sign(D)
+    return values, [(g_dir, -alpha), (g_dev, 2.0)]
+
+
+def _acc_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Accumulator of the per-block sums: float64 (no float64 on MPS: float32 there)."""
+    if device.type == "mps":
+        return torch.float32
+    return torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else dtype
+
+
+class _BlockwiseTerms(torch.autograd.Function):
+    """(S_dir, S_dev) summed over D's elements block by block; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, a2, b2, kind, scale, alpha, src, block_rows, strategy, want_a, want_b):
+        d_out = b2.shape[0]
+        n_out = 2 if kind == 2 else 1
+        fused = strategy == "fused" and (want_a or want_b)
+        acc = _acc_dtype(a2.dtype, a2.device)
+        sums = [torch.zeros((), dtype=acc, device=a2.device) for _ in range(n_out)]
+        ga = [torch.zeros_like(a2) for _ in range(n_out)] if fused and want_a else None
+        gb = [torch.empty_like(b2) for _ in range(n_out)] if fused and want_b else None
+        for r0 in range(0, d_out, block_rows):
+            r1 = min(d_out, r0 + block_rows)
+            b = b2[r0:r1]
+            values, grads = _block(kind, a2, b, scale, alpha, src, r0, r1, fused)
+            for k, v in enumerate(values):
+                sums[k] += v.to(acc)
+            if fused:
+                for k, (g, _) in enumerate(grads):
+                    if gb is not None:
+                        torch.mm(g, a2.T, out=gb[k][r0:r1])
+                    if ga is not None:
+                        ga[k].addmm_(b.T, g)
+        outs = tuple(s.to(a2.dtype) for s in sums)
+        if n_out == 1:
+            outs = outs + (torch.zeros((), dtype=a2.dtype, device=a2.device),)
+        ctx.kind, ctx.scale, ctx.alpha, ctx.src, ctx.block_rows = kind, scale, alpha, src, block_rows
+        ctx.fused = fused
+        ctx.set_materialize_grads(False)
+        if fused:
+            # The true per-output gradients: s·c_k·(accumulated contraction); c_k (the same for every block, so
+            # taken from the last one) and s are applied once here.
+            coef = [c for _, c in grads]
+            ga = [x.mul_(scale * c) for x, c in zip(ga, coef)] if ga is not None else None
+            gb = [x.mul_(scale * c) for x, c in zip(gb, coef)] if gb is not None else None
+            ctx.n_ga, ctx.n_gb = (len(ga) if ga else 0), (len(gb) if gb else 0)
+            ctx.save_for_backward(*(ga or []), *(gb or []))
+        else:
+            ctx.save_for_backward(a2, b2)
+        return outs
+
+    @staticmethod
+    def backward(ctx, g_dir, g_dev):
+        if torch.is_grad_enabled():  # create_graph=True: the contraction below is not itself differentiable
+            raise RuntimeError("lean_stability_loss does not support double backward (create_graph=True); "
+                               "use stability.parameter_stability_loss for higher-order gradients")
+        ups = [g_dir, g_dev][: 2 if ctx.kind == 2 else 1]
+        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if all(g is None for g in ups):
+            return (None,) * 10
+        if ctx.fused:
+            saved = ctx.saved_tensors
+            ga, gb = saved[: ctx.n_ga], saved[ctx.n_ga:]
+
+            def combine(parts):
+                out = None
+                for p, g in zip(parts, ups):
+                    if g is not None:
+                        out = p * g if out is None else out + p * g
+                return out
+
+            grad_a = combine(ga) if need_a and ga else None
+            grad_b = combine(gb) if need_b and gb else None
+            return (grad_a, grad_b) + (None,) * 8
+        a2, b2 = ctx.saved_tensors
+        grad_a = torch.zeros_like(a2) if need_a else None
+        grad_b = torch.empty_like(b2) if need_b else None
+        for r0 in range(0, b2.shape[0], ctx.block_rows):
+            r1 = min(b2.shape[0], r0 + ctx.block_rows)
+            b = b2[r0:r1]
+            _, grads = _block(ctx.kind, a2, b, ctx.scale, ctx.alpha, ctx.src, r0, r1, True)
+            g_total = None
+            for (g, c), up in zip(grads, ups):
+                if up is None:
+                    continue
+                g = g.mul_(up * c * ctx.scale)
+                g_total = g if g_total is None else g_total.add_(g)
+            if g_total is None:
+                g_total = torch.zeros((r1 - r0, a2.shape[1]), dtype=a2.dtype, device=a2.device)
+            if grad_b is not None:
+                torch.mm(g_total, a2.T, out=grad_b[r0:r1])
+            if grad_a is not None:
+                grad_a.addmm_(b.T, g_total)
+        return (grad_a, grad_b) + (None,) * 8
+
+
+_KIND = {"dir+fro": 0, "dir+factor": 0, "weighted-dir+fro": 1, "deviation": 2}
+
+
+def lean_stability_terms(
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scale: float | Tensor,
+    history: Tensor | HistoryFactors | PreparedHistory,
+    *,
+    alpha: float | Tensor | None = None,
+    reduction: str = "mean",
+    variant: str = "dir+fro",
+    block_rows: int | None = None,
+    strategy: str = "fused",
+) -> tuple[Tensor, Tensor]:
+    """(direction term, magnitude term), equal to stability.stability_terms(lora_delta(A, B, s), H, ...)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if isinstance(history, PreparedHistory):
+        if alpha is None:
+            alpha = history.alpha
+        elif alpha is not history.alpha and _value(alpha) != _value(history.alpha):
+            raise ValueError(f"alpha {_value(alpha)} differs from the PreparedHistory's {_value(history.alpha)}")
+        if variant != history.variant:
+            raise ValueError(f"history was prepared for variant {history.variant!r}, not {variant!r}")
+    elif alpha is None:
+        raise ValueError("alpha is required (it may only be left out with a PreparedHistory)")
+    _check_alpha(alpha)
+
+    a2 = conv_to_matrix(lora_A)
+    if lora_B.dim() == 4 and lora_B.shape[2:] != (1, 1):
+        raise ValueError(f"conv lora_B must have a 1x1 kernel, got shape {tuple(lora_B.shape)}")
+    b2 = conv_to_matrix(lora_B)
+    if b2.shape[1] != a2.shape[0]:
+        raise ValueError(f"rank mismatch: lora_B {tuple(lora_B.shape)} vs lora_A {tuple(lora_A.shape)}")
+    shape = (b2.shape[0], a2.shape[1])
+    numel = shape[0] * shape[1]
+    if numel == 0:
+        raise ValueError("delta is empty")
+
+    if isinstance(history, PreparedHistory):
+        if math.prod(history.shape) != numel:
+            raise ValueError(f"delta shape {shape} != history shape {history.shape}")
+        src = history.source
+    elif isinstance(history, HistoryFactors):
+        if history.shape != shape:
+            raise ValueError(f"delta shape {shape} != history shape {history.shape}")
+        src = _Source(factors=HistoryFactors(history.B.detach(), history.A.detach()))
+    else:
+        if history.numel() != numel or history.shape[0] != shape[0]:
+            raise ValueError(f"delta shape {shape} != history shape {tuple(history.shape)}")
+        src = _Source(dense=history.detach().reshape(shape))
+
+    reason = fallback_reason(lora_A, lora_B, scale, alpha)
+    if reason is not None:
+        h = history.source.dense if isinstance(history, PreparedHistory) else None
+        if isinstance(history, PreparedHistory):
+            if h is None and history.source.factors is not None:
+                h = history.source.factors.dense()
+            if h is None:
+                raise ValueError(f"cannot fall back to the reference ({reason}): the prepared history keeps "
+                                 "only tanh(αH); pass the dense history or its factors instead")
+        elif isinstance(history, HistoryFactors):
+            h = history.dense()
+        else:
+            h = history
+        delta = lora_delta(lora_A, lora_B, scale)
+        return stability_terms(delta, h.reshape(delta.shape), alpha=alpha, reduction=reduction, variant=variant,
+                               lora_A=lora_A, lora_B=lora_B)
+
+    if isinstance(scale, Tensor):
+        scale = scale.detach()
+    if isinstance(alpha, Tensor):
+        alpha = alpha.detach()
+    rows = int(block_rows) if block_rows is not None else default_block_rows(shape[0], shape[1], a2.device)
+    if rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    grad_on = torch.is_grad_enabled()
+    kind = _KIND[variant]
+    s_dir, s_dev = _BlockwiseTerms.apply(a2.contiguous(), b2.contiguous(), kind, scale, alpha, src, rows,
+                                         strategy, grad_on and lora_A.requires_grad,
+                                         grad_on and lora_B.requires_grad)
+    mean = reduction == "mean"
+    direction = s_dir / numel if mean else s_dir
+    if variant == "dir+factor":
+        magnitude = _norm(lora_A, reduction) + _norm(lora_B, reduction)
+    elif variant == "deviation":
+        magnitude = _SafeSqrt.apply(s_dev)
+        magnitude = magnitude / math.sqrt(numel) if mean else magnitude
+    else:
+        magnitude = _fro_factored(a2, b2, scale)
+        magnitude = magnitude / math.sqrt(numel) if mean else magnitude
+    return direction, magnitude
+
+
+def lean_stability_loss(
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scale: float | Tensor,
+    history: Tensor | HistoryFactors | PreparedHistory,
+    *,
+    alpha: float | Tensor | None = None,
+    reduction: str = "mean",
+    variant: str = "dir+fro",
+    block_rows: int | None = None,
+    strategy: str = "fused",
+) -> Tensor:
+    """L_PS(s·B·A, H), equal in value and gradients to
+    parameter_stability_loss(lora_delta(lora_A, lora_B, scale), H, alpha=alpha, reduction=reduction,
+    variant=variant, lora_A=lora_A, lora_B=lora_B), with memory proportional to the factors (module docstring).
+
+    lora_A (r, d_in) or (r, d_in, kh, kw); lora_B (d_out, r) or (d_out, r, 1, 1); scale: float or constant 0-dim
+    tensor; history: dense H (numel d_out·d_in), HistoryFactors, or PreparedHistory (then alpha may be omitted).
+    block_rows: rows of D per block (default: about 1 MiB of float32 on CPU, 4 MiB elsewhere).
+    strategy: "fused" (gradient contracted during the forward) or "recompute" (in backward).
+    """
+    direction, magnitude = lean_stability_terms(lora_A, lora_B, scale, history, alpha=alpha, reduction=reduction,
+                                                variant=variant, block_rows=block_rows, strategy=strategy)
+    return direction + magnitude
+
+
+__all__ = [
+    "HistoryFactors", "PreparedHistory", "STORES", "STRATEGIES", "default_block_rows", "fallback_reason",
+    "lean_stability_loss", "lean_stability_terms", "prepare_history", "stack_history",
+]
