@@ -32,7 +32,7 @@ def run(quick: bool, log=print) -> dict:
     from pslora_cli.backbones import _quiet_transformers, resolve_model_path, target_parameters
 
     _quiet_transformers()
-    n_seq, seq_len, batch_size, reps = (128, 48, 64, 2) if quick else (512, 48, 128, 5)
+    n_seq, seq_len, batch_size, reps = (64, 48, 64, 2) if quick else (512, 48, 128, 5)
     path = resolve_model_path({"source": "builtin", "name": "all-minilm-l6-v2"})
     base = AutoModel.from_pretrained(path).eval()
     for p in base.parameters():
@@ -44,16 +44,16 @@ def run(quick: bool, log=print) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="pslora-bench-eval-"))
     try:
         dirs = []
+        pm = get_peft_model(copy.deepcopy(base), LoraConfig(r=RANK, lora_alpha=LORA_ALPHA,
+                                                            target_modules=["query", "value"]))
         for t in range(TASKS):  # PEFT-format adapters, B != 0
-            pm = get_peft_model(copy.deepcopy(base), LoraConfig(r=RANK, lora_alpha=LORA_ALPHA,
-                                                                target_modules=["query", "value"]))
             with torch.no_grad():
                 for name, p in pm.named_parameters():
                     if "lora_" in name:
                         p.copy_(torch.randn(p.shape, generator=g) * (0.05 if "lora_B" in name else 0.1))
             pm.save_pretrained(str(tmp / f"t{t}"))
             dirs.append(tmp / f"t{t}")
-            del pm
+        del pm
 
         folded = copy.deepcopy(base)
         t0 = time.perf_counter()

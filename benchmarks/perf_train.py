@@ -10,7 +10,8 @@ on the same model, batch, rank (8) and history (3 earlier tasks of rank 8), at t
 (query, value: 384x384), synthetic T5-large-sized layers (1024x1024) and LLaMA-7B-sized layers (4096x4096).
 
 Time: median wall time of a step, the implementations interleaved (A B C D A B C D ...) so that load on the
-machine hits them alike. Memory, on the CPU: "persistent" = bytes of the model's parameters, the optimizer state,
+machine hits them alike; "time / lora" is the median of the per-round ratios (each step over the plain LoRA step of
+the same round). Memory, on the CPU: "persistent" = bytes of the model's parameters, the optimizer state,
 the history buffers and the batch; "step peak" = the peak, above the start of the step, of the bytes torch's CPU
 allocator holds during one step, from torch.profiler's memory events (deterministic sizes, not RSS); "saved" =
 bytes autograd saves for backward (saved_tensors_hooks). Peak memory = persistent + step peak.
@@ -202,7 +203,7 @@ def run(quick: bool, log=print) -> list[dict]:
     else:
         plan = [("minilm", lambda: _minilm(16, 48), 5),
                 ("t5-large", lambda: _layers(1024, 4, 1024, "T5-large-sized layers"), 5),
-                ("llama-7b", lambda: _layers(4096, 1, 2048, "LLaMA-7B-sized layers"), 3)]
+                ("llama-7b", lambda: _layers(4096, 1, 2048, "LLaMA-7B-sized layers"), 5)]
         impls = IMPLS
     results = []
     for size, make, reps in plan:
@@ -241,18 +242,20 @@ def report(results: list[dict]) -> str:
         rows = []
         for impl, r in row["impls"].items():
             total = r["persistent"] + r["step_peak"]
-            rows.append([impl, r["history_store"], f"{r['step_s'] * 1000:.0f}", fmt_ratio(r["step_s"] / lora["step_s"]),
+            r["paired_ratio"] = median([t / t0 for t, t0 in zip(r["times"], lora["times"])])
+            spread = f"{min(r['times']) * 1000:.0f}-{max(r['times']) * 1000:.0f}"
+            rows.append([impl, r["history_store"], f"{r['step_s'] * 1000:.0f} ({spread})", fmt_ratio(r["paired_ratio"]),
                          f"{(r['step_s'] - lora['step_s']) * 1000:+.0f}", fmt_mb(r["saved"]), fmt_mb(r["persistent"]),
                          fmt_mb(r["step_peak"]), fmt_mb(total),
                          f"{100 * (total - lora_total) / lora_total:+.1f}%"])
         lines.append(f"\n{row['label']} (median of {row['reps']} interleaved steps)")
-        lines.append(table(["impl", "H store", "step ms", "time / lora", "extra ms", "saved MB", "persistent MB",
+        lines.append(table(["impl", "H store", "step ms (min-max)", "time / lora", "extra ms", "saved MB", "persistent MB",
                             "step peak MB", "peak MB", "extra peak vs lora"], rows))
         ps = row["impls"].get("ps-lean")
         tokens = row.get("tokens")
-        if ps and tokens and ps["step_s"] > lora["step_s"] * 1.05:
-            extra = ps["step_s"] - lora["step_s"]
-            lines.append(f"ps-lean adds {extra * 1000:.0f} ms per step whatever the batch; plain LoRA's step grows "
-                         f"about linearly with the tokens, so 1.05x would be reached near "
-                         f"{tokens * extra / (0.05 * lora['step_s']):.0f} tokens per step (extrapolated, not measured)")
+        if ps and tokens and ps["paired_ratio"] > 1.05:
+            extra = (ps["paired_ratio"] - 1) * lora["step_s"]
+            lines.append(f"ps-lean adds about {extra * 1000:.0f} ms per step whatever the batch; plain LoRA's step "
+                         f"grows about linearly with the tokens, so 1.05x would be reached near "
+                         f"{tokens * (ps['paired_ratio'] - 1) / 0.05:.0f} tokens per step (extrapolated, not measured)")
     return "\n".join(lines)

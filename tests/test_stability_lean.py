@@ -237,7 +237,7 @@ def test_bad_arguments():
 
 
 def test_default_block_rows():
-    assert default_block_rows(4096, 4096, "cpu") == (1 << 18) // 4096
+    assert default_block_rows(4096, 4096, "cpu") == (1 << 20) // 4096
     assert default_block_rows(10, 1 << 30, "cpu") == 1
     assert default_block_rows(8, 16, "cpu") == 8
 

@@ -25,10 +25,15 @@ How:
   `PreparedHistory` that holds, for one task's training, either tanh(αH) cached densely (fastest: no tanh of H
   per step) or the stacked factors (leanest: H's block is recomputed per step), chosen by size.
 
+On the CPU, tanh(x) is computed as 2·sigmoid(2x) − 1 (torch's CPU tanh kernel costs about 4x its sigmoid kernel;
+see _finish_tanh_ for the accuracy). No fused (Triton/CUDA) kernel: on CUDA the blocks run as ordinary torch ops,
+which benchmarks/gpu_check.sh times against the dense reference.
+
 Fallbacks (explicit): the reference implementation is used, through the dense product, when alpha or scale
 needs a gradient, or for complex dtypes (`fallback_reason` says why). Higher-order gradients are not supported:
 a backward pass with create_graph=True through this loss raises RuntimeError rather than give a wrong answer.
-Everything runs on the inputs' device and dtype; nothing is moved to the host (no syncs).
+Everything runs on the inputs' device and dtype; nothing is moved to the host (no syncs; the one exception: a
+PreparedHistory given a different alpha object than its own compares their values).
 """
 
 from __future__ import annotations
@@ -45,9 +50,10 @@ from .stability import REDUCTIONS, VARIANTS, _norm, conv_to_matrix, lora_delta, 
 STRATEGIES = ("fused", "recompute")
 STORES = ("auto", "dense", "factors")
 
-# Default block size, in elements of D: about 1 MiB (float32) per block on the CPU, 4 MiB on accelerators (fewer,
-# larger kernels). A block is always at least one row.
-BLOCK_ELEMENTS = {"cpu": 1 << 18, "default": 1 << 20}
+# Default block size, in elements of D: 2^20 (4 MiB in float32), a few of which are alive at a time. Smaller blocks
+# are no faster on one CPU thread and much slower with several threads on a busy machine (one parallel region per
+# op per block); on CUDA, benchmarks/gpu_check.sh sweeps the size. A block is always at least one row.
+BLOCK_ELEMENTS = {"cpu": 1 << 20, "default": 1 << 20}
 
 
 def default_block_rows(d_out: int, d_in: int, device: torch.device | str = "cpu") -> int:
@@ -489,7 +495,7 @@ def lean_stability_loss(
 
     lora_A (r, d_in) or (r, d_in, kh, kw); lora_B (d_out, r) or (d_out, r, 1, 1); scale: float or constant 0-dim
     tensor; history: dense H (numel d_out·d_in), HistoryFactors, or PreparedHistory (then alpha may be omitted).
-    block_rows: rows of D per block (default: about 1 MiB of float32 on CPU, 4 MiB elsewhere).
+    block_rows: rows of D per block (default: BLOCK_ELEMENTS // d_in, at least 1).
     strategy: "fused" (gradient contracted during the forward) or "recompute" (in backward).
     """
     direction, magnitude = lean_stability_terms(lora_A, lora_B, scale, history, alpha=alpha, reduction=reduction,
