@@ -133,6 +133,7 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
     ps_history = {name: prepare_history(history[name], [(*adp.factors(name, device), adp.scale) for adp in previous],
                                         alpha=alphas[name], variant=method["variant"])
                   for name in layers} if use_ps else {}
+    del history  # the prepared form above is all the loss reads; don't keep dense H for the whole task
     use_orth = bool(prev_factors_A) and method["orthogonality_weight"] > 0
 
     peft_model.train()
