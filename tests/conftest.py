@@ -3,6 +3,8 @@ and small sequences on real offline data."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -60,3 +62,21 @@ def write_sequence(tmp_path):
         return path
 
     return write
+
+
+def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
+    """Run `pslora ARGS` in-process: (exit code, the JSON document on stdout if any, stderr)."""
+    from pslora_cli.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    doc = json.loads(out) if out.strip().startswith("{") else None
+    return code, doc, err
+
+
+def tree_state(root: Path) -> dict:
+    """sha256 of every file under root (the lock file aside): to assert that nothing was written."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}

@@ -13,23 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_sequence
+from conftest import run_cli, tiny_sequence, tree_state
 from pslora_cli.cli import main
 from pslora_cli.core.merge import magnitude_merge
-
-
-def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    doc = json.loads(out) if out.strip().startswith("{") else None
-    return code, doc, err
-
-
-def tree_state(root: Path) -> dict:
-    if not root.exists():
-        return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")

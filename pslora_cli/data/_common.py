@@ -212,3 +212,24 @@ def short_list(names: Iterable, limit: int = 40) -> str:
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"
+
+
+def choose_classes(known: list[str], wanted, where: str, label_names: list[str] | None) -> list[str]:
+    """The classes a source asked for, by name (or by label index when the source has label names), in order."""
+    if wanted is None:
+        return list(known)
+    out = []
+    for c in wanted:
+        if label_names is not None and isinstance(c, int) and not isinstance(c, bool):
+            if not 0 <= c < len(label_names):
+                raise InputError(f"{where}.classes: label index {c} out of range 0..{len(label_names) - 1} "
+                                 f"(known: {short_list(known)})")
+            name = label_names[c]
+        else:
+            name = str(c)
+            if name not in known:
+                raise InputError(f"{where}.classes: unknown class {c!r} (known: {short_list(known)})")
+        if name in out:
+            raise InputError(f"{where}.classes: class {name!r} is listed twice")
+        out.append(name)
+    return out

@@ -21,7 +21,7 @@ import struct
 
 import numpy as np
 
-from pslora_cli.data._common import REQUIRED, TaskData, assemble, class_sort_key, n_test_for, rngs, short_list
+from pslora_cli.data._common import (REQUIRED, TaskData, assemble, choose_classes, class_sort_key, n_test_for, rngs)
 from pslora_cli.errors import InputError
 
 NoneType = type(None)
@@ -315,26 +315,6 @@ def load_mnist(source: dict, *, seed: int, base_dir: pathlib.Path, where: str) -
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _choose_classes(known: list[str], wanted, where: str, label_names: list[str] | None) -> list[str]:
-    if wanted is None:
-        return list(known)
-    out = []
-    for c in wanted:
-        if label_names is not None and isinstance(c, int) and not isinstance(c, bool):
-            if not 0 <= c < len(label_names):
-                raise InputError(f"{where}.classes: label index {c} out of range 0..{len(label_names) - 1} "
-                                 f"(known: {short_list(known)})")
-            name = label_names[c]
-        else:
-            name = str(c)
-            if name not in known:
-                raise InputError(f"{where}.classes: unknown class {c!r} (known: {short_list(known)})")
-        if name in out:
-            raise InputError(f"{where}.classes: class {name!r} is listed twice")
-        out.append(name)
-    return out
-
-
 def _to_array(value, where: str, at: str) -> np.ndarray:
     """A dataset cell (PIL image, {'bytes','path'} dict, array or nested list) -> uint8 image array."""
     try:
@@ -431,7 +411,7 @@ def load_huggingface_images(source: dict, *, seed: int, base_dir: pathlib.Path, 
         known = list(dict.fromkeys(str(v) for v in raw))
         train_labels = [str(v) for v in train_labels]
         test_labels = [str(v) for v in test_labels]
-    classes = _choose_classes(known, source.get("classes"), where, label_names)
+    classes = choose_classes(known, source.get("classes"), where, label_names)
     label_of = {c: i for i, c in enumerate(classes)}
 
     def row_pools(names: list) -> list[list[int]]:
@@ -502,7 +482,7 @@ def load_image_folder(source: dict, *, seed: int, base_dir: pathlib.Path, where:
         raise InputError(f"{where}.path: {folders['path']} has no class sub-folders with images "
                          f"({', '.join(IMAGE_SUFFIXES)})")
     known = sorted(listed["path"], key=class_sort_key)
-    classes = _choose_classes(known, source.get("classes"), where, None)
+    classes = choose_classes(known, source.get("classes"), where, None)
     train_pools = [listed["path"][c] for c in classes]
     split_rng, cap_rng, _ = rngs(seed)
     if "test" in folders:

@@ -23,10 +23,10 @@ from pslora_cli.data._common import (
     TaskData,
     assemble,
     carve_per_class,
+    choose_classes,
     class_sort_key,
     dedupe_by_group,
     rngs,
-    short_list,
     split_groups,
 )
 from pslora_cli.errors import InputError
@@ -404,24 +404,7 @@ def _labelled_task(train_rows, test_rows, label_names, source: dict, *, seed, wh
     def name(v):
         return name_of[v] if name_of is not None else label_names[v]
 
-    wanted = source.get("classes")
-    if wanted is None:
-        classes = known
-    else:
-        classes = []
-        for c in wanted:
-            if label_names is not None and isinstance(c, int) and not isinstance(c, bool):
-                if not 0 <= c < len(label_names):
-                    raise InputError(f"{where}.classes: label index {c} out of range 0..{len(label_names) - 1} "
-                                     f"(known: {short_list(known)})")
-                cname = label_names[c]
-            else:
-                cname = str(c)
-                if cname not in known:
-                    raise InputError(f"{where}.classes: unknown class {c!r} (known: {short_list(known)})")
-            if cname in classes:
-                raise InputError(f"{where}.classes: class {cname!r} is listed twice")
-            classes.append(cname)
+    classes = choose_classes(known, source.get("classes"), where, label_names)
     if not classes:
         raise InputError(f"{where}: no labelled rows found")
     label_of = {c: i for i, c in enumerate(classes)}
