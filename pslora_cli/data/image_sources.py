@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
-import inspect
 import pathlib
 import random
 import re
@@ -343,47 +342,11 @@ def _to_array(value, where: str, at: str) -> np.ndarray:
 def load_huggingface_images(source: dict, *, seed: int, base_dir: pathlib.Path, where: str) -> TaskData:
     """A Hugging Face image dataset: a ``save_to_disk`` folder, another local folder (e.g. an ``imagefolder``
     layout) or a Hub id. ClassLabel columns name the classes; plain labels are named ``str(value)``, sorted."""
-    try:
-        import datasets
-    except ImportError:
-        raise InputError(f"{where}: the datasets package is not installed: run `pip install datasets`") from None
-    from pslora_cli.data.text_sources import _is_saved_to_disk, _one_line
+    from pslora_cli.data.text_sources import open_hf_dataset
 
-    path = source["path"]
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
-    local = _resolve(path, base_dir)
-    if local.exists() or looks_local:
-        if not local.is_dir():
-            raise InputError(f"{where}.path: folder {local} not found")
-        target, desc = str(local), f"huggingface image dataset {local}"
-    else:
-        target, desc = path, f"huggingface hub image dataset {path}"
-    try:
-        if target != path and _is_saved_to_disk(local):
-            ds = datasets.load_from_disk(target)
-        else:
-            kwargs = {"name": source["name"]} if source.get("name") else {}
-            if "trust_remote_code" in inspect.signature(datasets.load_dataset).parameters:
-                kwargs["trust_remote_code"] = source["trust_remote_code"]
-            ds = datasets.load_dataset(target, **kwargs)
-    except Exception as exc:
-        hint = " (no network? use a local folder written by save_to_disk)" if target == path else ""
-        raise InputError(f"{where}.path: cannot load dataset {path!r}{hint}: {_one_line(exc)}") from None
-    splits = {source["train_split"]: ds} if isinstance(ds, datasets.Dataset) else dict(ds)
-    train_split, test_split = source["train_split"], source.get("test_split")
-    if train_split not in splits:
-        raise InputError(f"{where}.train_split: no split {train_split!r} in {path!r} "
-                         f"(available: {', '.join(sorted(splits))})")
-    train_ds = splits[train_split]
-    test_ds = splits.get(test_split) if test_split is not None and test_split != train_split else None
+    train_ds, test_ds, label_names, desc = open_hf_dataset(source, base_dir, where, "image_column", "image ")
     img_col, label_col = source["image_column"], source["label_column"]
-    for key, col in (("image_column", img_col), ("label_column", label_col)):
-        for split_name, d in ((train_split, train_ds), (test_split, test_ds)):
-            if d is not None and col not in d.column_names:
-                raise InputError(f"{where}.{key}: no column {col!r} in split {split_name!r} of {path!r} "
-                                 f"(available: {', '.join(d.column_names)})")
-    feature = train_ds.features[label_col]
-    label_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    train_split, test_split = source["train_split"], source.get("test_split")
 
     def labels(d, split_name) -> list:
         out = []

@@ -446,15 +446,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def load_huggingface(source: dict, *, seed: int, base_dir: pathlib.Path, where: str) -> TaskData:
-    """A Hugging Face dataset: a local ``save_to_disk`` folder, another local folder, or a Hub id.
-
-    ClassLabel columns give the class names; plain int/str labels are named ``str(value)``, sorted
-    (integers numerically). ``classes`` entries may be names or (for ClassLabel) label indices. If
-    ``test_split`` is null or not in the dataset, ``test_fraction`` of the train split is carved out.
-    ``trust_remote_code`` is passed on only to ``datasets`` versions that still take it (datasets 4+ runs
-    no dataset scripts).
-    """
+def open_hf_dataset(source: dict, base_dir: pathlib.Path, where: str, column_key: str, kind: str = ""):
+    """Load a Hugging Face dataset source (``save_to_disk`` folder, other local folder or Hub id) and check its
+    splits and columns. Returns (train split, test split or None, ClassLabel names or None, description).
+    ``column_key`` names the source key of the input column (text_column, image_column)."""
     try:
         import datasets
     except ImportError:
@@ -470,9 +465,9 @@ def load_huggingface(source: dict, *, seed: int, base_dir: pathlib.Path, where: 
         if not local.is_dir():
             raise InputError(f"{where}.path: {local} is a file, not a dataset folder "
                              f"(for a CSV/JSONL/Parquet file use `type: files`)")
-        target, desc = str(local), f"huggingface dataset {local}"
+        target, desc = str(local), f"huggingface {kind}dataset {local}"
     else:
-        target, desc = path, f"huggingface hub dataset {path}"
+        target, desc = path, f"huggingface hub {kind}dataset {path}"
     if source.get("name"):
         desc += f" ({source['name']})"
 
@@ -505,8 +500,8 @@ def load_huggingface(source: dict, *, seed: int, base_dir: pathlib.Path, where: 
                          f"(available: {', '.join(sorted(splits))})")
     train_ds = splits[train_split]
     test_ds = splits.get(test_split) if test_split is not None and test_split != train_split else None
-    text_col, label_col = source["text_column"], source["label_column"]
-    for key, col in (("text_column", text_col), ("label_column", label_col)):
+    data_col, label_col = source[column_key], source["label_column"]
+    for key, col in ((column_key, data_col), ("label_column", label_col)):
         for split_name, d in ((train_split, train_ds), (test_split, test_ds)):
             if d is not None and col not in d.column_names:
                 raise InputError(f"{where}.{key}: no column {col!r} in split {split_name!r} of {path!r} "
@@ -514,6 +509,21 @@ def load_huggingface(source: dict, *, seed: int, base_dir: pathlib.Path, where: 
 
     feature = train_ds.features[label_col]
     label_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    return train_ds, test_ds, label_names, desc
+
+
+def load_huggingface(source: dict, *, seed: int, base_dir: pathlib.Path, where: str) -> TaskData:
+    """A Hugging Face dataset: a local ``save_to_disk`` folder, another local folder, or a Hub id.
+
+    ClassLabel columns give the class names; plain int/str labels are named ``str(value)``, sorted
+    (integers numerically). ``classes`` entries may be names or (for ClassLabel) label indices. If
+    ``test_split`` is null or not in the dataset, ``test_fraction`` of the train split is carved out.
+    ``trust_remote_code`` is passed on only to ``datasets`` versions that still take it (datasets 4+ runs
+    no dataset scripts).
+    """
+    train_ds, test_ds, label_names, desc = open_hf_dataset(source, base_dir, where, "text_column")
+    text_col, label_col = source["text_column"], source["label_column"]
+    train_split, test_split = source["train_split"], source.get("test_split")
 
     def rows(d, split_name):
         out = []
