@@ -6,6 +6,7 @@ sum of the earlier updates of module m (METHOD.md §1, §3). The adapter is save
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from .adapters import PEFT_PREFIX, AdapterFile, WeightFolder, merge_options, merged_deltas
@@ -179,11 +181,9 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
     # base_model_name_or_path is not a local folder (timm backbones).
     peft_model.save_pretrained(str(out_dir), save_embedding_layers=False)
     (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub; the store keeps meta.json
-    from safetensors.torch import save_file
-    import json as _json
 
     save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
-              str(out_dir / "head.safetensors"), metadata={"classes": _json.dumps(data.classes)})
+              str(out_dir / "head.safetensors"), metadata={"classes": json.dumps(data.classes)})
     return {
         "steps": total,
         "epochs": round(total / steps_per_epoch, 3),
