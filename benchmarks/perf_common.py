@@ -122,3 +122,39 @@ def table(headers: list[str], rows: list[list]) -> str:
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
                      + [line(r) for r in cells[1:]])
+
+
+def synthetic_model(d: int, layers: int, *, untouched: bool = False):
+    """A stack of `layers` blocks with d x d `q` and `v` linears (the modules LoRA adapts), frozen.
+
+    untouched=True allocates the weights without writing them (torch.empty pages count in no RSS): for the
+    merge benchmark, where PEFT only needs the model to exist. Otherwise weights are seeded (seed 0).
+    """
+    import torch
+    from torch import nn
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(d, d, bias=False)
+            self.v = nn.Linear(d, d, bias=False)
+
+    class Synth(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(Layer() for _ in range(layers))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = x + layer.v(torch.relu(layer.q(x)))
+            return x
+
+    if untouched:
+        with torch.device("meta"):
+            model = Synth()
+        return model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    model = Synth()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from perf_common import fmt_mb, fmt_ratio, mem_available_bytes, profile_peak_bytes, run_forked, table
+from perf_common import synthetic_model, fmt_mb, fmt_ratio, mem_available_bytes, profile_peak_bytes, run_forked, table
 
 RANK, LORA_ALPHA = 8, 16
 SHAPES = {  # name -> (d_model, layers with q and v adapted)
@@ -33,31 +33,6 @@ SHAPES = {  # name -> (d_model, layers with q and v adapted)
     "llama-7b": (4096, 1),
 }
 METHODS = ("ours", "peft-ties", "peft-mprune", "peft-ties-svd", "naive")
-
-
-def _synthetic_model(d: int, layers: int):
-    import torch
-    from torch import nn
-
-    class Layer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q = nn.Linear(d, d, bias=False)
-            self.v = nn.Linear(d, d, bias=False)
-
-    class Synth(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = nn.ModuleList(Layer() for _ in range(layers))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = x + layer.v(torch.relu(layer.q(x)))
-            return x
-
-    with torch.device("meta"):
-        model = Synth()
-    return model.to_empty(device="cpu")
 
 
 def write_adapters(folder: Path, d: int, layers: int, n: int, seed: int = 0) -> list[str]:
@@ -123,7 +98,7 @@ def case_naive(dirs: list[str], out: str) -> dict:
 def case_peft(dirs: list[str], out: str, d: int, layers: int, combination: str) -> dict:
     from peft import PeftModel
 
-    model = _synthetic_model(d, layers)
+    model = synthetic_model(d, layers, untouched=True)
     pm = PeftModel.from_pretrained(model, dirs[0], adapter_name="t0")
     for i, folder in enumerate(dirs[1:], start=1):
         pm.load_adapter(folder, adapter_name=f"t{i}")

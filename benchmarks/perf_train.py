@@ -22,37 +22,10 @@ from __future__ import annotations
 import copy
 import time
 
-from perf_common import fmt_mb, fmt_ratio, median, profile_peak_bytes, table, tensor_bytes
+from perf_common import synthetic_model, fmt_mb, fmt_ratio, median, profile_peak_bytes, table, tensor_bytes
 
 RANK, LORA_ALPHA, PREV_TASKS, LAMBDA = 8, 16, 3, 1.0
 IMPLS = ("lora", "ps-lean", "ps-lean-tc", "naive")
-
-
-def _synthetic(d: int, layers: int):
-    import torch
-    from torch import nn
-
-    class Layer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q = nn.Linear(d, d, bias=False)
-            self.v = nn.Linear(d, d, bias=False)
-
-    class Synth(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = nn.ModuleList(Layer() for _ in range(layers))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = x + layer.v(torch.relu(layer.q(x)))
-            return x
-
-    torch.manual_seed(0)
-    model = Synth()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 class Setup:
@@ -181,7 +154,7 @@ def _layers(d: int, layers: int, tokens: int, label: str):
     import torch
     from torch import nn
 
-    base = _synthetic(d, layers)
+    base = synthetic_model(d, layers)
     g = torch.Generator().manual_seed(1)
     batch = {"x": torch.randn(tokens, d, generator=g), "y": torch.randn(tokens, d, generator=g)}
 
