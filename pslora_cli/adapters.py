@@ -5,6 +5,7 @@ merge tasks (streaming over tasks and modules) and fold a dense update into a mo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -28,32 +29,49 @@ class AdapterFile:
         config_path = self.dir / CONFIG_FILE
         try:
             self.config = json.loads(config_path.read_text(encoding="utf-8"))
+            if not isinstance(self.config, dict):
+                raise InputError(f"{config_path}: expected a JSON object")
         except FileNotFoundError:
             raise InputError(f"{config_path}: missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{config_path}: not valid JSON ({exc})") from None
-        try:
-            r, alpha = int(self.config["r"]), float(self.config["lora_alpha"])
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"{config_path}: needs integer 'r' and number 'lora_alpha'") from None
+        r, alpha = self.config.get("r"), self.config.get("lora_alpha")
+        if not (isinstance(r, int) and not isinstance(r, bool) and r > 0):
+            raise InputError(f"{config_path}: 'r' must be a positive integer, got {r!r}")
+        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha)):
+            raise InputError(f"{config_path}: 'lora_alpha' must be a finite number, got {alpha!r}")
         if self.config.get("rank_pattern") or self.config.get("alpha_pattern"):
             raise InputError(f"{config_path}: rank_pattern/alpha_pattern are not supported")
+        if not isinstance(self.config.get("use_rslora", False), bool):
+            raise InputError(f"{config_path}: 'use_rslora' must be true or false")
+        self.rank = r
         self.scale = alpha / (r ** 0.5 if self.config.get("use_rslora") else r)
         self.path = self.dir / ADAPTER_FILE
         try:
             with safe_open(str(self.path), framework="pt") as f:
-                keys = list(f.keys())
+                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+                dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
         except FileNotFoundError:
             raise InputError(f"{self.path}: missing") from None
         except Exception as exc:  # safetensors raises its own error types for a bad header
-            raise InputError(f"{self.path}: not a readable safetensors file ({exc})") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{self.path}: not a readable safetensors file ({first})") from None
         self.modules: dict[str, tuple[str, str]] = {}
-        for key in keys:
+        for key in shapes:
             if key.endswith(".lora_A.weight"):
                 module = key[: -len(".lora_A.weight")]
                 b_key = module + ".lora_B.weight"
-                if b_key not in keys:
+                if b_key not in shapes:
                     raise InputError(f"{self.path}: {key} has no matching {b_key}")
+                a_shape, b_shape = shapes[key], shapes[b_key]
+                # A is (r, d_in) or a conv's (r, d_in, kh, kw); B is (d_out, r) or (d_out, r, 1, 1).
+                if (len(a_shape) not in (2, 4) or len(b_shape) != len(a_shape) or a_shape[0] != r
+                        or b_shape[1] != r or b_shape[2:] not in ((), (1, 1)) or 0 in a_shape + b_shape):
+                    raise InputError(f"{self.path}: {module} has LoRA shapes A {list(a_shape)}, B {list(b_shape)}, "
+                                     f"which do not fit rank r={r}")
+                for k in (key, b_key):
+                    if dtypes[k] not in ("F16", "BF16", "F32", "F64"):
+                        raise InputError(f"{self.path}: {k} has dtype {dtypes[k]}, not a float type")
                 name = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module
                 self.modules[f"{name}.weight"] = (key, b_key)
         if not self.modules:

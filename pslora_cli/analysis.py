@@ -41,7 +41,6 @@ from .workflow import Options, open_store, resolve_device
 
 RANK_ALIASES = {"d": "delta", "delta": "delta", "h": "history", "history": "history", "c": "combined",
                 "combined": "combined"}
-ANALYSIS_DIR = "analysis"
 # Pooled statistics shown in tables, correlated with the accuracy drop and compared across stores.
 SUMMARY_LABELS = {
     "relative_norm": "‖D‖/‖H‖", "wasserstein1": "W1(H,C)", "ks": "KS(H,C)", "same_fraction": "same",
@@ -444,7 +443,7 @@ def analyze_shifts(opts: Options, aopts: AnalysisOptions, reporter: Reporter) ->
     written: list[str] = []
     targets = []
     if aopts.write_store:
-        targets.append(("store", store.root / ANALYSIS_DIR))
+        targets.append(("store", store.analysis_dir))
     if aopts.out is not None:
         targets.append(("out", Path(aopts.out)))
     doc["files"] = [str(folder / name) for _, folder in targets for name in ["shifts.json"] + sorted(files)]

@@ -83,21 +83,23 @@ def backbone_identity(cfg: dict) -> dict:
 
         return vision_identity(cfg)
     path = resolve_model_path(cfg)
-    if path in _IDENTITY_CACHE:
-        return _IDENTITY_CACHE[path]
-    h = hashlib.sha256()
     folder = Path(path)
+    names = sorted(p.name for p in folder.iterdir() if p.name == "config.json" or p.name.endswith(".safetensors")) \
+        if folder.is_dir() else []
+    # Cached per process, keyed by the files' size and mtime so that a changed file is hashed again.
+    key = (path, tuple((n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns) for n in names))
+    if key in _IDENTITY_CACHE:
+        return _IDENTITY_CACHE[key]
+    digest = None  # a hub id: identified by its name (and revision, when the user pins one)
     if folder.is_dir():
-        for name in sorted(p.name for p in folder.iterdir()):
-            if name == "config.json" or name.endswith(".safetensors"):
-                with open(folder / name, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
+        h = hashlib.sha256()
+        for name in names:
+            with open(folder / name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
         digest = h.hexdigest()
-    else:
-        digest = None  # a hub id: identified by its name (and revision, when the user pins one)
     identity = {"source": cfg["source"], "name": cfg["name"], "weights_sha256": digest}
-    _IDENTITY_CACHE[path] = identity
+    _IDENTITY_CACHE[key] = identity
     return identity
 
 
@@ -140,8 +142,12 @@ def load_backbone(cfg: dict, device: torch.device):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg["trust_remote_code"])
         model = AutoModel.from_pretrained(path, trust_remote_code=cfg["trust_remote_code"])
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        if "trust_remote_code" in text and not cfg["trust_remote_code"]:
+            raise InputError(f"backbone.name: {cfg['name']!r} needs its own Python code to load; pslora does not "
+                             f"run a model's code unless the sequence sets backbone.trust_remote_code: true") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise InputError(f"backbone.name: cannot load {cfg['name']!r} ({first})") from None
     model.to(device).eval()
     for p in model.parameters():

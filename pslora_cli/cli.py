@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import InputError, WorkError
+from .errors import InputError, Interrupted, WorkError
 
 METRICS_HELP = """Metrics, from the accuracy matrix R (R[t][i] = accuracy on task i after training task t; row 0 =
 base model; stage t = W0 + merge of tasks 1..t): ACC = mean_i R[T][i]; avg_incremental_accuracy = mean_t
@@ -42,6 +42,8 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Override the sequence's seed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout; logs go to stderr.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or logs on stderr.")]
+RestartOpt = Annotated[bool, typer.Option("--restart", help="Discard a saved training checkpoint and train from "
+                                                             "the start (default: resume from it).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a sequence field: key.path=value (YAML value); repeatable, e.g. "
                   "--set method.stability_weight=0 --set tasks.t1.data.train_per_class=50.")]
@@ -78,14 +80,17 @@ def _show_matrix(reporter, doc) -> None:
 def run_cmd(
     sequence: Annotated[Path, typer.Argument(help="Task sequence YAML file.")],
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
-    quiet: QuietOpt = False, set_: SetOpt = None,
+    quiet: QuietOpt = False, set_: SetOpt = None, restart: RestartOpt = False,
 ):
-    """Train every task of SEQUENCE not yet in the store, evaluating after each; merge; report."""
+    """Train every task of SEQUENCE not yet in the store, evaluating after each; merge; report.
+
+    An interrupted run (Ctrl-C, SIGTERM, a crash) continues where it stopped when run again.
+    """
     from .workflow import resolve_device, run_sequence
 
     opts = _options(store, device, seed, json_, quiet, set_)
     reporter = _reporter(opts)
-    result = run_sequence(opts, str(sequence), resolve_device(opts.device), reporter)
+    result = run_sequence(opts, str(sequence), resolve_device(opts.device), reporter, restart=restart)
     if opts.json:
         _emit_json(result)
     else:
@@ -128,9 +133,12 @@ def train_task_cmd(
     sequence: Annotated[Optional[Path], typer.Option("--sequence", help="Sequence YAML (needed for a new store).")] = None,
     eval_: Annotated[bool, typer.Option("--eval/--no-eval", help="Complete the accuracy matrix afterwards.")] = True,
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
-    quiet: QuietOpt = False, set_: SetOpt = None,
+    quiet: QuietOpt = False, set_: SetOpt = None, restart: RestartOpt = False,
 ):
-    """Train one task against the earlier tasks' adapters already in the store (replaces it if present)."""
+    """Train one task against the earlier tasks' adapters already in the store (replaces it if present).
+
+    Ctrl-C or SIGTERM saves a checkpoint; the same command then resumes from it (--restart starts over).
+    """
     from .workflow import (check_predecessors, complete_eval, data_loader, ensure_created, open_store,
                            resolve_device, train_one)
 
@@ -143,7 +151,7 @@ def train_task_cmd(
     load(i)
     with st.locked():
         ensure_created(seq, st, text, reporter)
-        meta = train_one(seq, st, task, dev, reporter, load)
+        meta = train_one(seq, st, task, dev, reporter, load, restart=restart)
         doc = complete_eval(seq, st, dev, reporter, load) if eval_ else None
     if opts.json:
         _emit_json({"store": str(st.root), "task": meta, "matrix": doc})
@@ -273,20 +281,29 @@ def store_ls(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
 
 
 @store_app.command("verify")
-def store_verify(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
-    """Check every task file against the sha256 recorded in its meta.json."""
+def store_verify(
+    store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False,
+    shapes: Annotated[bool, typer.Option("--shapes/--no-shapes", help="Also check each adapter's shapes against "
+                                                                      "the base model (loads it).")] = True,
+):
+    """Check the store: every file against its recorded sha256, the folders against the manifest's sequence,
+    each adapter's modules and shapes against the base model, merges and checkpoints. Exit 2 on any problem."""
     from .store import Store
+    from .workflow import verify_store
 
-    st = Store(store)
-    st.manifest()
-    checked = []
-    for task_id in st.trained_tasks():
-        st.verify_task(task_id)
-        checked.append(task_id)
+    report = verify_store(Store(store), check_shapes=shapes)
     if json_:
-        _emit_json({"store": str(st.root), "ok": True, "tasks": checked})
+        _emit_json(report)
     else:
-        print(f"{st.root}: ok ({len(checked)} task(s) verified)")
+        for line in report["warnings"]:
+            print(f"pslora: warning: {line}", file=sys.stderr)
+        for line in report["problems"]:
+            print(f"pslora: problem: {line}", file=sys.stderr)
+        if report["ok"]:
+            print(f"{report['store']}: ok ({len(report['tasks'])} task(s) verified)")
+        else:
+            print(f"{report['store']}: {len(report['problems'])} problem(s)", file=sys.stderr)
+    return 0 if report["ok"] else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"pslora: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"pslora: {exc}", file=sys.stderr)
+        return 130
     except WorkError as exc:
         print(f"pslora: failed: {exc}", file=sys.stderr)
         return 1
@@ -324,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _entry() -> None:
-    sys.exit(main())
+def _entry(argv: list[str] | None = None) -> None:
+    sys.exit(main(argv))
 
 
 if __name__ == "__main__":

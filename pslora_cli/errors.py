@@ -11,3 +11,7 @@ class InputError(Exception):
 
 class WorkError(Exception):
     """A failure while working (not the user's input): exit code 1 with a one-line message."""
+
+
+class Interrupted(WorkError):
+    """SIGINT/SIGTERM during training: the state was checkpointed; rerunning the command resumes (exit 130)."""

@@ -141,6 +141,8 @@ def complete_matrix(seq: dict, store: Store, device: torch.device, load_data: Ca
     """Fill every missing or stale cell of the accuracy matrix for the trained prefix; write it atomically."""
     doc = load_doc(seq, store)
     k = trained_prefix(seq, store)
+    for task in seq["tasks"][:k]:  # a damaged adapter or head is reported, never scored
+        store.verify_task(task["id"])
     row_keys, col_keys = _keys(seq, store, k)
     for t in range(k + 1):
         if doc["row_keys"][t] != row_keys[t]:

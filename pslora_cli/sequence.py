@@ -78,6 +78,9 @@ SCHEMA: dict[str, Any] = {
         "head_learning_rate": (_NUMBER, 5e-3, None),
         "weight_decay": (_NUMBER, 0.0, None),
         "eval_batch_size": ((int,), 128, None),
+        # Save the training state every this many steps (0: only when interrupted), so a crash loses at most
+        # that much work; `train-task`/`run` resume from it.
+        "checkpoint_every": ((int,), 25, None),
     },
 }
 TASK_SCHEMA: dict[str, Any] = {
@@ -167,7 +170,7 @@ def _check_ranges(seq: dict, where: _Where) -> None:
         if seq[section][name] <= 0:
             raise where(key, f"must be > 0, got {seq[section][name]!r}")
     for key in ["method.stability_weight", "method.orthogonality_weight", "method.alpha",
-                "training.weight_decay"]:
+                "training.weight_decay", "training.checkpoint_every"]:
         section, name = key.split(".")
         if seq[section][name] < 0:
             raise where(key, f"must be >= 0, got {seq[section][name]!r}")
@@ -255,9 +258,23 @@ def _line_map(text: str) -> dict[str, int]:
     return lines
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python objects, ever), reading 1e-3 as a number as YAML 1.2 does."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
 def parse_yaml(text: str, file: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

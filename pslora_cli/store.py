@@ -13,6 +13,11 @@ temporary name and renamed whole, so a killed process leaves each file and each 
         meta.json              resolved config, seed, versions, data fingerprint, train metrics, sha256 of files
       merges/<name>.safetensors + <name>.json
       eval/matrix.json, eval/matrix.csv, eval/matrix.png
+      checkpoints/<id>.safetensors   training state of an interrupted task (removed when the task is saved)
+
+Replacing a finished task renames tasks/<id> to tasks/.<id>.old before the new folder takes its place; a
+process killed between the two renames leaves .<id>.old, which the next writer renames back (`recover`).
+The store never follows a symbolic link inside itself, so nothing it writes can land outside the store.
 """
 
 from __future__ import annotations
@@ -97,20 +102,36 @@ class Store:
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
 
-    def task_dir(self, task_id: str) -> Path:
-        path = (self.root / "tasks" / task_id)
-        # Task ids are validated by the sequence schema; this guards against anything that slips past.
-        if path.resolve().parent != (self.root / "tasks").resolve():
-            raise InputError(f"task id {task_id!r} would escape the store {self.root}")
+    def inside(self, *parts: str) -> Path:
+        """root/parts..., refused when a part is a symbolic link or the path leaves the store."""
+        path = self.root
+        for part in parts:
+            if not part or part in (".", "..") or "/" in part or "\\" in part:
+                raise InputError(f"{part!r} is not a valid name inside the store {self.root}")
+            path = path / part
+            if path.is_symlink():
+                raise InputError(f"{path}: is a symbolic link; a store never follows links (replace it with a "
+                                 f"real folder or file)")
         return path
+
+    def task_dir(self, task_id: str) -> Path:
+        # Task ids are validated by the sequence schema; this guards against anything that slips past.
+        return self.inside("tasks", task_id)
 
     @property
     def eval_dir(self) -> Path:
-        return self.root / "eval"
+        return self.inside("eval")
 
     @property
     def merges_dir(self) -> Path:
-        return self.root / "merges"
+        return self.inside("merges")
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.inside("analysis")
+
+    def checkpoint_path(self, task_id: str) -> Path:
+        return self.inside("checkpoints", f"{task_id}.safetensors")
 
     # -- existence and manifest -----------------------------------------------------------------------
     def exists(self) -> bool:
@@ -143,7 +164,7 @@ class Store:
 
     # -- tasks ----------------------------------------------------------------------------------------
     def trained_tasks(self) -> list[str]:
-        tasks = self.root / "tasks"
+        tasks = self.inside("tasks")
         if not tasks.is_dir():
             return []
         return sorted(p.name for p in tasks.iterdir() if not p.name.startswith(".") and (p / "meta.json").is_file())
@@ -178,15 +199,57 @@ class Store:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def task_problems(self, task_id: str) -> list[str]:
+        """What is wrong with a finished task's folder: each file against the sha256 in its meta.json."""
+        folder = self.task_dir(task_id)
+        try:
+            meta = self.task_meta(task_id)
+        except InputError as exc:
+            return [str(exc)]
+        problems = []
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
+            return [f"{folder / 'meta.json'}: has no sha256 record"]
+        if meta.get("task") != task_id:
+            problems.append(f"{folder / 'meta.json'}: belongs to task {meta.get('task')!r}, not {task_id!r}")
+        for name in TASK_FILES:
+            if name not in meta["sha256"]:
+                problems.append(f"{folder / name}: not recorded in meta.json")
+        for name, digest in meta["sha256"].items():
+            path = folder / name
+            if path.is_symlink() or not path.is_file():
+                problems.append(f"{path}: missing (recorded in meta.json)")
+            elif sha256_file(path) != digest:
+                problems.append(f"{path}: sha256 does not match meta.json (file truncated, corrupted or edited)")
+        return problems
+
     def verify_task(self, task_id: str) -> None:
-        """Check each file of a task against the sha256 recorded in its meta.json."""
-        meta = self.task_meta(task_id)
-        for name, digest in meta.get("sha256", {}).items():
-            path = self.task_dir(task_id) / name
-            if not path.is_file():
-                raise InputError(f"{path}: missing (recorded in meta.json)")
-            if sha256_file(path) != digest:
-                raise InputError(f"{path}: sha256 does not match meta.json (file corrupted or edited)")
+        """Raise an InputError naming the first damaged file of a task (checked against its sha256)."""
+        problems = self.task_problems(task_id)
+        if problems:
+            raise InputError(problems[0])
+
+    def recover(self) -> list[str]:
+        """Undo what a killed writer left: a task folder renamed aside but not replaced goes back; temporary
+        files and folders are removed. Call with the lock held. Returns what was done."""
+        done = []
+        for folder in (self.root, self.root / "tasks", self.root / "eval", self.root / "merges",
+                       self.root / "checkpoints", self.root / "analysis"):
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if p.is_symlink() or not p.name.startswith("."):
+                    continue
+                if folder.name == "tasks" and p.name.endswith(".old") and p.is_dir():
+                    final = folder / p.name[1:-len(".old")]
+                    if not final.exists():
+                        os.replace(p, final)
+                        done.append(f"restored {final} (a replacement was interrupted)")
+                    else:
+                        shutil.rmtree(p, ignore_errors=True)
+                elif p.name.endswith(".tmp"):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                    done.append(f"removed {p.name} (left by an interrupted write)")
+        return done
 
     # -- locking --------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -205,6 +268,7 @@ class Store:
             f.truncate()
             f.write(f"pslora pid {os.getpid()}")
             f.flush()
+            self.recover()
             yield
         finally:
             f.close()

@@ -19,9 +19,10 @@ from torch import nn
 
 from .adapters import PEFT_PREFIX, AdapterFile, WeightFolder, merge_options, merged_deltas
 from .backbones import load_backbone, make_head, target_parameters
+from .checkpoint import BatchOrder, read_checkpoint, restore_checkpoint, save_checkpoint
 from .core.stability import adaptive_alpha
 from .core.stability_lean import prepare_history
-from .errors import InputError, WorkError
+from .errors import InputError, Interrupted, WorkError
 
 ProgressFn = Callable[[int, int, dict], None]
 
@@ -43,23 +44,15 @@ def lora_layers(peft_model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def _batches(n: int, batch_size: int, total_steps: int, gen: torch.Generator):
-    """Indices of each step's batch: seeded shuffles, one pass per epoch, last partial batch kept."""
-    step = 0
-    while step < total_steps:
-        order = torch.randperm(n, generator=gen).tolist()
-        for start in range(0, n, batch_size):
-            if step >= total_steps:
-                return
-            yield order[start:start + batch_size]
-            step += 1
-
-
 def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: Path, device: torch.device,
-               progress: ProgressFn | None = None) -> dict:
+               progress: ProgressFn | None = None, *, checkpoint: Path | None = None, resume_key: str = "",
+               stop_requested: Callable[[], bool] = lambda: False, note: Callable[[str], None] = lambda m: None
+               ) -> dict:
     """Train task `index` of `seq` on `data` against the adapters in `previous_dirs`; save into `out_dir`.
 
-    Returns the training metrics recorded in the task's meta.json.
+    With `checkpoint`, the state is saved there every training.checkpoint_every steps and when
+    `stop_requested()` turns true (then Interrupted is raised), and a checkpoint with the same `resume_key`
+    is resumed from. Returns the training metrics recorded in the task's meta.json.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -128,7 +121,7 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     labels_all = torch.tensor(data.train_y, dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
+    batches = BatchOrder(n, training["batch_size"], seed)
     use_ps = bool(previous) and method["stability_weight"] > 0
     # The stability loss reads H block by block (core/stability_lean.py): the earlier tasks' stacked factors when
     # they are smaller than dense H, else tanh(αH) cached densely; nothing d_out x d_in is kept for backward.
@@ -138,10 +131,37 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
     del history  # the prepared form above is all the loss reads; don't keep dense H for the whole task
     use_orth = bool(prev_factors_A) and method["orthogonality_weight"] > 0
 
+    # Everything a resumed run must get back exactly: the trained tensors under stable names.
+    trained = {f"lora.{name}": p for name, p in peft_model.named_parameters() if p.requires_grad}
+    trained |= {f"head.{name}": p for name, p in head.named_parameters()}
+    done, recent, seconds_before = 0, [], 0.0
+    saved = read_checkpoint(checkpoint) if checkpoint is not None else None
+    if saved is not None:
+        meta, tensors = saved
+        if meta["key"] == resume_key and meta["step"] <= total:
+            done = restore_checkpoint(meta, tensors, params=trained, optimizer=optimizer, scheduler=scheduler,
+                                      batches=batches)
+            recent, seconds_before = meta["extra"]["recent"], meta["extra"]["seconds"]
+            note(f"task {task['id']}: resuming from the checkpoint at step {done}/{total}")
+        else:
+            note(f"task {task['id']}: ignoring {checkpoint.name}: it was written for other settings or data")
+    elif checkpoint is not None and checkpoint.is_file():
+        note(f"task {task['id']}: {checkpoint} is not a readable checkpoint; training from the start")
+
+    def save_state(step: int) -> None:
+        save_checkpoint(checkpoint, key=resume_key, step=step, params=trained, optimizer=optimizer,
+                        scheduler=scheduler, batches=batches,
+                        extra={"recent": recent, "seconds": seconds_before + time.perf_counter() - started})
+
+    every = training["checkpoint_every"]
     peft_model.train()
     started = time.perf_counter()
-    recent: list[dict] = []
-    for step, idx in enumerate(_batches(n, training["batch_size"], total, gen), start=1):
+    for step in range(done + 1, total + 1):
+        if checkpoint is not None and stop_requested():
+            save_state(step - 1)
+            raise Interrupted(f"task {task['id']}: interrupted after step {step - 1}/{total}; the state is saved in "
+                              f"{checkpoint} and the same command resumes from it (--restart starts over)")
+        idx = batches.next()
         batch = backbone.collate([data.train_x[i] for i in idx], device)
         labels = labels_all[idx].to(device)
         logits = head(backbone.features(peft_model, batch))
@@ -173,14 +193,23 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
         recent = recent[-20:]
         if progress:
             progress(step, total, recent[-1])
+        if checkpoint is not None and every and step % every == 0 and step < total:
+            save_state(step)
 
-    seconds = time.perf_counter() - started
+    seconds = seconds_before + time.perf_counter() - started
     final = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]}
 
     # No embedding layer is ever adapted; "auto" would look the base model up on the hub when its
     # base_model_name_or_path is not a local folder (timm backbones).
     peft_model.save_pretrained(str(out_dir), save_embedding_layers=False)
     (out_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub; the store keeps meta.json
+    # PEFT writes target_modules from a set, in an order that changes from process to process; sorted, the
+    # same training gives the same file.
+    config_file = out_dir / "adapter_config.json"
+    saved_config = json.loads(config_file.read_text(encoding="utf-8"))
+    if isinstance(saved_config.get("target_modules"), list):
+        saved_config["target_modules"] = sorted(saved_config["target_modules"])
+    config_file.write_text(json.dumps(saved_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
               str(out_dir / "head.safetensors"), metadata={"classes": json.dumps(data.classes)})

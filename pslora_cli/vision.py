@@ -111,8 +111,10 @@ def vision_identity(cfg: dict) -> dict:
     import timm
 
     file = _weights_file(cfg)
+    stat = file.stat() if file is not None and file.is_file() else None
     key = (cfg["source"], cfg["name"], str(file), bool(cfg.get("pretrained", True)),
-           repr(sorted((cfg.get("model_kwargs") or {}).items())))
+           repr(sorted((cfg.get("model_kwargs") or {}).items())),
+           (stat.st_size, stat.st_mtime_ns) if stat else None)  # a changed file is hashed again
     if key not in _IDENTITY_CACHE:
         digest = None
         if file is not None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pslora_cli.errors import InputError
-from pslora_cli.sequence import apply_overrides, identity_hash, load_sequence, sequence_from_text
+from pslora_cli.sequence import apply_overrides, identity_hash, load_sequence, parse_yaml, sequence_from_text
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = """\
@@ -123,3 +123,12 @@ def test_shipped_sequences_validate(path):
 def test_missing_file():
     with pytest.raises(InputError, match="nope.yaml: sequence file not found"):
         load_sequence("nope.yaml")
+
+
+def test_exponent_numbers_read_as_numbers():
+    """PyYAML reads 1e-3 as a string (YAML 1.1); pslora reads it as YAML 1.2 does, in files and in --set."""
+    raw = {"training": {"learning_rate": 0.01}}
+    assert apply_overrides(raw, ["training.learning_rate=1e-3"], "x")["training"]["learning_rate"] == 1e-3
+    assert parse_yaml("lr: 2E+2\nsteps: 3\n", "x") == {"lr": 200.0, "steps": 3}
+    with pytest.raises(InputError):  # still the safe loader: no Python objects
+        parse_yaml("x: !!python/object/apply:os.system [echo hi]", "x")
