@@ -92,6 +92,8 @@ class AdapterFile:
 
     def delta(self, param: str, device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
         a, b = self.factors(param, device)
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise InputError(f"{self.path}: {param} holds NaN or infinite values")
         return lora_delta(a.to(dtype), b.to(dtype), self.scale)
 
 

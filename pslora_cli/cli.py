@@ -48,6 +48,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a sequence field: key.path=value (YAML value); repeatable, e.g. "
                   "--set method.stability_weight=0 --set tasks.t1.data.train_per_class=50.")]
 DEFAULT_STORE = Path("pslora-store")
+DISTRIBUTED = ("run", "train-task", "eval")  # the commands that run under torchrun (several processes)
 
 
 def _options(store, device, seed, json_, quiet, set_):
@@ -56,14 +57,22 @@ def _options(store, device, seed, json_, quiet, set_):
     return Options(store=store, device=device, seed=seed, overrides=list(set_ or []), json=json_, quiet=quiet)
 
 
+def _is_main_rank() -> bool:
+    """False on the ranks other than 0 of a torchrun launch: they print nothing (rank 0 reports)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def _reporter(opts):
     from .report import Reporter
 
+    if not _is_main_rank():
+        return Reporter(quiet=True, json_mode=True)
     return Reporter(quiet=opts.quiet, json_mode=opts.json)
 
 
 def _emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    if _is_main_rank():
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _show_matrix(reporter, doc) -> None:
@@ -140,7 +149,7 @@ def train_task_cmd(
     Ctrl-C or SIGTERM saves a checkpoint; the same command then resumes from it (--restart starts over).
     """
     from .workflow import (check_predecessors, complete_eval, data_loader, ensure_created, open_store,
-                           resolve_device, train_one)
+                           resolve_device, train_one, writing)
 
     opts = _options(store, device, seed, json_, quiet, set_)
     reporter = _reporter(opts)
@@ -149,7 +158,7 @@ def train_task_cmd(
     i = check_predecessors(seq, st, task)
     load = data_loader(seq)
     load(i)
-    with st.locked():
+    with writing(st):
         ensure_created(seq, st, text, reporter)
         meta = train_one(seq, st, task, dev, reporter, load, restart=restart)
         doc = complete_eval(seq, st, dev, reporter, load) if eval_ else None
@@ -194,13 +203,13 @@ def eval_cmd(
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
     quiet: QuietOpt = False, set_: SetOpt = None,
 ):
-    from .workflow import complete_eval, data_loader, open_store, resolve_device
+    from .workflow import complete_eval, data_loader, open_store, resolve_device, writing
 
     opts = _options(store, device, seed, json_, quiet, set_)
     reporter = _reporter(opts)
     dev = resolve_device(opts.device)
     seq, st, _ = open_store(opts, None, create=False)
-    with st.locked():
+    with writing(st):
         doc = complete_eval(seq, st, dev, reporter, data_loader(seq))
     if opts.json:
         _emit_json(doc)
@@ -306,6 +315,12 @@ def store_verify(
     return 0 if report["ok"] else 2
 
 
+def _prog() -> str:
+    """How messages start: "pslora", or "pslora[rank N/W]" under torchrun so a failing rank is named."""
+    size = os.environ.get("WORLD_SIZE", "1").strip()
+    return "pslora" if size in ("", "1") else f"pslora[rank {os.environ.get('RANK', '?')}/{size}]"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:  # typer >= 0.22 vendors its own click
         from typer._click import exceptions as click_exceptions
@@ -315,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # PEFT calls a transformers API that transformers 5 marks deprecated; the warning is not the user's.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and argv and argv[0] not in DISTRIBUTED:
+            raise InputError(f"`pslora {argv[0]}` runs in one process; under torchrun only "
+                             f"{', '.join(DISTRIBUTED)} are supported")
         result = app(args=argv, standalone_mode=False)
         return result if isinstance(result, int) else 0
     except click_exceptions.UsageError as exc:
@@ -328,20 +347,30 @@ def main(argv: list[str] | None = None) -> int:
         print("pslora: interrupted", file=sys.stderr)
         return 130
     except InputError as exc:
-        print(f"pslora: error: {exc}", file=sys.stderr)
+        print(f"{_prog()}: error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"pslora: {exc}", file=sys.stderr)
+        print(f"{_prog()}: {exc}", file=sys.stderr)
         return 130
     except WorkError as exc:
-        print(f"pslora: failed: {exc}", file=sys.stderr)
+        print(f"{_prog()}: failed: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - one line for users; the traceback with PSLORA_DEBUG=1
         if os.environ.get("PSLORA_DEBUG"):
             raise
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"pslora: failed: {type(exc).__name__}: {line} (PSLORA_DEBUG=1 shows the traceback)", file=sys.stderr)
+        if _prog() != "pslora" and any(s in line for s in ("Connection closed", "Connection reset", "NCCL", "gloo")):
+            # A collective failed: another rank crashed or was killed. Rank 0 writes only finished work.
+            print(f"{_prog()}: failed: another rank stopped during a collective operation, so every rank stops; "
+                  f"the task under way was not saved ({line[:160]})", file=sys.stderr)
+            return 1
+        print(f"{_prog()}: failed: {type(exc).__name__}: {line} (PSLORA_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if "torch" in sys.modules:
+            from .distributed import shutdown
+
+            shutdown()
 
 
 def _entry(argv: list[str] | None = None) -> None:

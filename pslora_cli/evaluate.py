@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from . import distributed
 from .adapters import AdapterFile, WeightFolder, merge_options, merged_deltas
 from .backbones import load_backbone, target_parameters
 from .core.metrics import cl_metrics
@@ -101,13 +102,17 @@ class Evaluator:
 
     @torch.inference_mode()
     def features(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features and labels of task i's test set (under torchrun: this rank's shard of it)."""
         data = self.load_data(i)
+        xs, ys = data.test_x, data.test_y
+        if distributed.world().active:
+            xs, ys = distributed.shard(list(xs)), distributed.shard(list(ys))
         bs = self.seq["training"]["eval_batch_size"]
-        feats = []
-        for start in range(0, len(data.test_x), bs):
-            batch = self.backbone.collate(data.test_x[start:start + bs], self.device)
+        feats = [torch.zeros(0, self.backbone.feature_dim, device=self.device)]
+        for start in range(0, len(xs), bs):
+            batch = self.backbone.collate(xs[start:start + bs], self.device)
             feats.append(self.backbone.features(self.backbone.model, batch).float())
-        return torch.cat(feats), torch.tensor(data.test_y, device=self.device)
+        return torch.cat(feats), torch.tensor(ys, dtype=torch.long, device=self.device)
 
     @torch.inference_mode()
     def stage(self, t: int, cells: list[tuple[int, str]]) -> dict[tuple[int, str], float]:
@@ -127,13 +132,23 @@ class Evaluator:
             kinds = {kind for j, kind in cells if j == i}
             if "aware" in kinds:
                 w, b = self.head(i)
-                results[(i, "aware")] = (feats @ w.T + b).argmax(-1).eq(labels).float().mean().item()
+                results[(i, "aware")] = _accuracy((feats @ w.T + b).argmax(-1).eq(labels))
             if "agnostic" in kinds:
                 heads = [self.head(j) for j in range(t)]
                 logits = torch.cat([feats @ w.T + b for w, b in heads], dim=1)
                 offset = sum(w.shape[0] for w, _ in heads[:i])
-                results[(i, "agnostic")] = logits.argmax(-1).eq(labels + offset).float().mean().item()
+                results[(i, "agnostic")] = _accuracy(logits.argmax(-1).eq(labels + offset))
         return results
+
+
+def _accuracy(hits: torch.Tensor) -> float:
+    """Mean of the hits; under torchrun, of every rank's hits (each rank scored its shard of the test set)."""
+    if not distributed.world().active:
+        return hits.float().mean().item()
+    counts = distributed.all_reduce_sum(torch.stack([hits.sum().double(), torch.tensor(float(hits.numel()),
+                                                                                     dtype=torch.float64,
+                                                                                     device=hits.device)]))
+    return (counts[0] / counts[1]).item()
 
 
 def complete_matrix(seq: dict, store: Store, device: torch.device, load_data: Callable,
@@ -174,7 +189,8 @@ def complete_matrix(seq: dict, store: Store, device: torch.device, load_data: Ca
         for i in range(k):
             doc["sample_counts"][i] = len(load_data(i).test_y)
     doc["metrics"] = matrix_metrics(doc, k)
-    write_matrix(store, doc)
+    if distributed.world().is_main:
+        write_matrix(store, doc)
     return doc
 
 

@@ -81,6 +81,8 @@ SCHEMA: dict[str, Any] = {
         # Save the training state every this many steps (0: only when interrupted), so a crash loses at most
         # that much work; `train-task`/`run` resume from it.
         "checkpoint_every": ((int,), 25, None),
+        # Forward-pass precision: bf16 autocast ("auto": on GPUs that support it); loss, merge, adapters: float32.
+        "precision": ((str,), "auto", ("auto", "fp32", "bf16")),
     },
 }
 TASK_SCHEMA: dict[str, Any] = {

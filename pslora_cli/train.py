@@ -19,6 +19,7 @@ from torch import nn
 
 from .adapters import PEFT_PREFIX, AdapterFile, WeightFolder, merge_options, merged_deltas
 from .backbones import load_backbone, make_head, target_parameters
+from . import distributed
 from .checkpoint import BatchOrder, read_checkpoint, restore_checkpoint, save_checkpoint
 from .core.stability import adaptive_alpha
 from .core.stability_lean import prepare_history
@@ -44,7 +45,7 @@ def lora_layers(peft_model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: Path, device: torch.device,
+def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: Path | None, device: torch.device,
                progress: ProgressFn | None = None, *, checkpoint: Path | None = None, resume_key: str = "",
                stop_requested: Callable[[], bool] = lambda: False, note: Callable[[str], None] = lambda m: None
                ) -> dict:
@@ -106,6 +107,12 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
                             else torch.tensor(float(method["alpha"]), device=device))
 
     head = make_head(backbone.feature_dim, len(data.classes), seed).to(device)
+    model = TaskModel(backbone, peft_model, head)
+    world = distributed.world()
+    # Under torchrun every rank trains its own copy on its shard of each global batch; DDP averages gradients.
+    runner = model if not world.active else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast, bf16 = _autocast(training["precision"], device)
     lora_params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
         {"params": lora_params, "lr": training["learning_rate"]},
@@ -149,22 +156,34 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
         note(f"task {task['id']}: {checkpoint} is not a readable checkpoint; training from the start")
 
     def save_state(step: int) -> None:
-        save_checkpoint(checkpoint, key=resume_key, step=step, params=trained, optimizer=optimizer,
-                        scheduler=scheduler, batches=batches,
-                        extra={"recent": recent, "seconds": seconds_before + time.perf_counter() - started})
+        if world.is_main:  # one writer: rank 0 (every rank holds the same state)
+            save_checkpoint(checkpoint, key=resume_key, step=step, params=trained, optimizer=optimizer,
+                            scheduler=scheduler, batches=batches,
+                            extra={"recent": recent, "seconds": seconds_before + time.perf_counter() - started})
 
     every = training["checkpoint_every"]
     peft_model.train()
     started = time.perf_counter()
     for step in range(done + 1, total + 1):
-        if checkpoint is not None and stop_requested():
+        # Every rank must stop at the same step, so a stop request (a signal may reach one rank) is shared.
+        if checkpoint is not None and distributed.any_rank(stop_requested()):
             save_state(step - 1)
             raise Interrupted(f"task {task['id']}: interrupted after step {step - 1}/{total}; the state is saved in "
                               f"{checkpoint} and the same command resumes from it (--restart starts over)")
         idx = batches.next()
+        weight = 1.0
+        if world.active:
+            # This rank's share of the global batch; its mean loss is weighted by its share so that DDP's average
+            # of the ranks' gradients is the gradient of the global batch's mean loss. A rank left without an
+            # example still runs one (weight 0) so that every rank joins the gradient all-reduce.
+            mine = distributed.shard(idx)
+            weight = world.size * len(mine) / len(idx)
+            idx = mine or idx[:1]
         batch = backbone.collate([data.train_x[i] for i in idx], device)
         labels = labels_all[idx].to(device)
-        logits = head(backbone.features(peft_model, batch))
+        with autocast:
+            logits = runner(batch)
+        logits = logits.float()
         task_loss = nn.functional.cross_entropy(logits, labels)
         ps_loss = torch.zeros((), device=device)
         orth_loss = torch.zeros((), device=device)
@@ -178,17 +197,31 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
                     a_t = a.flatten(1)
                     for a_i in prev_factors_A[name]:
                         orth_loss = orth_loss + (a_i @ a_t.T).abs().sum()
-        loss = task_loss + method["stability_weight"] * ps_loss + method["orthogonality_weight"] * orth_loss
-        if not torch.isfinite(loss):
-            raise WorkError(f"task {task['id']}: loss became {loss.item()} at step {step}; nothing was saved "
+        regulariser = method["stability_weight"] * ps_loss + method["orthogonality_weight"] * orth_loss
+        if not world.active:
+            loss = task_loss + regulariser
+            loss_value, task_value = loss.item(), task_loss.item()
+            acc = (logits.argmax(-1) == labels).float().mean().item()
+            bad = not torch.isfinite(loss)
+        else:
+            loss = weight * task_loss + regulariser
+            with torch.no_grad():  # global batch statistics: loss sum, correct, count, any non-finite loss
+                n_mine = len(mine)
+                stats = torch.stack([task_loss.detach() * n_mine, (logits.argmax(-1) == labels)[:n_mine].sum().float(),
+                                     torch.tensor(float(n_mine), device=device),
+                                     (~torch.isfinite(loss.detach())).float()])
+                distributed.all_reduce_sum(stats)
+            task_value, acc = (stats[0] / stats[2]).item(), (stats[1] / stats[2]).item()
+            loss_value = task_value + float(regulariser)
+            bad = stats[3].item() > 0
+        if bad:
+            raise WorkError(f"task {task['id']}: loss became non-finite at step {step}; nothing was saved "
                             f"(try a lower training.learning_rate)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        with torch.no_grad():
-            acc = (logits.argmax(-1) == labels).float().mean().item()
-        recent.append({"loss": loss.item(), "task_loss": task_loss.item(), "stability_loss": ps_loss.item(),
+        recent.append({"loss": loss_value, "task_loss": task_value, "stability_loss": ps_loss.item(),
                        "orthogonality_loss": orth_loss.item(), "train_accuracy": acc})
         recent = recent[-20:]
         if progress:
@@ -199,6 +232,20 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
     seconds = seconds_before + time.perf_counter() - started
     final = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]}
 
+    metrics = {
+        "steps": total,
+        "epochs": round(total / steps_per_epoch, 3),
+        "seconds": round(seconds, 3),
+        "steps_per_second": round(total / seconds, 3) if seconds > 0 else None,
+        "final": {k: round(v, 6) for k, v in final.items()},
+        "task_seed": seed,
+        "device": str(device),
+        "world_size": world.size,
+        "precision": "bf16" if bf16 else "fp32",
+        "alpha_per_module": {k: round(float(v), 6) for k, v in alphas.items()} or None,
+    }
+    if out_dir is None:  # a rank other than 0: rank 0 writes the adapter
+        return metrics
     # No embedding layer is ever adapted; "auto" would look the base model up on the hub when its
     # base_model_name_or_path is not a local folder (timm backbones).
     peft_model.save_pretrained(str(out_dir), save_embedding_layers=False)
@@ -213,16 +260,25 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
 
     save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
               str(out_dir / "head.safetensors"), metadata={"classes": json.dumps(data.classes)})
-    return {
-        "steps": total,
-        "epochs": round(total / steps_per_epoch, 3),
-        "seconds": round(seconds, 3),
-        "steps_per_second": round(total / seconds, 3) if seconds > 0 else None,
-        "final": {k: round(v, 6) for k, v in final.items()},
-        "task_seed": seed,
-        "device": str(device),
-        "alpha_per_module": {k: round(float(v), 6) for k, v in alphas.items()} or None,
-    }
+    return metrics
+
+
+class TaskModel(nn.Module):
+    """Backbone with LoRA, pooled features, this task's head: one module, as DistributedDataParallel wants."""
+
+    def __init__(self, backbone, peft_model: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.peft_model, self.head = backbone, peft_model, head
+
+    def forward(self, batch):
+        return self.head(self.backbone.features(self.peft_model, batch))
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast for the forward pass ("auto": on a GPU that supports bf16); the stability loss, the
+    optimizer and the stored adapters stay float32."""
+    use = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use), use
 
 
 def library_versions() -> dict:

@@ -34,6 +34,13 @@ class Options:
 def resolve_device(name: str):
     import torch
 
+    from . import distributed
+
+    world = distributed.init_from_env(name)  # under torchrun: join the process group first
+    if world.backend == "nccl":
+        return torch.device("cuda", world.local_rank)
+    if world.active:
+        return torch.device("cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -88,12 +95,21 @@ def open_store(opts: Options, sequence_file: str | None, create: bool) -> tuple[
 
 
 def ensure_created(seq: dict, store: Store, text: str | None, reporter: Reporter) -> None:
-    if text is None or store.exists():
-        return
-    from .backbones import backbone_identity
+    from . import distributed
 
-    store.create(seq, text, identity_hash(seq), backbone_identity(seq["backbone"]))
-    reporter.info(f"created store {store.root} for sequence {seq['name']!r} ({len(seq['tasks'])} tasks)")
+    if text is not None and not store.exists() and distributed.world().is_main:
+        from .backbones import backbone_identity
+
+        store.create(seq, text, identity_hash(seq), backbone_identity(seq["backbone"]))
+        reporter.info(f"created store {store.root} for sequence {seq['name']!r} ({len(seq['tasks'])} tasks)")
+    distributed.barrier()
+
+
+def writing(store: Store):
+    """The store's write lock, held by the one process that writes: rank 0 under torchrun."""
+    from . import distributed
+
+    return store.locked() if distributed.world().is_main else contextlib.nullcontext()
 
 
 def data_loader(seq: dict):
@@ -163,12 +179,15 @@ def train_one(seq: dict, store: Store, task_id: str, device, reporter: Reporter,
         checkpoint.unlink(missing_ok=True)
     reporter.info(f"training task {task_id} ({i + 1}/{len(seq['tasks'])}): {len(data.classes)} classes, "
                   f"{len(data.train_x)} train / {len(data.test_x)} test examples, {data.source}")
-    with store.new_task_dir(task_id) as tmp:
+    from . import distributed
+
+    main = distributed.world().is_main
+    with (store.new_task_dir(task_id) if main else contextlib.nullcontext()) as tmp:
         with reporter.steps(f"task {task_id}") as progress, stop_on_signals() as stop_requested:
             metrics = train_task(seq, i, data, previous, tmp, device, progress, checkpoint=checkpoint,
                                  resume_key=resume_key(seq, i, previous_sha, data), stop_requested=stop_requested,
                                  note=reporter.info)
-        hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())} if tmp else {}
         meta = {
             "task": task_id, "index": i, "classes": data.classes,
             "num_train": len(data.train_x), "num_test": len(data.test_x),
@@ -177,8 +196,11 @@ def train_one(seq: dict, store: Store, task_id: str, device, reporter: Reporter,
             "config": {k: seq[k] for k in ("backbone", "lora", "method", "training", "scenario")} | {"task": seq["tasks"][i]},
             "train": metrics, "versions": library_versions(), "sha256": hashes,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    checkpoint.unlink(missing_ok=True)  # the task is saved; a leftover checkpoint would only be resumed to the end
+        if tmp:
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if main:
+        checkpoint.unlink(missing_ok=True)  # the task is saved; a leftover checkpoint would only be resumed to the end
+    distributed.barrier()
     reporter.info(f"task {task_id}: trained {metrics['steps']} steps in {metrics['seconds']:.1f} s, "
                   f"final loss {metrics['final']['loss']:.4f}")
     stale = [t["id"] for t in seq["tasks"][i + 1:] if store.has_task(t["id"])]
@@ -192,9 +214,13 @@ def complete_eval(seq: dict, store: Store, device, reporter: Reporter, load, fig
     from .evaluate import complete_matrix, trained_prefix
     from .report import plot_matrix
 
+    from . import distributed
+
     doc = complete_matrix(seq, store, device, load, progress=reporter.info)
     k = trained_prefix(seq, store)
-    doc["figures"] = [str(p) for p in plot_matrix(doc, k, store.eval_dir)] if figures else []
+    main = distributed.world().is_main
+    doc["figures"] = [str(p) for p in plot_matrix(doc, k, store.eval_dir)] if figures and main else []
+    distributed.barrier()
     doc["trained_prefix"] = k
     return doc
 
@@ -251,7 +277,7 @@ def run_sequence(opts: Options, sequence_file: str, device, reporter: Reporter, 
     for i in range(len(seq["tasks"])):  # read and validate every task's data before any training
         load(i)
     trained = []
-    with store.locked():
+    with writing(store):
         ensure_created(seq, store, text, reporter)
         for task in seq["tasks"]:
             if store.has_task(task["id"]):
@@ -261,7 +287,9 @@ def run_sequence(opts: Options, sequence_file: str, device, reporter: Reporter, 
             complete_eval(seq, store, device, reporter, load, figures=False)  # the figures come at the end
         doc = complete_eval(seq, store, device, reporter, load)
         merge = None
-        if seq["method"]["merge"] != "own":  # per-task keeps the adapters apart: nothing to merge
+        from . import distributed
+
+        if seq["method"]["merge"] != "own" and distributed.world().is_main:  # per-task: nothing to merge
             merge = merge_tasks(seq, store, seq["method"]["merge"], None, None, device)
             reporter.info(f"merged {len(merge['tasks'])} tasks ({merge['method']}): {merge['files'][0]}")
     return {"store": str(store.root), "trained": trained, "matrix": doc, "merge": merge}

@@ -444,3 +444,114 @@ def test_no_pickle_loading_in_the_package():
         assert not re.search(r"^\s*(import|from)\s+(pickle|dill|joblib|cloudpickle)\b", text, re.M), path
         for call in re.finditer(r"torch\.load\([^\n]*", text):
             assert "weights_only=True" in call.group(0), (path, call.group(0))
+
+
+# -- malformed adapter files (property-based) --------------------------------------------------------------
+
+def _store_with_t3(reference, name: str, data: bytes) -> Path:
+    """A copy of the reference store whose t3 file `name` holds `data`, recorded in meta.json so that the
+    sha256 check passes and the parser itself has to cope."""
+    import tempfile
+
+    _, ref_store = reference
+    store = Path(tempfile.mkdtemp(prefix="pslora-fuzz-")) / "store"
+    shutil.copytree(ref_store, store)
+    t3 = store / "tasks" / "t3"
+    (t3 / name).write_bytes(data)
+    meta = json.loads((t3 / "meta.json").read_text())
+    meta["sha256"][name] = hashlib.sha256(data).hexdigest()
+    (t3 / "meta.json").write_text(json.dumps(meta))
+    return store
+
+
+def _check_commands(store: Path, capsys) -> None:
+    """merge, analyze-shifts and store verify: exit 0 or 2 with one line; a refusal writes nothing."""
+    before = tree_state(store)
+    for argv in (["merge"], ["analyze-shifts", "--no-figures"], ["store", "verify", "--no-shapes"]):
+        code, _, err = run_cli(capsys, *argv, "--store", store, "--quiet")
+        assert code in (0, 2), (argv, err)
+        if code == 2 and argv[0] != "store":
+            assert err.count("\n") == 1 and err.startswith("pslora: error: "), (argv, err)
+            assert tree_state(store) == before, argv
+    shutil.rmtree(store.parent)
+
+
+def _header_mutations():
+    from hypothesis import strategies as st
+
+    dtypes = st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "XYZ", ""])
+    shapes = st.lists(st.integers(-3, 2**40), max_size=5)
+    offsets = st.lists(st.integers(-5, 2**40), min_size=0, max_size=3)
+    entry = st.fixed_dictionaries({}, optional={"dtype": dtypes, "shape": shapes, "data_offsets": offsets})
+    return st.tuples(st.integers(0, 10**6), entry, st.sampled_from(["replace", "drop", "rename", "metadata"]))
+
+
+@pytest.mark.parametrize("kind", ["random-bytes", "truncated", "header-bytes", "header-fields"])
+def test_malformed_adapter_safetensors_exit_2(kind, reference, capsys):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, ref_store = reference
+    real = (ref_store / "tasks" / "t3" / "adapter_model.safetensors").read_bytes()
+    header_len = int.from_bytes(real[:8], "little")
+    header = json.loads(real[8:8 + header_len])
+
+    def mutate(draw_value) -> bytes:
+        if kind == "random-bytes":
+            return draw_value
+        if kind == "truncated":
+            return real[:draw_value % len(real)]
+        if kind == "header-bytes":
+            pos, byte = draw_value
+            data = bytearray(real)
+            data[pos % (8 + header_len)] = byte
+            return bytes(data)
+        pick, entry, how = draw_value
+        doc = json.loads(json.dumps(header))
+        key = sorted(k for k in doc if k != "__metadata__")[pick % (len(doc) - 1)]
+        if how == "replace":
+            doc[key] = {**doc[key], **entry}
+        elif how == "drop":
+            del doc[key]
+        elif how == "rename":
+            doc[key.replace("lora_B", "lora_X").replace("lora_A", "lora_Y")] = doc.pop(key)
+        else:
+            doc["__metadata__"] = {"format": entry.get("dtype", "pt")} if entry else {"x": ["not", "a string"]}
+        text = json.dumps(doc).encode()
+        return len(text).to_bytes(8, "little") + text + real[8 + header_len:]
+
+    strategy = {"random-bytes": st.binary(max_size=300), "truncated": st.integers(0, 10**9),
+                "header-bytes": st.tuples(st.integers(0, 10**9), st.integers(0, 255)),
+                "header-fields": _header_mutations()}[kind]
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(strategy)
+    def check(value):
+        _check_commands(_store_with_t3(reference, "adapter_model.safetensors", mutate(value)), capsys)
+
+    check()
+
+
+def test_malformed_adapter_configs_exit_2(reference, capsys):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, ref_store = reference
+    config = json.loads((ref_store / "tasks" / "t3" / "adapter_config.json").read_text())
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2, 10**12), st.floats(allow_nan=True),
+                        st.text(max_size=8))
+    values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                           st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+                          max_leaves=8)
+    keys = st.sampled_from(["r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern", "target_modules",
+                            "peft_type", "fan_in_fan_out"])
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.one_of(st.dictionaries(keys, values, max_size=3).map(lambda d: json.dumps({**config, **d},
+                                                                                         allow_nan=True)),
+                     values.map(json.dumps), st.text(max_size=40)))
+    def check(text):
+        _check_commands(_store_with_t3(reference, "adapter_config.json", text.encode("utf-8", "surrogatepass")),
+                        capsys)
+
+    check()
