@@ -26,7 +26,8 @@ class World:
 
     @property
     def active(self) -> bool:
-        return self.size > 1
+        """In a process group (torchrun, even with one process: then NCCL/Gloo and DDP run all the same)."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -41,8 +42,10 @@ def world() -> World:
 
 
 def requested() -> bool:
-    """True when the environment asks for more than one process (torchrun with --nproc_per_node > 1, etc.)."""
-    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
+    """True when the environment asks for a process group: WORLD_SIZE > 1, or any size when torchrun started
+    this process (it sets TORCHELASTIC_RUN_ID)."""
+    size = os.environ.get("WORLD_SIZE", "1").strip()
+    return size not in ("", "1") or (size == "1" and "TORCHELASTIC_RUN_ID" in os.environ)
 
 
 def init_from_env(device_name: str, timeout_minutes: float = 30.0) -> World:

@@ -241,6 +241,7 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
         "task_seed": seed,
         "device": str(device),
         "world_size": world.size,
+        "backend": world.backend,  # nccl or gloo under torchrun, None in one plain process
         "precision": "bf16" if bf16 else "fp32",
         "alpha_per_module": {k: round(float(v), 6) for k, v in alphas.items()} or None,
     }
