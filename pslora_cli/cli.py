@@ -110,7 +110,7 @@ def run_cmd(
 def compare_cmd(
     sequence: Annotated[Path, typer.Argument(help="Task sequence YAML file.")],
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated methods: ps-lora, ps-lora+o-lora, "
-                                         "ps-loss-only, ps-merge-only, inc-lora, o-lora, seq-lora, per-task, custom.")]
+                                         "ps-loss-only, ps-merge-only, inc-lora, o-lora, seq-lora, multitask, per-task, custom.")]
     = "ps-lora,inc-lora,o-lora,seq-lora",
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
     orders: Annotated[int, typer.Option("--orders", help="Task orders: 1 = as written, k > 1 adds seeded shuffles.")] = 1,

@@ -88,17 +88,22 @@ class Evaluator:
         self.load_data = load_data
         self._heads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def head(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if i not in self._heads:
+    def head(self, i: int, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task i's head at stage t: its own, or for multitask (a joint head per stage) stage t's rows of it."""
+        joint = self.seq["method"].get("init") == "joint" and 1 <= t and i < t - 1
+        key = (i, t if joint else 0)
+        if key not in self._heads:
             from safetensors.torch import load_file
 
-            path = self.store.task_dir(self.seq["tasks"][i]["id"]) / "head.safetensors"
+            folder = self.store.task_dir(self.seq["tasks"][t - 1 if joint else i]["id"])
+            path = folder / ("joint_heads.safetensors" if joint else "head.safetensors")
+            prefix = f"{self.seq['tasks'][i]['id']}." if joint else ""
             try:
                 h = load_file(str(path), device=str(self.device))
+                self._heads[key] = (h[prefix + "weight"].float(), h[prefix + "bias"].float())
             except Exception as exc:
-                raise InputError(f"{path}: cannot read head ({exc})") from None
-            self._heads[i] = (h["weight"].float(), h["bias"].float())
-        return self._heads[i]
+                raise InputError(f"{path}: cannot read the head of task {self.seq['tasks'][i]['id']} ({exc})") from None
+        return self._heads[key]
 
     @torch.inference_mode()
     def features(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,10 +136,10 @@ class Evaluator:
             feats, labels = self.features(i)
             kinds = {kind for j, kind in cells if j == i}
             if "aware" in kinds:
-                w, b = self.head(i)
+                w, b = self.head(i, t)
                 results[(i, "aware")] = _accuracy((feats @ w.T + b).argmax(-1).eq(labels))
             if "agnostic" in kinds:
-                heads = [self.head(j) for j in range(t)]
+                heads = [self.head(j, t) for j in range(t)]
                 logits = torch.cat([feats @ w.T + b for w, b in heads], dim=1)
                 offset = sum(w.shape[0] for w, _ in heads[:i])
                 results[(i, "agnostic")] = _accuracy(logits.argmax(-1).eq(labels + offset))

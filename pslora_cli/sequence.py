@@ -91,7 +91,8 @@ TASK_SCHEMA: dict[str, Any] = {
     "data": ((dict,), REQUIRED, None),
 }
 # name -> (stability term on, orthogonality term on, merge, previous, adapter init). None = the method
-# leaves that setting to the sequence. "init: previous" continues from the last task's adapter.
+# leaves that setting to the sequence. "init: previous" continues from the last task's adapter; "joint" trains
+# on tasks 1..t together.
 METHOD_PRESETS: dict[str, tuple] = {
     "ps-lora":        (True, False, "magnitude", None, "new"),
     "ps-lora+o-lora": (True, True, "magnitude", None, "new"),
@@ -101,6 +102,10 @@ METHOD_PRESETS: dict[str, tuple] = {
     "o-lora":         (False, True, "sum", "sum", "new"),
     "seq-lora":       (False, False, "last", "none", "previous"),  # one adapter trained on through all tasks
     "per-task":       (False, False, "own", "none", "new"),      # each task's own adapter on its own task
+    # Upper bound: stage t trains one adapter and one joint head on the data of tasks 1..t together, for
+    # training.steps x t steps (each task's data seen as often as in the sequential methods); stage t is scored
+    # with that adapter alone and its heads.
+    "multitask":      (False, False, "last", "none", "joint"),
     "custom":         (None, None, None, None, "new"),           # every knob as given
 }
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

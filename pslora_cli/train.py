@@ -122,6 +122,9 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
     n = len(data.train_x)
     steps_per_epoch = math.ceil(n / training["batch_size"])
     total = training["steps"] or training["epochs"] * steps_per_epoch
+    slices = getattr(data, "task_slices", None)
+    if slices and training["steps"]:  # multitask: as many steps per task as the sequential methods take
+        total = training["steps"] * len(slices)
     warmup = max(1, total // 10)
     def lr_factor(s: int) -> float:  # linear warm-up over the first 10% of steps, then linear decay
         return (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
@@ -259,7 +262,16 @@ def train_task(seq: dict, index: int, data, previous_dirs: list[Path], out_dir: 
         saved_config["target_modules"] = sorted(saved_config["target_modules"])
     config_file.write_text(json.dumps(saved_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    save_file({"weight": head.weight.detach().cpu().contiguous(), "bias": head.bias.detach().cpu().contiguous()},
+    weight, bias = head.weight.detach().cpu(), head.bias.detach().cpu()
+    if slices:  # multitask: this task's rows as its head; every task's rows in joint_heads.safetensors
+        task_id, start, end = slices[-1]
+        save_file({"weight": weight[start:end].contiguous(), "bias": bias[start:end].contiguous()},
+                  str(out_dir / "head.safetensors"), metadata={"classes": json.dumps(data.classes[start:end])})
+        save_file({f"{t}.{k}": v[a:b].contiguous() for t, a, b in slices for k, v in (("weight", weight),
+                                                                                        ("bias", bias))},
+                  str(out_dir / "joint_heads.safetensors"), metadata={"slices": json.dumps(slices)})
+        return metrics
+    save_file({"weight": weight.contiguous(), "bias": bias.contiguous()},
               str(out_dir / "head.safetensors"), metadata={"classes": json.dumps(data.classes)})
     return metrics
 

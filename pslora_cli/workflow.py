@@ -170,6 +170,10 @@ def train_one(seq: dict, store: Store, task_id: str, device, reporter: Reporter,
 
     i = check_predecessors(seq, store, task_id)
     data = load(i)
+    if seq["method"]["init"] == "joint":  # multitask: tasks 1..i together, one joint head
+        from .data import joint_task_data
+
+        data = joint_task_data([load(j) for j in range(i + 1)], [t["id"] for t in seq["tasks"][:i + 1]])
     previous = [store.task_dir(t["id"]) for t in seq["tasks"][:i]]
     for t in seq["tasks"][:i]:
         store.verify_task(t["id"])
@@ -189,7 +193,7 @@ def train_one(seq: dict, store: Store, task_id: str, device, reporter: Reporter,
                                  note=reporter.info)
         hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())} if tmp else {}
         meta = {
-            "task": task_id, "index": i, "classes": data.classes,
+            "task": task_id, "index": i, "classes": load(i).classes,
             "num_train": len(data.train_x), "num_test": len(data.test_x),
             "data_fingerprint": data.fingerprint, "data_source": data.source,
             "seed": seq["seed"], "previous_tasks": previous_sha,
@@ -249,7 +253,14 @@ def merge_tasks(seq: dict, store: Store, method: str, task_ids: list[str] | None
     # W0[key] + merged[key] holds for every key.
     tensors = {name: delta.reshape(adapters[0].weight_shape(name)).cpu().contiguous()
                for name, delta in merged_deltas(adapters, method, device, **merge_options(seq["method"]))}
+    # Multitask trains a joint head per stage: the merged model (the last stage) uses the last stage's heads.
+    joint = store.task_dir(ids[-1]) / "joint_heads.safetensors" if seq["method"].get("init") == "joint" else None
+    joint_heads = load_file(str(joint)) if joint is not None else {}
     for task_id in ids:
+        if f"{task_id}.weight" in joint_heads:
+            tensors[f"heads.{task_id}.weight"] = joint_heads[f"{task_id}.weight"]
+            tensors[f"heads.{task_id}.bias"] = joint_heads[f"{task_id}.bias"]
+            continue
         head = load_file(str(store.task_dir(task_id) / "head.safetensors"))
         tensors[f"heads.{task_id}.weight"] = head["weight"]
         tensors[f"heads.{task_id}.bias"] = head["bias"]

@@ -80,3 +80,25 @@ def test_compare_bad_method(tiny_bert, write_sequence, tmp_path, capsys):
     seq = write_sequence(two_tasks(tiny_bert))
     assert main(["compare", str(seq), "--methods", "ewc", "--out", str(tmp_path / "c")]) == 2
     assert "unknown method 'ewc'" in capsys.readouterr().err
+
+
+def test_multitask_trains_tasks_jointly_with_one_head_per_stage(tiny_bert, write_sequence, tmp_path, capsys):
+    seq = write_sequence(two_tasks(tiny_bert, name="multitask"))
+    store = tmp_path / "s"
+    assert main(["run", str(seq), "--store", str(store), "--json", "--quiet", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    t1 = json.loads((store / "tasks" / "t1" / "meta.json").read_text())
+    t2 = json.loads((store / "tasks" / "t2" / "meta.json").read_text())
+    assert t1["train"]["steps"] == 4 and t2["train"]["steps"] == 8      # steps per task x tasks seen
+    assert t2["num_train"] == t1["num_train"] + 32 and t2["classes"] == ["person", "plant"]
+    joint = load_file(str(store / "tasks" / "t2" / "joint_heads.safetensors"))
+    own = load_file(str(store / "tasks" / "t2" / "head.safetensors"))
+    assert torch.equal(joint["t2.weight"], own["weight"]) and joint["t1.weight"].shape == (2, 32)
+    # Stage 2 scores task 1 with stage 2's joint head for t1, not with t1's own stage-1 head.
+    old_head = load_file(str(store / "tasks" / "t1" / "head.safetensors"))
+    assert not torch.equal(joint["t1.weight"], old_head["weight"])
+    merged = load_file(next((store / "merges").glob("last-*.safetensors")).as_posix())
+    assert torch.equal(merged["heads.t1.weight"], joint["t1.weight"])
+    assert doc["matrix"]["task_agnostic"][2][0] is not None
+    code = main(["store", "verify", "--store", str(store)])
+    assert code == 0

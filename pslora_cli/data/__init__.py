@@ -164,3 +164,24 @@ def load_task_data(source: dict, *, seed: int, base_dir: pathlib.Path, where: st
     filled = validate_source(source, where)
     loader = IMAGE_LOADERS.get(filled["type"]) or LOADERS[filled["type"]]
     return loader(filled, seed=int(seed), base_dir=pathlib.Path(base_dir), where=where)
+
+
+def joint_task_data(parts: list[TaskData], task_ids: list[str]) -> TaskData:
+    """Tasks trained together (the multitask upper bound): examples concatenated, each task's labels shifted
+    past the earlier tasks' classes, so one joint head covers them all. ``task_slices`` records which rows of
+    the joint head belong to which task: (task id, first row, end row)."""
+    import hashlib
+
+    classes, train_x, train_y, slices = [], [], [], []
+    for task_id, part in zip(task_ids, parts):
+        offset = len(classes)
+        slices.append((task_id, offset, offset + len(part.classes)))
+        classes += [f"{task_id}:{c}" for c in part.classes]
+        train_x += list(part.train_x)
+        train_y += [y + offset for y in part.train_y]
+    fingerprint = hashlib.sha256("+".join(p.fingerprint for p in parts).encode()).hexdigest()
+    joint = TaskData(classes=classes, train_x=train_x, train_y=train_y, test_x=parts[-1].test_x,
+                     test_y=parts[-1].test_y, fingerprint=fingerprint,
+                     source=f"tasks {', '.join(task_ids)} jointly", modality=parts[-1].modality)
+    joint.task_slices = slices
+    return joint
