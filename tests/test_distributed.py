@@ -148,3 +148,21 @@ def test_misconfigured_world_is_refused(monkeypatch, tmp_path, capsys):
     assert code == 2 and "need 0 <= RANK < WORLD_SIZE" in err, err
     code, _, err = run_cli(capsys, "merge", "--store", tmp_path / "nothing")
     assert code == 2 and "runs in one process" in err, err
+
+
+def test_bf16_autocast_trains_and_stores_float32(bert_without_dropout, tmp_path, capsys):
+    """training.precision: bf16 runs the forward pass under autocast (here on the CPU; "auto" picks it on GPUs
+    with bf16); the stability loss, the optimizer and the stored adapter stay float32."""
+    seq_file = sequence_file(tmp_path, bert_without_dropout, precision="bf16")
+    store = tmp_path / "store"
+    code, doc, err = run_cli(capsys, "run", seq_file, "--store", store, "--device", "cpu", "--json", "--quiet")
+    assert code == 0, err
+    meta = json.loads((store / "tasks" / "t2" / "meta.json").read_text())
+    assert meta["train"]["precision"] == "bf16" and meta["train"]["final"]["stability_loss"] > 0
+    tensors = load_file(str(store / "tasks" / "t2" / "adapter_model.safetensors"))
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
+    fp32 = tmp_path / "fp32"
+    assert main(["run", str(seq_file), "--store", str(fp32), "--device", "cpu", "--quiet",
+                 "--set", "training.precision=fp32"]) == 0
+    other = load_file(str(fp32 / "tasks" / "t2" / "adapter_model.safetensors"))
+    assert any(not torch.equal(tensors[k], other[k]) for k in tensors)  # bf16 really changed the arithmetic
