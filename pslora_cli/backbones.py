@@ -76,6 +76,21 @@ def resolve_model_path(cfg: dict) -> str:
 _IDENTITY_CACHE: dict[str, dict] = {}
 
 
+def weights_stamp(cfg: dict) -> list:
+    """Name, size and mtime of the files the base model's identity hashes: when they match what a store
+    recorded, the (possibly many-GB) files need not be hashed again to know the model is unchanged."""
+    if backbone_modality(cfg) == "image":
+        from .vision import _weights_file
+
+        file = _weights_file(cfg)
+        files = [file] if file is not None and file.is_file() else []
+    else:
+        folder = Path(resolve_model_path(cfg))
+        files = sorted((p for p in folder.iterdir() if p.name == "config.json" or p.name.endswith(".safetensors")),
+                       key=lambda p: p.name) if folder.is_dir() else []
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def backbone_identity(cfg: dict) -> dict:
     """What identifies the base model: its source, name and a hash of its config and weight files."""
     if backbone_modality(cfg) == "image":

@@ -98,9 +98,10 @@ def ensure_created(seq: dict, store: Store, text: str | None, reporter: Reporter
     from . import distributed
 
     if text is not None and not store.exists() and distributed.world().is_main:
-        from .backbones import backbone_identity
+        from .backbones import backbone_identity, weights_stamp
 
-        store.create(seq, text, identity_hash(seq), backbone_identity(seq["backbone"]))
+        store.create(seq, text, identity_hash(seq),
+                     backbone_identity(seq["backbone"]) | {"files": weights_stamp(seq["backbone"])})
         reporter.info(f"created store {store.root} for sequence {seq['name']!r} ({len(seq['tasks'])} tasks)")
     distributed.barrier()
 
@@ -308,9 +309,11 @@ def run_sequence(opts: Options, sequence_file: str, device, reporter: Reporter, 
 
 def check_base_model(seq: dict, store: Store) -> None:
     """Refuse a store whose base model weights are not the ones the sequence's backbone loads now."""
-    from .backbones import backbone_identity
+    from .backbones import backbone_identity, weights_stamp
 
     recorded = store.manifest().get("base_model") or {}
+    if recorded.get("files") and recorded["files"] == weights_stamp(seq["backbone"]):
+        return  # the same files, untouched since the store recorded them: no need to hash them again
     current = backbone_identity(seq["backbone"])
     old, new = recorded.get("weights_sha256"), current.get("weights_sha256")
     if old and new and old != new:

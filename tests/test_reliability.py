@@ -355,6 +355,17 @@ def test_store_of_another_base_model_is_refused(reference, tmp_path, tiny_bert, 
     store = tmp_path / "store"
     assert run_cli(capsys, "train-task", "--task", "t1", "--sequence", seq_file2, "--store", store,
                    "--device", "cpu", "--quiet", "--no-eval")[0] == 0
+    # Unchanged files (same size and mtime as recorded) are not hashed again on every command.
+    import pslora_cli.backbones as backbones
+
+    def no_hashing(cfg):
+        raise AssertionError("hashed the base model although its files are unchanged")
+
+    original, backbones.backbone_identity = backbones.backbone_identity, no_hashing
+    try:
+        assert run_cli(capsys, "merge", "--store", store, "--device", "cpu", "--quiet")[0] == 0
+    finally:
+        backbones.backbone_identity = original
     flip_byte(model / "model.safetensors", -11)  # the base model's weights change under the store
     before = tree_state(store)
     for argv in (["eval"], ["train-task", "--task", "t2"], ["merge"]):
