@@ -80,6 +80,16 @@ def save_checkpoint(path: Path, *, key: str, step: int, params: dict[str, torch.
         save_file(tensors, str(tmp), metadata={"pslora": json.dumps(meta)})
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint was saved after (read from its header only), or None when absent or unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["pslora"])
+        return int(meta["step"]) if meta.get("format") == FORMAT else None
+    except Exception:  # noqa: BLE001 - absent or damaged: not resumable
+        return None
+
+
 def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
     """(metadata, tensors) of a checkpoint, or None when the file is absent or unreadable."""
     if not path.is_file():

@@ -280,7 +280,11 @@ def store_ls(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
     for col in ("task", "trained", "classes", "train examples", "steps", "seconds", "final loss"):
         table.add_column(col)
     for t in listing["tasks"]:
-        table.add_row(t["id"], "yes" if t["trained"] else "no", ", ".join(t.get("classes", [])),
+        trained = "yes" if t["trained"] else "no"
+        if "checkpoint_step" in t:
+            trained += f" (checkpoint at step {t['checkpoint_step']}: resumable)" if t["checkpoint_step"] is not None \
+                else " (damaged checkpoint)"
+        table.add_row(t["id"], trained, ", ".join(t.get("classes", [])),
                       str(t.get("num_train", "")), str(t.get("steps", "")), str(t.get("seconds", "")),
                       f"{t['final_loss']:.4f}" if "final_loss" in t else "")
     console = Console(highlight=False)

@@ -447,6 +447,10 @@ def store_listing(store: Store) -> dict:
     tasks = []
     for t in seq["tasks"]:
         entry = {"id": t["id"], "trained": store.has_task(t["id"])}
+        if store.checkpoint_path(t["id"]).is_file():
+            from .checkpoint import checkpoint_step
+
+            entry["checkpoint_step"] = checkpoint_step(store.checkpoint_path(t["id"]))
         if entry["trained"]:
             meta = store.task_meta(t["id"])
             entry.update(classes=meta["classes"], num_train=meta["num_train"], steps=meta["train"]["steps"],

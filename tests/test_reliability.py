@@ -106,6 +106,8 @@ def test_interrupted_train_task_resumes_to_the_same_adapter(signum, reference, t
     assert "interrupted after step 4/10" in err and "resumes" in err
     assert not (store / "tasks" / "t1").exists() and (store / "checkpoints" / "t1.safetensors").is_file()
     assert verify_store(Store(store))["ok"]
+    code, doc, _ = run_cli(capsys, "store", "ls", "--store", store, "--json")
+    assert doc["tasks"][0]["checkpoint_step"] == 4 and not doc["tasks"][0]["trained"]
     monkeypatch.undo()
 
     code, _, err = run_cli(capsys, "train-task", "--task", "t1", *args)
