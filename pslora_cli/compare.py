@@ -148,9 +148,9 @@ def print_summary(reporter: Reporter, doc: dict) -> None:
 
     table = Table(title=f"{doc['sequence']}: {len(doc['seeds'])} seed(s) x {doc['orders']} order(s); accuracy "
                         f"points, mean ± std (BWT < 0 = forgetting)", title_justify="left")
-    table.add_column("method", style="bold")
-    for m in ("acc", "bwt", "fwt_task_aware", "forgetting", "learning_accuracy"):
-        table.add_column(m, justify="right")
+    table.add_column("method", style="bold", no_wrap=True)
+    for header in ("ACC", "BWT", "FWT (task-aware)", "forgetting", "learning acc."):
+        table.add_column(header, justify="right", no_wrap=True)
     for method, row in doc["summary"].items():
         cells = []
         for m in ("acc", "bwt", "fwt_task_aware", "forgetting", "learning_accuracy"):

@@ -20,8 +20,9 @@ class Reporter:
 
     def __init__(self, quiet: bool = False, json_mode: bool = False):
         self.quiet, self.json_mode = quiet, json_mode
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = Console(highlight=False, soft_wrap=True)
+        # Piped to a file or a CI log, rich would assume 80 columns and cut the tables; give them room instead.
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+        self.out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
     def info(self, message: str) -> None:
         if not self.quiet:
