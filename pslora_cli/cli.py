@@ -2,7 +2,7 @@
 commands so that `pslora --help` stays fast.
 
 Exit codes: 0 ok; 1 failure while working; 2 bad input (usage, sequence, data, store), with one line that
-names the file, key or line.
+names the file, key or line; 130 interrupted (training state saved; the same command resumes).
 """
 
 from __future__ import annotations
