@@ -126,10 +126,6 @@ def merge_options(method_cfg: dict) -> dict:
     return {"density": method_cfg.get("merge_density", 0.2), "scale": method_cfg.get("merge_scale", 1.0)}
 
 
-def history_sum(adapters: list[AdapterFile], device) -> dict[str, torch.Tensor]:
-    return dict(merged_deltas(adapters, "sum", device))
-
-
 class WeightFolder:
     """Keeps the base weights W0 of the adapted modules and sets W = W0 + update in place."""
 

@@ -115,18 +115,6 @@ def all_reduce_sum(tensor):
     return tensor
 
 
-def broadcast_flag(flag: bool) -> bool:
-    """Rank 0's value of `flag` on every rank (e.g. "did the main rank's step succeed")."""
-    if not _WORLD.active:
-        return flag
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if flag else 0], device=_device())
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def _device():
     import torch
 
