@@ -20,6 +20,8 @@ CONFIGS = {
     "ps-merge-only (no loss, magnitude)": ["method.name=ps-merge-only"],
     "ps-loss-only (loss, sum)": ["method.name=ps-loss-only"],
     "ps-lora default": [],
+    "lambda=0.01": ["method.stability_weight=0.01"],
+    "lambda=0.03": ["method.stability_weight=0.03"],
     "lambda=0.1": ["method.stability_weight=0.1"],
     "lambda=10": ["method.stability_weight=10"],
     "alpha fixed 1": ["method.alpha_mode=fixed", "method.alpha=1"],

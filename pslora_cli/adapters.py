@@ -90,11 +90,15 @@ class AdapterFile:
             a_shape, b_shape = f.get_slice(a_key).get_shape(), f.get_slice(b_key).get_shape()
         return (int(b_shape[0]), *(int(d) for d in a_shape[1:]))
 
-    def delta(self, param: str, device: torch.device | str = "cpu", dtype=torch.float32) -> torch.Tensor:
+    def delta(self, param: str, device: torch.device | str = "cpu", dtype=torch.float32, *,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        """The dense update scale · B @ A of `param`; written into `out` when it has the update's shape and dtype."""
         a, b = self.factors(param, device)
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise InputError(f"{self.path}: {param} holds NaN or infinite values")
-        return lora_delta(a.to(dtype), b.to(dtype), self.scale)
+        if out is not None and (tuple(out.shape) != (b.shape[0], a[0].numel()) or out.dtype != dtype):
+            out = None
+        return lora_delta(a.to(dtype), b.to(dtype), self.scale, out=out)
 
 
 def open_adapters(task_dirs: Iterable[Path]) -> list[AdapterFile]:
@@ -117,8 +121,18 @@ def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device
     if not adapters:
         return
     for param in adapters[0].modules:
-        yield param, merge_module(lambda: (a.delta(param, device) for a in adapters), method,
+        yield param, merge_module(lambda: _deltas_in_one_buffer(adapters, param, device), method,
                                   density=density, scale=scale)
+
+
+def _deltas_in_one_buffer(adapters: list[AdapterFile], param: str, device) -> Iterator[torch.Tensor]:
+    """Each adapter's update of `param`, all written into one buffer: a yielded tensor is valid until the next
+    is drawn. The merges consume each delta before drawing the next (RunningMerge copies the first), and reusing
+    the buffer saves allocating (and, on the CPU, page-faulting) a dense d_out x d_in tensor per task."""
+    buffer = None
+    for adapter in adapters:
+        buffer = adapter.delta(param, device, out=buffer)
+        yield buffer
 
 
 def merge_options(method_cfg: dict) -> dict:

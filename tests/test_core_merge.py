@@ -189,3 +189,59 @@ def test_merge_module_dispatch():
     assert torch.equal(merge_module(lambda: [a, b], "last"), b)
     with pytest.raises(ValueError):
         merge_module(lambda: [a], "median")
+
+
+SPECIAL = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-45, -1e-45, 1e-310, 1.0, -1.0, 2.5, -2.5,
+           3.4e38, -3.4e38, 1e300]
+
+
+def _pick_larger_fold(tasks):
+    acc = tasks[0].clone()
+    for d in tasks[1:]:
+        acc = pick_larger(acc, d)
+    return acc
+
+
+def _bits(t):
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+@SETTINGS
+@given(st.sampled_from([torch.float32, torch.float64]),
+       st.lists(st.lists(st.one_of(st.sampled_from(SPECIAL), st.floats(allow_nan=True, allow_infinity=True)),
+                         min_size=8, max_size=8), min_size=1, max_size=6))
+def test_bit_pattern_fold_equals_pick_larger_bitwise(dtype, rows):
+    # NaN, ±inf, ±0, denormals, equal magnitudes of opposite sign: the fold on bit patterns must give exactly
+    # the bits of the reference fold (pick_larger), including which NaN/which zero is kept.
+    tasks = [torch.tensor(r, dtype=torch.float64).to(dtype) for r in rows]
+    m = RunningMerge("magnitude")
+    for d in tasks:
+        m.add(d)
+    assert torch.equal(_bits(m.result), _bits(_pick_larger_fold(tasks)))
+
+
+def test_bit_pattern_fold_on_non_contiguous_and_mixed_inputs():
+    g = torch.Generator().manual_seed(0)
+    tasks = [torch.randn(5, 7, generator=g) for _ in range(4)]
+    transposed = [t.t().contiguous().t() for t in tasks]  # same values, column-major strides
+    assert torch.equal(magnitude_merge(transposed), _pick_larger_fold(tasks))
+    mixed = [tasks[0], tasks[1].double(), tasks[2]]  # type promotion goes through pick_larger
+    assert torch.equal(magnitude_merge(mixed), _pick_larger_fold(mixed))
+    halves = [t.half() for t in tasks]  # no bit path for float16
+    assert torch.equal(magnitude_merge(halves), _pick_larger_fold(halves))
+
+
+def test_merge_of_a_reused_buffer_equals_merge_of_copies():
+    # merged_deltas writes every task's delta into one buffer; the merges must consume each before the next
+    g = torch.Generator().manual_seed(1)
+    tasks = [torch.randn(6, 3, generator=g) for _ in range(5)]
+
+    def one_buffer():
+        buffer = torch.empty(6, 3)
+        for t in tasks:
+            buffer.copy_(t)
+            yield buffer
+
+    from pslora_cli.core.merge import ALL_METHODS, merge_module
+    for method in ALL_METHODS:
+        assert torch.equal(merge_module(one_buffer, method), merge_module(lambda: iter(tasks), method)), method

@@ -30,10 +30,22 @@ def pick_larger(current: Tensor, new: Tensor) -> Tensor:
     return torch.where(new.abs() > current.abs(), new, current)
 
 
+# Float formats the magnitude fold handles on their bit patterns: (same-size int, |x| mask, bits of +inf, sign shift).
+# For non-negative IEEE floats the integer order of the bit patterns is the numeric order, and integer ops are
+# vectorised where torch.where on a bool mask is not (3-10x slower per element on the CPU).
+_FLOAT_BITS = {
+    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000, 31),
+    torch.float64: (torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000, 63),
+}
+
+
 class RunningMerge:
     """Incremental merge: m = RunningMerge("magnitude"); m.add(d1); m.add(d2); m.result.
 
-    Holds one running tensor (the running sum for "mean", plus a count). `result` raises ValueError before any add.
+    Holds one running tensor (the running sum for "mean", plus a count). For float32/float64 "magnitude" also
+    keeps |running| and two scratch buffers, updated in place, so a long fold allocates nothing per task; the
+    result is bitwise the same as folding pick_larger. `result` raises ValueError before any add; a result
+    handed out is never changed by later adds.
     """
 
     def __init__(self, method: str = "magnitude") -> None:
@@ -42,6 +54,9 @@ class RunningMerge:
         self.method = method
         self.count = 0
         self._acc: Tensor | None = None
+        self._abs_bits: Tensor | None = None  # bit patterns of |_acc| (bit-pattern magnitude fold only)
+        self._scratch: tuple[Tensor, Tensor] | None = None
+        self._handed_out = False  # `result` returned _acc itself: the next add must not write into it
 
     def add(self, delta: Tensor) -> RunningMerge:
         """Fold in the next task's update; returns self."""
@@ -51,18 +66,50 @@ class RunningMerge:
             self._acc = delta.clone()
         else:
             _check_same_shape(self._acc, delta, f"delta #{self.count + 1}")
-            if self.method == "magnitude":
-                self._acc = pick_larger(self._acc, delta)
-            else:
+            if self.method != "magnitude":
                 self._acc = self._acc + delta  # out of place: results handed out earlier stay unchanged
+            elif delta.dtype in _FLOAT_BITS and (delta.dtype, delta.device) == (self._acc.dtype, self._acc.device):
+                self._fold_larger_bits(delta)
+            else:  # other dtypes, or mixed inputs (type promotion)
+                self._acc = pick_larger(self._acc, delta)
+                self._abs_bits = None
+        self._handed_out = False
         self.count += 1
         return self
+
+    def _fold_larger_bits(self, delta: Tensor) -> None:
+        """acc <- delta where |delta| > |acc| strictly, else acc: pick_larger on the bit patterns.
+
+        NaN in acc: its |.| pattern is above +inf's, so it is never replaced (NaN > x is false in pick_larger);
+        NaN in delta: its |.| is taken as 0, so it never replaces anything.
+        """
+        int_dtype, abs_mask, inf_bits, sign_shift = _FLOAT_BITS[delta.dtype]
+        if self._handed_out:
+            self._acc = self._acc.clone()
+        acc_bits, delta_bits = self._acc.view(int_dtype), delta.view(int_dtype)
+        if self._abs_bits is None:
+            self._abs_bits = acc_bits & abs_mask
+        if self._scratch is None:
+            self._scratch = (torch.empty_like(self._abs_bits), torch.empty_like(self._abs_bits))
+        new_abs, larger = self._scratch
+        torch.bitwise_and(delta_bits, abs_mask, out=new_abs)
+        if new_abs.max() > inf_bits:  # NaN in delta (rare): never larger
+            new_abs.masked_fill_(new_abs > inf_bits, 0)
+        # -1 (all bits set) where |delta| > |acc|, else 0: the sign of |acc| - |delta| (no overflow: both >= 0)
+        torch.sub(self._abs_bits, new_abs, out=larger).bitwise_right_shift_(sign_shift)
+        torch.maximum(self._abs_bits, new_abs, out=self._abs_bits)
+        # acc ^= (acc ^ delta) & larger: delta's bits where larger, acc's elsewhere
+        picked = torch.bitwise_xor(acc_bits, delta_bits, out=new_abs).bitwise_and_(larger)
+        acc_bits.bitwise_xor_(picked)
 
     @property
     def result(self) -> Tensor:
         if self._acc is None:
             raise ValueError("nothing to merge: no deltas were added")
-        return self._acc / self.count if self.method == "mean" else self._acc
+        if self.method == "mean":
+            return self._acc / self.count
+        self._handed_out = True
+        return self._acc
 
 
 def merge_deltas(deltas: Iterable[Tensor], method: str = "magnitude") -> Tensor:

@@ -44,8 +44,9 @@ def conv_to_matrix(w: Tensor) -> Tensor:
     return w if w.dim() == 2 else w.reshape(w.shape[0], -1)
 
 
-def lora_delta(lora_A: Tensor, lora_B: Tensor, scale: float | Tensor) -> Tensor:
-    """ΔW = scale · B @ A, always 2-D (d_out x d_in).
+def lora_delta(lora_A: Tensor, lora_B: Tensor, scale: float | Tensor, *, out: Tensor | None = None) -> Tensor:
+    """ΔW = scale · B @ A, always 2-D (d_out x d_in), computed as (scale · B) @ A (one pass over the r x d_out
+    factor instead of the d_out x d_in product); into `out` when given.
 
     Linear factors: A (r, d_in), B (d_out, r). Conv factors: A (r, d_in, kh, kw), B (d_out, r, 1, 1) are
     flattened first, giving (d_out, d_in·kh·kw), i.e. (d_out, d_in) for 1x1 convs.
@@ -56,7 +57,7 @@ def lora_delta(lora_A: Tensor, lora_B: Tensor, scale: float | Tensor) -> Tensor:
     b = conv_to_matrix(lora_B)
     if b.shape[1] != a.shape[0]:
         raise ValueError(f"rank mismatch: lora_B {tuple(lora_B.shape)} vs lora_A {tuple(lora_A.shape)}")
-    return scale * (b @ a)
+    return torch.matmul(scale * b, a, out=out)
 
 
 def _norm(x: Tensor, reduction: str) -> Tensor:
