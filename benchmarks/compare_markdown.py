@@ -1,0 +1,44 @@
+"""Render a `pslora compare` result (OUT/compare.json, written by the compare command) as the markdown table of
+benchmarks/RESULTS.md, adding each store's training time (the sum of its tasks' `train.seconds` in meta.json,
+which a resumed or re-printed compare does not re-measure).
+
+    .venv/bin/python benchmarks/compare_markdown.py benchmarks/out/compare-mixed
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+COLUMNS = [("acc", "ACC"), ("bwt", "BWT"), ("forgetting", "forgetting"), ("learning_accuracy", "learning acc."),
+           ("avg_incremental_accuracy", "avg. incremental"), ("fwt_task_aware", "FWT (task-aware)")]
+
+
+def cell(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "—"
+    std = "" if stat["std"] is None else f" ± {100 * stat['std']:.1f}"
+    return f"{100 * stat['mean']:.1f}{std}".replace("-", "−")
+
+
+def training_minutes(store: Path) -> float:
+    seconds = 0.0
+    for meta in (store / "tasks").glob("*/meta.json"):
+        seconds += json.loads(meta.read_text())["train"]["seconds"]
+    return seconds / 60
+
+
+def main(out: str) -> int:
+    doc = json.loads((Path(out) / "compare.json").read_text())
+    print(f"`{doc['sequence']}`, seeds {', '.join(map(str, doc['seeds']))}, {doc['orders']} order(s)\n")
+    print("| method | runs | " + " | ".join(h for _, h in COLUMNS) + " | training per store (min) |")
+    print("| --- " * (len(COLUMNS) + 3) + "|")
+    for method, row in doc["summary"].items():
+        stores = [Path(r["store"]) for r in doc["runs"] if r["method"] == method]
+        minutes = statistics.mean(training_minutes(s) for s in stores)
+        print(f"| {method} | {row['runs']} | " + " | ".join(cell(row[k]) for k, _ in COLUMNS) + f" | {minutes:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
