@@ -313,3 +313,15 @@ def test_math_identity_factored_frobenius():
         rhs = 0.49 * torch.trace((b.T @ b) @ (a @ a.T))
     assert lhs.item() == pytest.approx(rhs.item(), rel=1e-12)
     assert math.isfinite(lhs.item())
+
+
+@pytest.mark.parametrize("store", ["factors", "dense"])
+def test_prepared_history_reused_over_steps_and_block_sizes(store):
+    # a PreparedHistory lives for a whole task's training: whatever it caches must depend on H only, never on the
+    # factors being trained or on an earlier call's block size
+    _, _, h, prev = _inputs(20, d_out=10, d_in=7, r=2, tasks=2)
+    prepared = prepare_history(h, prev, alpha=1.3, variant="dir+fro", store=store)
+    for step, block_rows in enumerate((4, 4, 3, None, 4)):
+        a, b, _, _ = _inputs(30 + step, d_out=10, d_in=7, r=2)
+        ref = _reference(a, b, 1.5, h, 1.3, "mean", "dir+fro")
+        _assert_same(a, b, prepared.loss(a, b, 1.5, block_rows=block_rows), ref)
