@@ -7,6 +7,9 @@
    step of a synthetic LLaMA-7B-sized layer pair (q, v 4096x4096) with plain LoRA (PEFT) vs PS-LoRA lean vs naive.
    Times from CUDA events (median); memory = torch.cuda.max_memory_allocated during the measured call: above the
    memory allocated before it for the loss alone, all of it (model, optimizer state, history) for the step.
+3. The magnitude merge on the device (`pslora merge --device cuda`): the running fold on the device vs the CPU's
+   pick_larger fold, bitwise, on random values and on NaN/inf/±0/ties; then the time of merging 15 rank-8 task
+   updates of a 4096x4096 module on the device vs on the CPU (products and fold, no file reading).
 
     python benchmarks/gpu_check.py [--device cuda] [--tokens 2048] [--small]
 
@@ -202,6 +205,48 @@ def step_timing(device, d, tokens, reps):
     return rows
 
 
+def merge_check(device: str, d: int, tasks: int, reps: int) -> tuple[list, bool]:
+    """Rows of table 3 and whether the device's fold equals the CPU reference bitwise."""
+    from pslora_cli.core.merge import RunningMerge, pick_larger
+
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 1e-45])
+    ok = True
+    for dtype in (torch.float32, torch.float64):
+        deltas = [torch.randn(64, 96, generator=g, dtype=dtype) for _ in range(6)]
+        deltas += [special[torch.randint(0, len(special), (64, 96), generator=g)].to(dtype) for _ in range(6)]
+        ref = deltas[0].clone()
+        for x in deltas[1:]:
+            ref = pick_larger(ref, x)
+        m = RunningMerge("magnitude")
+        for x in deltas:
+            m.add(x.to(device))
+        bits = torch.int32 if dtype == torch.float32 else torch.int64
+        ok &= torch.equal(m.result.cpu().view(bits), ref.view(bits))
+    factors = [(torch.randn(8, d, generator=g) / d ** 0.5, torch.randn(d, 8, generator=g) * 1e-2)
+               for _ in range(tasks)]
+
+    def merge_on(dev):
+        on = [(a.to(dev), b.to(dev)) for a, b in factors]
+
+        def run():
+            m, buf = RunningMerge("magnitude"), None
+            for a, b in on:
+                buf = lora_delta(a, b, 2.0, out=buf)
+                m.add(buf)
+            return m.result
+        return run
+
+    t_dev, peak = measure(merge_on(device), device, reps)
+    t_cpu, _ = measure(merge_on("cpu"), "cpu", max(1, reps // 5))
+    # the products may round differently on the device (another summation order), so only close here
+    ok &= torch.allclose(merge_on(device)().cpu(), merge_on("cpu")(), rtol=1e-5, atol=1e-7)
+    mb = "-" if peak is None else f"{peak / 2**20:.0f}"
+    rows = [[f"{tasks} x {d}x{d}", device, f"{t_dev * 1e3:.1f}", f"{t_cpu / t_dev:.1f}x", mb],
+            [f"{tasks} x {d}x{d}", "cpu", f"{t_cpu * 1e3:.1f}", "1.0x", "-"]]
+    return rows, ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -225,8 +270,14 @@ def main() -> int:
     print(f"\n2b. training step, q+v-like pair of {d}x{d} layers, {tokens} tokens, float32, AdamW")
     print(table(["impl", "step ms", "time / lora", "peak MB (all)", "extra peak vs lora"],
                 step_timing(args.device, d, tokens, reps)))
-    print(f"\ncorrectness: {'ok' if worst < 1e-9 else 'MISMATCH'} (worst relative difference {worst:.1e})")
-    return 0 if worst < 1e-9 else 1
+    merge_rows, merge_ok = merge_check(args.device, 256 if args.small else 4096, 15, reps)
+    print("\n3. magnitude merge of 15 rank-8 updates (products + fold, float32; fold equal to the CPU's bitwise: "
+          f"{'yes' if merge_ok else 'NO'})")
+    print(table(["updates", "device", "ms", "speed-up vs cpu", "peak MB"], merge_rows))
+    good = worst < 1e-9 and merge_ok
+    print(f"\ncorrectness: {'ok' if good else 'MISMATCH'} (worst relative difference {worst:.1e}, merge bitwise "
+          f"{'equal' if merge_ok else 'DIFFERENT'})")
+    return 0 if good else 1
 
 
 if __name__ == "__main__":
