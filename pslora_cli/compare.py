@@ -114,28 +114,48 @@ def seen_accuracy_curve(matrix: list[list]) -> list[float | None]:
 
 
 def plot_curves(runs: list[dict], methods: list[str], path: Path) -> Path:
+    """Left: mean accuracy on the tasks seen so far after each stage, per method (mean ± std band). Right: the
+    final ACC per method with its std. The y-axes are zoomed to the data: the methods often differ by a few points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    names, finals, errors, colors = [], [], [], []
     for method in methods:
         curves = np.array([[np.nan if v is None else 100 * v for v in seen_accuracy_curve(r["matrix"])]
                            for r in runs if r["method"] == method], dtype=float)
         if curves.size == 0:
             continue
-        mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+        mean = np.nanmean(curves, axis=0)
+        std = np.nanstd(curves, axis=0, ddof=1) if curves.shape[0] > 1 else np.zeros_like(mean)  # as the table's
         stages = np.arange(1, curves.shape[1] + 1)
-        ax.plot(stages, mean, marker="o", label=method)
-        ax.fill_between(stages, mean - std, mean + std, alpha=0.15)
+        (line,) = ax.plot(stages, mean, marker="o", label=method)
+        ax.fill_between(stages, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        acc = [100 * r["metrics"]["acc"] for r in runs if r["method"] == method and r["metrics"].get("acc") is not None]
+        if acc:
+            names.append(method)
+            finals.append(float(np.mean(acc)))
+            errors.append(float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0)
+            colors.append(line.get_color())
     ax.set_xlabel("after training task")
     ax.set_ylabel("mean accuracy on tasks seen so far (%)")
-    ax.set_ylim(0, 100)
     ax.set_xticks(np.arange(1, max(len(r["matrix"]) for r in runs)))
     ax.legend(fontsize=8)
-    ax.set_title("methods compared (mean ± std over seeds and orders)")
+    ax.set_title("accuracy curves (mean ± std over seeds and orders)", fontsize=10)
+    if finals:
+        y = np.arange(len(names))
+        bars.barh(y, finals, xerr=errors, color=colors, alpha=0.8, capsize=3)
+        bars.set_yticks(y, names, fontsize=8)
+        bars.invert_yaxis()
+        low = max(0.0, min(f - e for f, e in zip(finals, errors)) - 5)
+        bars.set_xlim(low, min(100.0, max(f + e for f, e in zip(finals, errors)) + 4))
+        for yi, f, e in zip(y, finals, errors):
+            bars.text(f + e, yi, f"  {f:.1f}", va="center", fontsize=8)
+        bars.set_xlabel("final ACC (%), mean ± std")
+        bars.set_title("final ACC (the x-axis does not start at 0)", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
