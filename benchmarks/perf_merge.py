@@ -1,7 +1,7 @@
 """Benchmark 2: merging N task adapters. Each case runs in a forked child: wall time and peak RSS (ru_maxrss).
 
-    ours        pslora's streaming magnitude merge (adapters.merged_deltas -> core.merge), written with
-                safetensors as `pslora merge` does
+    ours        pslora's streaming magnitude merge (adapters.merged_deltas -> core.merge, from the factors
+                block by block), each module written as it is finished, as `pslora merge` does
     peft-ties   PEFT's add_weighted_adapter(combination_type="ties", density=0.2) after loading the N adapters
     peft-mprune PEFT's add_weighted_adapter(combination_type="magnitude_prune", density=0.2)
     peft-ties-svd  PEFT's combination_type="ties_svd" (dense TIES on the products, then an SVD back to rank 8):
@@ -59,14 +59,15 @@ def write_adapters(folder: Path, d: int, layers: int, n: int, seed: int = 0) -> 
 
 
 def case_ours(dirs: list[str], out: str) -> dict:
-    from safetensors.torch import save_file
+    import torch
 
     from pslora_cli.adapters import merged_deltas, open_adapters
+    from pslora_cli.stream_write import write_streaming
 
     adapters = open_adapters(Path(d) for d in dirs)
-    tensors = {name: m.contiguous() for name, m in merged_deltas(adapters, "magnitude")}
-    save_file(tensors, out)
-    return {"modules": len(tensors)}
+    specs = [(name, torch.float32, adapters[0].weight_shape(name)) for name in adapters[0].modules]
+    write_streaming(out, specs, merged_deltas(adapters, "magnitude"))  # each module written as it is finished
+    return {"modules": len(specs)}
 
 
 def case_ours_alloc(dirs: list[str], out: str) -> dict:

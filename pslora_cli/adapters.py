@@ -12,8 +12,8 @@ from typing import Iterable, Iterator
 import torch
 from safetensors import safe_open
 
-from .core.merge import merge_module
-from .core.stability import lora_delta
+from .core.merge import magnitude_merge_factors, merge_module
+from .core.stability import conv_to_matrix, lora_delta
 from .errors import InputError
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -82,6 +82,19 @@ class AdapterFile:
         with safe_open(str(self.path), framework="pt", device=str(device)) as f:
             return f.get_tensor(a_key), f.get_tensor(b_key)
 
+    def finite_factors(self, param: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """factors(), refusing NaN or infinite values (InputError)."""
+        a, b = self.factors(param, device)
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise InputError(f"{self.path}: {param} holds NaN or infinite values")
+        return a, b
+
+    def scaled_factors(self, param: str, device: torch.device | str = "cpu",
+                       dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale · B, A) as 2-D matrices whose product is delta(param): the same factors lora_delta multiplies."""
+        a, b = self.finite_factors(param, device)
+        return self.scale * conv_to_matrix(b.to(dtype)), conv_to_matrix(a.to(dtype))
+
     def weight_shape(self, param: str) -> tuple[int, ...]:
         """Shape of the adapted base weight: (d_out, d_in) for a Linear, (d_out, d_in, kh, kw) for a conv (from
         the factors' shapes, A (r, d_in, kh, kw) and B (d_out, r, 1, 1); read from the header only)."""
@@ -93,9 +106,7 @@ class AdapterFile:
     def delta(self, param: str, device: torch.device | str = "cpu", dtype=torch.float32, *,
               out: torch.Tensor | None = None) -> torch.Tensor:
         """The dense update scale · B @ A of `param`; written into `out` when it has the update's shape and dtype."""
-        a, b = self.factors(param, device)
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise InputError(f"{self.path}: {param} holds NaN or infinite values")
+        a, b = self.finite_factors(param, device)
         if out is not None and (tuple(out.shape) != (b.shape[0], a[0].numel()) or out.dtype != dtype):
             out = None
         return lora_delta(a.to(dtype), b.to(dtype), self.scale, out=out)
@@ -121,6 +132,9 @@ def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device
     if not adapters:
         return
     for param in adapters[0].modules:
+        if method == "magnitude":  # from the factors, block by block (the dense products never exist in full)
+            yield param, magnitude_merge_factors(a.scaled_factors(param, device) for a in adapters)
+            continue
         yield param, merge_module(lambda: _deltas_in_one_buffer(adapters, param, device), method,
                                   density=density, scale=scale)
 

@@ -233,11 +233,15 @@ def complete_eval(seq: dict, store: Store, device, reporter: Reporter, load, fig
 def merge_tasks(seq: dict, store: Store, method: str, task_ids: list[str] | None, out: Path | None,
                 device) -> dict:
     """Write the dense merged update (base-model parameter names) plus the task heads to a safetensors file."""
-    from safetensors.torch import load_file, save_file
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
 
     from .adapters import merge_options, merged_deltas, open_adapters
     from .core.merge import ALL_METHODS as METHODS
     from .store import atomic_path
+    from .stream_write import write_streaming
 
     if method not in METHODS:
         raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
@@ -250,30 +254,36 @@ def merge_tasks(seq: dict, store: Store, method: str, task_ids: list[str] | None
             raise InputError(f"--tasks: task {task_id!r} is not trained in {store.root}")
         store.verify_task(task_id)
     adapters = open_adapters(store.task_dir(t) for t in ids)
-    # Each update in its weight's shape (a 1x1 conv's (d_out, d_in) matrix back to (d_out, d_in, 1, 1)), so that
-    # W0[key] + merged[key] holds for every key.
-    tensors = {name: delta.reshape(adapters[0].weight_shape(name)).cpu().contiguous()
-               for name, delta in merged_deltas(adapters, method, device, **merge_options(seq["method"]))}
     # Multitask trains a joint head per stage: the merged model (the last stage) uses the last stage's heads.
     joint = store.task_dir(ids[-1]) / "joint_heads.safetensors" if seq["method"].get("init") == "joint" else None
     joint_heads = load_file(str(joint)) if joint is not None else {}
+    heads = {}
     for task_id in ids:
-        if f"{task_id}.weight" in joint_heads:
-            tensors[f"heads.{task_id}.weight"] = joint_heads[f"{task_id}.weight"]
-            tensors[f"heads.{task_id}.bias"] = joint_heads[f"{task_id}.bias"]
-            continue
-        head = load_file(str(store.task_dir(task_id) / "head.safetensors"))
-        tensors[f"heads.{task_id}.weight"] = head["weight"]
-        tensors[f"heads.{task_id}.bias"] = head["bias"]
+        head = ({"weight": joint_heads[f"{task_id}.weight"], "bias": joint_heads[f"{task_id}.bias"]}
+                if f"{task_id}.weight" in joint_heads else load_file(str(store.task_dir(task_id) / "head.safetensors")))
+        heads[f"heads.{task_id}.weight"], heads[f"heads.{task_id}.bias"] = head["weight"], head["bias"]
+    # Each update in its weight's shape (a 1x1 conv's (d_out, d_in) matrix back to (d_out, d_in, 1, 1)), so that
+    # W0[key] + merged[key] holds for every key. Written module by module as the merge finishes each.
+    shapes = {name: adapters[0].weight_shape(name) for name in adapters[0].modules}
+    specs = [(name, torch.float32, shape) for name, shape in shapes.items()]
+    specs += [(name, t.dtype, tuple(t.shape)) for name, t in heads.items()]
+
+    def tensors():
+        for name, delta in merged_deltas(adapters, method, device, **merge_options(seq["method"])):
+            yield name, delta.reshape(shapes[name])
+        yield from heads.items()
+
     manifest = store.manifest()
     metadata = {"format": "pslora-merge/1", "method": method, "tasks": json.dumps(ids),
                 "base_model": json.dumps(manifest["base_model"]), "scenario": seq["scenario"],
                 "classes": json.dumps({t: store.task_meta(t)["classes"] for t in ids})}
     default_name = f"{method}-{canonical_hash(ids)[:8]}.safetensors"
     targets = [store.merges_dir / default_name] + ([Path(out)] if out is not None else [])
-    for target in targets:
+    with atomic_path(targets[0]) as tmp:
+        write_streaming(tmp, specs, tensors(), metadata)
+    for target in targets[1:]:
         with atomic_path(target) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+            shutil.copyfile(targets[0], tmp)
     info = {"method": method, "tasks": ids, "modules": len(adapters[0].modules), "files": [str(t) for t in targets],
             "sha256": sha256_file(targets[0])}
     from .store import write_json_atomic

@@ -245,3 +245,76 @@ def test_merge_of_a_reused_buffer_equals_merge_of_copies():
     from pslora_cli.core.merge import ALL_METHODS, merge_module
     for method in ALL_METHODS:
         assert torch.equal(merge_module(one_buffer, method), merge_module(lambda: iter(tasks), method)), method
+
+
+# --- magnitude merge from the LoRA factors, block by block ------------------------------------------------
+
+def _blockwise_reference(pairs, block_elements):
+    """pick_larger folded over the row blocks B_i[rows] @ A_i, block by block, as plainly as possible."""
+    from pslora_cli.core.merge import _row_blocks
+
+    d_out, d_in = pairs[0][0].shape[0], pairs[0][1].shape[1]
+    return torch.cat([_pick_larger_fold([b[r0:r1] @ a for b, a in pairs])
+                      for r0, r1 in _row_blocks(d_out, d_in, block_elements, "cpu")])
+
+
+@st.composite
+def factor_tasks(draw):
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    d_out, d_in, r = draw(st.integers(1, 40)), draw(st.integers(1, 9)), draw(st.integers(1, 3))
+    big = 1e30 if dtype == torch.float32 else 1e300  # products of these overflow to ±inf, sums of those to NaN
+    value = st.one_of(st.floats(-10, 10), st.sampled_from([big, -big, 0.0, -0.0, float("nan"), float("inf")]))
+    pairs = []
+    for _ in range(draw(st.integers(1, 6))):
+        b = draw(st.lists(value, min_size=d_out * r, max_size=d_out * r))
+        a = draw(st.lists(value, min_size=r * d_in, max_size=r * d_in))
+        pairs.append((torch.tensor(b, dtype=dtype).reshape(d_out, r), torch.tensor(a, dtype=dtype).reshape(r, d_in)))
+    return pairs
+
+
+@SETTINGS
+@given(factor_tasks(), st.integers(1, 3), st.sampled_from([1, 64, 1 << 18]))
+def test_factor_merge_equals_blockwise_pick_larger_bitwise(pairs, chunk_tasks, block_elements):
+    # overflow, NaN, ±0 and ties included; several row blocks and task chunks: exactly the reference's bits
+    from pslora_cli.core.merge import magnitude_merge_factors
+
+    copies = [(b.clone(), a.clone()) for b, a in pairs]
+    got = magnitude_merge_factors(iter(pairs), chunk_tasks=chunk_tasks, block_elements=block_elements)
+    assert torch.equal(_bits(got), _bits(_blockwise_reference(pairs, block_elements)))
+    assert all(torch.equal(_bits(b), _bits(c)) and torch.equal(_bits(a), _bits(d))  # inputs untouched
+               for (b, a), (c, d) in zip(pairs, copies))
+
+
+@pytest.mark.parametrize("d_out,d_in,r,tasks", [(1024, 1024, 8, 6), (768, 3072, 16, 3), (1000, 333, 5, 4),
+                                                 (4096, 64, 8, 3)])
+def test_factor_merge_equals_the_merge_of_the_dense_products(d_out, d_in, r, tasks):
+    # rows come in blocks of multiples of 16: for float32 those BLAS products equal the rows of the full product,
+    # so the merge file is the magnitude merge of exactly the updates `delta` gives (chunks of 2 tasks, to cross
+    # chunk boundaries as well)
+    from pslora_cli.core.merge import magnitude_merge_factors
+
+    g = torch.Generator().manual_seed(d_out + d_in)
+    pairs = [(torch.randn(d_out, r, generator=g) * 0.1, torch.randn(r, d_in, generator=g)) for _ in range(tasks)]
+    dense = magnitude_merge([b @ a for b, a in pairs])
+    assert torch.equal(magnitude_merge_factors(pairs, chunk_tasks=2), dense)
+    assert torch.equal(magnitude_merge_factors(pairs, block_elements=1), dense)  # blocks of 16 rows
+
+
+def test_factor_merge_mixed_and_half_dtypes_and_errors():
+    from pslora_cli.core.merge import magnitude_merge_factors
+
+    g = torch.Generator().manual_seed(3)
+    pairs = [(torch.randn(20, 2, generator=g), torch.randn(2, 5, generator=g)) for _ in range(3)]
+    halves = [(b.half(), a.half()) for b, a in pairs]
+    assert torch.equal(magnitude_merge_factors(halves, block_elements=1), _blockwise_reference(halves, 1))
+    # each product in its own dtype, then promoted (as RunningMerge folds mixed deltas), whatever the chunks
+    mixed = [pairs[0], (pairs[1][0].double(), pairs[1][1].double()), pairs[2]]
+    for chunk_tasks in (1, 2, 16):
+        got = magnitude_merge_factors(mixed, chunk_tasks=chunk_tasks)
+        assert got.dtype == torch.float64 and torch.equal(got, _blockwise_reference(mixed, 1 << 18))
+    with pytest.raises(ValueError, match="nothing to merge"):
+        magnitude_merge_factors([])
+    with pytest.raises(ValueError, match="shape mismatch: product #2 is 20x4"):
+        magnitude_merge_factors([pairs[0], (pairs[1][0], torch.zeros(2, 4))])
+    with pytest.raises(ValueError, match="expected factors"):
+        magnitude_merge_factors([(torch.zeros(3, 2), torch.zeros(3, 5))])
