@@ -8,8 +8,9 @@
    Times from CUDA events (median); memory = torch.cuda.max_memory_allocated during the measured call: above the
    memory allocated before it for the loss alone, all of it (model, optimizer state, history) for the step.
 3. The magnitude merge on the device (`pslora merge --device cuda`): the running fold on the device vs the CPU's
-   pick_larger fold, bitwise, on random values and on NaN/inf/±0/ties; then the time of merging 15 rank-8 task
-   updates of a 4096x4096 module on the device vs on the CPU (products and fold, no file reading).
+   pick_larger fold, bitwise, on random values and on NaN/inf/±0/ties; the merge from the factors (what `pslora
+   merge` runs) vs the fold of the dense products on the device, bitwise; then the time of merging 15 rank-8 task
+   updates of a 4096x4096 module from their factors on the device vs on the CPU (no file reading).
 
     python benchmarks/gpu_check.py [--device cuda] [--tokens 2048] [--small]
 
@@ -207,7 +208,7 @@ def step_timing(device, d, tokens, reps):
 
 def merge_check(device: str, d: int, tasks: int, reps: int) -> tuple[list, bool]:
     """Rows of table 3 and whether the device's fold equals the CPU reference bitwise."""
-    from pslora_cli.core.merge import RunningMerge, pick_larger
+    from pslora_cli.core.merge import RunningMerge, magnitude_merge_factors, pick_larger
 
     g = torch.Generator().manual_seed(0)
     special = torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 1e-45])
@@ -227,19 +228,21 @@ def merge_check(device: str, d: int, tasks: int, reps: int) -> tuple[list, bool]
                for _ in range(tasks)]
 
     def merge_on(dev):
-        on = [(a.to(dev), b.to(dev)) for a, b in factors]
+        on = [(2.0 * b.to(dev), a.to(dev)) for a, b in factors]
+        return lambda: magnitude_merge_factors(on)  # what `pslora merge --device` runs
 
-        def run():
-            m, buf = RunningMerge("magnitude"), None
-            for a, b in on:
-                buf = lora_delta(a, b, 2.0, out=buf)
-                m.add(buf)
-            return m.result
-        return run
+    def dense_fold_on(dev):
+        m, buf = RunningMerge("magnitude"), None
+        for a, b in factors:
+            buf = lora_delta(a.to(dev), b.to(dev), 2.0, out=buf)
+            m.add(buf)
+        return m.result
 
     t_dev, peak = measure(merge_on(device), device, reps)
     t_cpu, _ = measure(merge_on("cpu"), "cpu", max(1, reps // 5))
-    # the products may round differently on the device (another summation order), so only close here
+    # on one device, the factor merge equals the fold of the dense products bitwise; across devices the products
+    # may round differently (another summation order), so only close
+    ok &= torch.equal(merge_on(device)(), dense_fold_on(device))
     ok &= torch.allclose(merge_on(device)().cpu(), merge_on("cpu")(), rtol=1e-5, atol=1e-7)
     mb = "-" if peak is None else f"{peak / 2**20:.0f}"
     rows = [[f"{tasks} x {d}x{d}", device, f"{t_dev * 1e3:.1f}", f"{t_cpu / t_dev:.1f}x", mb],
