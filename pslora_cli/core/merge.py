@@ -113,7 +113,7 @@ class RunningMerge:
 
 
 def magnitude_merge_factors(factors: Iterable[tuple[Tensor, Tensor]], *, block_elements: int = 1 << 18,
-                            chunk_tasks: int = 16) -> Tensor:
+                            chunk_tasks: int = 4) -> Tensor:
     """The magnitude merge of the products B_i @ A_i, from the LoRA factors (B_i: d_out x r_i, already scaled;
     A_i: r_i x d_in), without forming any task's dense product in full.
 
