@@ -127,7 +127,8 @@ def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device
     """Yield (base parameter name, merged dense update) one module at a time.
 
     Streams over modules and over tasks: at any moment one running result and one task's delta are held
-    (TIES reads the tasks twice rather than holding them).
+    (TIES reads the tasks twice rather than holding them). The magnitude merge holds even less: the result, a
+    few row blocks and the factors of up to 4 tasks (core.merge.magnitude_merge_factors).
     """
     if not adapters:
         return
