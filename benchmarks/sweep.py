@@ -23,6 +23,7 @@ CONFIGS = {
     "lambda=0.01": ["method.stability_weight=0.01"],
     "lambda=0.03": ["method.stability_weight=0.03"],
     "lambda=0.1": ["method.stability_weight=0.1"],
+    "lambda=1": ["method.stability_weight=1"],
     "lambda=10": ["method.stability_weight=10"],
     "alpha fixed 1": ["method.alpha_mode=fixed", "method.alpha=1"],
     "alpha fixed 1000": ["method.alpha_mode=fixed", "method.alpha=1000"],
