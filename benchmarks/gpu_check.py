@@ -70,20 +70,32 @@ def check(device: str) -> tuple[list, float]:
                                                variant=variant, lora_A=aa, lora_B=bb)
                 results[("ref", where)] = (ref.detach().cpu(), *[x.cpu() for x in torch.autograd.grad(ref, (aa, bb))])
                 pv = [(x.to(where), y.to(where), s) for x, y, s in prev]
-                for form, hist in (("dense", hh), ("factors", stack_history(pv)),
-                                   ("prepared", prepare_history(hh, pv, alpha=1.5, variant=variant, store="dense"))):
+                forms = [("dense", hh, "fused"), ("factors", stack_history(pv), "fused"),
+                         ("prepared", prepare_history(hh, pv, alpha=1.5, variant=variant, store="dense"), "fused")]
+                if where == device and triton_here(device) and variant in ("dir+fro", "dir+factor"):
+                    forms += [("triton " + f, hist, "triton") for f, hist, _ in forms]
+                for form, hist, strategy in forms:
                     loss = lean_stability_loss(aa, bb, 2.0, hist, alpha=1.5, reduction=reduction, variant=variant,
-                                               block_rows=37)
+                                               block_rows=37, strategy=strategy)
                     results[(form, where)] = (loss.detach().cpu(),
                                               *[x.cpu() for x in torch.autograd.grad(loss, (aa, bb))])
             base = results[("ref", "cpu")]
             diffs = {k: max(rel(x, y) for x, y in zip(v, base)) for k, v in results.items() if k != ("ref", "cpu")}
             m = max(diffs.values())
             worst = max(worst, m)
+            triton_diffs = [v for (f, w), v in diffs.items() if w == device and f.startswith("triton")]
             rows.append([variant, reduction, f"{diffs.get(('ref', device), 0.0):.1e}",
                          f"{max(diffs[(f, device)] for f in ('dense', 'factors', 'prepared')):.1e}",
+                         f"{max(triton_diffs):.1e}" if triton_diffs else "-",
                          "ok" if m < 1e-9 else "MISMATCH"])
     return rows, worst
+
+
+def triton_here(device: str) -> bool:
+    """The Triton kernel runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (slow: a check of the code only)."""
+    import os
+
+    return device.startswith("cuda") or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def sync(device):
@@ -139,6 +151,9 @@ def loss_timing(device, sizes, reps):
                  "lean, H as factors": lambda: pf.loss(a, b, 2.0).backward(),
                  "lean, tanh(αH) cached": lambda: pd.loss(a, b, 2.0).backward(),
                  "lean, factors, recompute": lambda: pf.loss(a, b, 2.0, strategy="recompute").backward()}
+        if triton_here(device):
+            cases["lean, H as factors, triton kernel"] = lambda: pf.loss(a, b, 2.0, strategy="triton").backward()
+            cases["lean, tanh(αH) cached, triton kernel"] = lambda: pd.loss(a, b, 2.0, strategy="triton").backward()
         for log2 in (18, 22, 24):  # block size sweep (the default is stability_lean.BLOCK_ELEMENTS)
             rows_per_block = max(1, (1 << log2) // d_in)
             cases[f"lean, factors, blocks of 2^{log2} elements"] = (
@@ -159,7 +174,8 @@ def step_timing(device, d, tokens, reps):
 
     rows = []
     res = {}
-    for impl in ("lora", "ps-lean", "naive"):  # one at a time, so that the absolute peak is this setup's alone
+    impls = ("lora", "ps-lean", "ps-lean-triton", "naive") if triton_here(device) else ("lora", "ps-lean", "naive")
+    for impl in impls:  # one at a time, so that the absolute peak is this setup's alone
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(d, d, bias=False), nn.ReLU(), nn.Linear(d, d, bias=False)).to(device)
         for p in model.parameters():
@@ -175,7 +191,7 @@ def step_timing(device, d, tokens, reps):
                      torch.randn(d, 8, generator=g, device=device) * 1e-3, 2.0) for _ in range(3)]
             h = sum(lora_delta(pa, pb, s) for pa, pb, s in prev)
             alpha = adaptive_alpha(h)
-            if impl == "ps-lean":
+            if impl.startswith("ps-lean"):
                 hist[name] = prepare_history(h, prev, alpha=alpha)
             elif impl == "naive":
                 dense[name] = (h, alpha)
@@ -187,8 +203,8 @@ def step_timing(device, d, tokens, reps):
             loss = pm(x).pow(2).mean()
             for name, layer in layers.items():
                 a, b, s = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
-                if impl == "ps-lean":
-                    loss = loss + hist[name].loss(a, b, s)
+                if impl.startswith("ps-lean"):
+                    loss = loss + hist[name].loss(a, b, s, strategy="triton" if impl.endswith("triton") else "fused")
                 elif impl == "naive":
                     h, alpha = dense[name]
                     loss = loss + parameter_stability_loss(lora_delta(a, b, s), h, alpha=alpha, lora_A=a, lora_B=b)
@@ -263,7 +279,8 @@ def main() -> int:
     print(f"device: {name}; torch {torch.__version__}")
     rows, worst = check(args.device)
     print("\n1. lean vs reference, float64 (max relative difference to the CPU reference, value and gradients)")
-    print(table(["variant", "reduction", "reference on device", "lean on device", "status"], rows))
+    print(table(["variant", "reduction", "reference on device", "lean on device", "triton kernel on device", "status"],
+                rows))
     sizes = [(256, 384)] if args.small else [(1024, 1024), (4096, 4096), (11008, 4096)]
     reps = 3 if args.small else 20
     print("\n2a. loss forward+backward, one module, float32, rank 8, 3 earlier tasks (memory: peak above start)")

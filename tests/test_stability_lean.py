@@ -14,7 +14,7 @@ from pslora_cli.core.stability import (
     parameter_stability_loss,
 )
 from pslora_cli.core.stability_lean import (
-    STRATEGIES,
+    TORCH_STRATEGIES as STRATEGIES,
     HistoryFactors,
     PreparedHistory,
     default_block_rows,

@@ -26,8 +26,10 @@ How:
   per step) or the stacked factors (leanest: H's block is recomputed per step), chosen by size.
 
 On the CPU, tanh(x) is computed as 2·sigmoid(2x) − 1 (torch's CPU tanh kernel costs about 4x its sigmoid kernel;
-see _finish_tanh_ for the accuracy). No fused (Triton/CUDA) kernel: on CUDA the blocks run as ordinary torch ops,
-which benchmarks/gpu_check.sh times against the dense reference.
+see _finish_tanh_ for the accuracy). On CUDA the blocks run as ordinary torch ops by default; strategy "triton"
+computes the direction term of dir+fro / dir+factor in one Triton kernel instead (core/stability_triton.py; tested
+on the CPU under Triton's interpreter). It is not the default: benchmarks/gpu_check.sh times it against the torch
+blocks on a GPU, and no GPU has run it yet.
 
 Fallbacks (explicit): the reference implementation is used, through the dense product, when alpha or scale
 needs a gradient, or for complex dtypes (`fallback_reason` says why). Higher-order gradients are not supported:
@@ -47,7 +49,8 @@ from torch import Tensor
 
 from .stability import REDUCTIONS, VARIANTS, _norm, conv_to_matrix, lora_delta, stability_terms
 
-STRATEGIES = ("fused", "recompute")
+TORCH_STRATEGIES = ("fused", "recompute")
+STRATEGIES = TORCH_STRATEGIES + ("triton",)  # tests/test_stability_triton.py checks "triton"
 STORES = ("auto", "dense", "factors")
 
 # Default block size, in elements of D: 2^20 (4 MiB in float32), a few of which are alive at a time. Smaller blocks
@@ -303,7 +306,16 @@ class _BlockwiseTerms(torch.autograd.Function):
         sums = [torch.zeros((), dtype=acc, device=a2.device) for _ in range(n_out)]
         ga = [torch.zeros_like(a2) for _ in range(n_out)] if fused and want_a else None
         gb = [torch.empty_like(b2) for _ in range(n_out)] if fused and want_b else None
-        for r0 in range(0, d_out, block_rows):
+        if strategy == "triton":  # direction term only (kind 0): one kernel, no blocks here
+            from .stability_triton import direction_terms_triton
+
+            fused = want_a or want_b
+            total, ga_t, gb_t = direction_terms_triton(a2, b2, scale, alpha, src, fused)
+            sums[0] += d_out * a2.shape[1] - total
+            ga = [ga_t] if fused and want_a else None
+            gb = [gb_t] if fused and want_b else None
+            grads = [(None, -alpha)]
+        for r0 in range(0, d_out if strategy != "triton" else 0, block_rows):
             r1 = min(d_out, r0 + block_rows)
             b = b2[r0:r1]
             values, grads = _block(kind, a2, b, scale, alpha, src, r0, r1, fused)
@@ -400,6 +412,8 @@ def lean_stability_terms(
         raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if strategy == "triton" and _KIND[variant] != 0:
+        raise ValueError(f"strategy 'triton' covers the variants dir+fro and dir+factor, not {variant!r}")
     if isinstance(history, PreparedHistory):
         if alpha is None:
             alpha = history.alpha
@@ -496,7 +510,9 @@ def lean_stability_loss(
     lora_A (r, d_in) or (r, d_in, kh, kw); lora_B (d_out, r) or (d_out, r, 1, 1); scale: float or constant 0-dim
     tensor; history: dense H (numel d_out·d_in), HistoryFactors, or PreparedHistory (then alpha may be omitted).
     block_rows: rows of D per block (default: BLOCK_ELEMENTS // d_in, at least 1).
-    strategy: "fused" (gradient contracted during the forward) or "recompute" (in backward).
+    strategy: "fused" (gradient contracted during the forward), "recompute" (in backward), or "triton" (the
+    direction term of dir+fro / dir+factor as one Triton kernel: core/stability_triton.py; CUDA, or the CPU
+    under TRITON_INTERPRET=1).
     """
     direction, magnitude = lean_stability_terms(lora_A, lora_B, scale, history, alpha=alpha, reduction=reduction,
                                                 variant=variant, block_rows=block_rows, strategy=strategy)
@@ -504,6 +520,6 @@ def lean_stability_loss(
 
 
 __all__ = [
-    "HistoryFactors", "PreparedHistory", "STORES", "STRATEGIES", "default_block_rows", "fallback_reason",
+    "HistoryFactors", "PreparedHistory", "STORES", "STRATEGIES", "TORCH_STRATEGIES", "default_block_rows", "fallback_reason",
     "lean_stability_loss", "lean_stability_terms", "prepare_history", "stack_history",
 ]
