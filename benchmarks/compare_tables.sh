@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-METHODS=ps-lora,ps-loss-only,ps-merge-only,inc-lora,o-lora,seq-lora,per-task,multitask
+METHODS=${METHODS:-ps-lora,ps-loss-only,ps-merge-only,inc-lora,o-lora,seq-lora,per-task,multitask}
 SEEDS=${SEEDS:-0,1,2}
 table() {  # name sequence
   echo "== $2 ($(date -u +%FT%TZ))"
