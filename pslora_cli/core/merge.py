@@ -170,9 +170,10 @@ def _fold_factor_chunk(acc: Tensor | None, chunk: list[tuple[Tensor, Tensor]], b
     int_dtype, abs_mask, inf_bits, sign_shift = _FLOAT_BITS[dtype]
     # A product of finite factors is NaN only where terms overflow to ±inf: bound |B_i @ A_i| first and look
     # for NaN (a reduction per block) only when the bound allows it.
+    # (written as "not <" so that NaN or inf in a factor, which make the bound NaN or inf, count as "may")
     finfo_max = torch.finfo(dtype).max
-    may_nan = any(float(b.abs().max()) * float(a.abs().max()) * a.shape[0] >= finfo_max / 2
-                  or not (torch.isfinite(b).all() and torch.isfinite(a).all()) for b, a in chunk_rest)
+    may_nan = any(not float(b.abs().max()) * float(a.abs().max()) * a.shape[0] < finfo_max / 2
+                  for b, a in chunk_rest)
     block_rows = _row_blocks(d_out, d_in, block_elements, device)
     n = block_rows[0][1] - block_rows[0][0]
     product = torch.empty(n, d_in, dtype=dtype, device=device)
