@@ -56,6 +56,7 @@ def write_streaming(path: Path | str, specs: list[tuple[str, torch.dtype, tuple[
             data = tensor.detach().to("cpu").contiguous().reshape(-1)
             if data.numel():
                 f.write(memoryview(data.view(torch.uint8).numpy()))
+            del tensor, data  # before the iterable computes the next one: one finished tensor alive at a time
         missing = [spec[0] for spec in expected]
         if missing:
             raise ValueError(f"tensors declared but not written: {', '.join(missing[:3])}")

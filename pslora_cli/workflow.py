@@ -271,6 +271,7 @@ def merge_tasks(seq: dict, store: Store, method: str, task_ids: list[str] | None
     def tensors():
         for name, delta in merged_deltas(adapters, method, device, **merge_options(seq["method"])):
             yield name, delta.reshape(shapes[name])
+            del delta  # written by now: free it before the next module is merged
         yield from heads.items()
 
     manifest = store.manifest()
