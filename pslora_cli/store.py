@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,6 +39,10 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 TASK_FILES = ("adapter_model.safetensors", "adapter_config.json", "head.safetensors")
 
+
+# safetensors' save_file writes through a temporary file of its own (Rust's tempfile: ".tmp" + 6 characters)
+# in the target's folder and renames it; a process killed meanwhile leaves that file behind.
+_SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -246,7 +251,7 @@ class Store:
                         done.append(f"restored {final} (a replacement was interrupted)")
                     else:
                         shutil.rmtree(p, ignore_errors=True)
-                elif p.name.endswith(".tmp"):
+                elif p.name.endswith(".tmp") or (_SAFETENSORS_TMP.fullmatch(p.name) and p.is_file()):
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                     done.append(f"removed {p.name} (left by an interrupted write)")
         return done

@@ -338,12 +338,15 @@ def test_interrupted_replacement_is_restored_by_the_next_writer(store_copy, caps
     os.replace(tasks / "t1", tasks / ".t1.old")  # killed between the two renames of a replacement
     (tasks / ".t2.abc.tmp").mkdir()
     (store_copy / "eval" / ".matrix.json.xyz.tmp").write_text("{")
+    (store_copy / "checkpoints").mkdir(exist_ok=True)
+    (store_copy / "checkpoints" / ".tmpAb3xYz").write_bytes(b"\0" * 10)  # safetensors' own temporary file
     code, doc, _ = run_cli(capsys, "store", "verify", "--store", store_copy, "--json")
     assert code == 0 and "interrupted replacement of task t1" in doc["warnings"][0]
     code, _, err = run_cli(capsys, "eval", "--store", store_copy, "--device", "cpu")
     assert code == 0, err
     assert (tasks / "t1" / "meta.json").is_file() and not (tasks / ".t1.old").exists()
     assert not (tasks / ".t2.abc.tmp").exists() and not (store_copy / "eval" / ".matrix.json.xyz.tmp").exists()
+    assert not (store_copy / "checkpoints" / ".tmpAb3xYz").exists()
 
 
 def test_store_of_another_base_model_is_refused(reference, tmp_path, tiny_bert, capsys):
