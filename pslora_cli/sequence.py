@@ -56,7 +56,7 @@ SCHEMA: dict[str, Any] = {
         "name": ((str,), "ps-lora", None),
         # lambda: weight of the Parameter Stability Loss when the method uses it. 0.01 was the best of the values
         # > 0 measured on the default text sequence, 3 seeds (benchmarks/RESULTS.md: ACC 66.1 at 0.01, 65.7 at
-        # 0.03, 64.1 at 0.1, 50.0 at 1 with one seed); the loss never beat lambda = 0 (ps-merge-only, 66.1) there.
+        # 0.03, 64.1 at 0.1, 51.4 at 1); the loss never beat lambda = 0 (ps-merge-only, 66.1) there.
         "stability_weight": (_NUMBER, 0.01, None),
         # alpha of tanh(alpha*x): fixed value, or adaptive = alpha_c / median|H| per module.
         "alpha_mode": ((str,), "adaptive", ("adaptive", "fixed")),

@@ -44,6 +44,7 @@ TASK_FILES = ("adapter_model.safetensors", "adapter_config.json", "head.safetens
 # in the target's folder and renames it; a process killed meanwhile leaves that file behind.
 _SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

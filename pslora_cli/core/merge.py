@@ -39,6 +39,22 @@ _FLOAT_BITS = {
 }
 
 
+def _fold_bits_(acc_bits: Tensor, acc_abs: Tensor, x_bits: Tensor, x_abs: Tensor, larger: Tensor, fmt,
+                check_nan: bool = True) -> None:
+    """In place, on the bit patterns of one float format (fmt, from _FLOAT_BITS): acc <- x where |x| > |acc|
+    strictly, and acc_abs (the bits of |acc|) <- the new |acc|. x_abs and larger are scratch of x's shape.
+    check_nan=False when x is known to hold no NaN (skips one reduction)."""
+    _, abs_mask, inf_bits, sign_shift = fmt
+    torch.bitwise_and(x_bits, abs_mask, out=x_abs)
+    if check_nan and x_abs.max() > inf_bits:  # NaN in x (rare): its |.| is taken as 0, never larger
+        x_abs.masked_fill_(x_abs > inf_bits, 0)
+    # -1 (all bits set) where |x| > |acc|, else 0: the sign of |acc| - |x| (no overflow: both >= 0)
+    torch.sub(acc_abs, x_abs, out=larger).bitwise_right_shift_(sign_shift)
+    torch.maximum(acc_abs, x_abs, out=acc_abs)
+    # acc ^= (acc ^ x) & larger: x's bits where larger, acc's elsewhere
+    acc_bits.bitwise_xor_(torch.bitwise_xor(acc_bits, x_bits, out=x_abs).bitwise_and_(larger))
+
+
 class RunningMerge:
     """Incremental merge: m = RunningMerge("magnitude"); m.add(d1); m.add(d2); m.result.
 
@@ -83,7 +99,7 @@ class RunningMerge:
         NaN in acc: its |.| pattern is above +inf's, so it is never replaced (NaN > x is false in pick_larger);
         NaN in delta: its |.| is taken as 0, so it never replaces anything.
         """
-        int_dtype, abs_mask, inf_bits, sign_shift = _FLOAT_BITS[delta.dtype]
+        int_dtype, abs_mask = _FLOAT_BITS[delta.dtype][:2]
         if self._handed_out:
             self._acc = self._acc.clone()
         acc_bits, delta_bits = self._acc.view(int_dtype), delta.view(int_dtype)
@@ -91,16 +107,7 @@ class RunningMerge:
             self._abs_bits = acc_bits & abs_mask
         if self._scratch is None:
             self._scratch = (torch.empty_like(self._abs_bits), torch.empty_like(self._abs_bits))
-        new_abs, larger = self._scratch
-        torch.bitwise_and(delta_bits, abs_mask, out=new_abs)
-        if new_abs.max() > inf_bits:  # NaN in delta (rare): never larger
-            new_abs.masked_fill_(new_abs > inf_bits, 0)
-        # -1 (all bits set) where |delta| > |acc|, else 0: the sign of |acc| - |delta| (no overflow: both >= 0)
-        torch.sub(self._abs_bits, new_abs, out=larger).bitwise_right_shift_(sign_shift)
-        torch.maximum(self._abs_bits, new_abs, out=self._abs_bits)
-        # acc ^= (acc ^ delta) & larger: delta's bits where larger, acc's elsewhere
-        picked = torch.bitwise_xor(acc_bits, delta_bits, out=new_abs).bitwise_and_(larger)
-        acc_bits.bitwise_xor_(picked)
+        _fold_bits_(acc_bits, self._abs_bits, delta_bits, *self._scratch, _FLOAT_BITS[delta.dtype])
 
     @property
     def result(self) -> Tensor:
@@ -167,7 +174,8 @@ def _fold_factor_chunk(acc: Tensor | None, chunk: list[tuple[Tensor, Tensor]], b
         start, chunk_rest = chunk[0], chunk[1:]
     else:
         start, chunk_rest = None, chunk
-    int_dtype, abs_mask, inf_bits, sign_shift = _FLOAT_BITS[dtype]
+    fmt = _FLOAT_BITS[dtype]
+    int_dtype, abs_mask = fmt[:2]
     # A product of finite factors is NaN only where terms overflow to ±inf: bound |B_i @ A_i| first and look
     # for NaN (a reduction per block) only when the bound allows it.
     # (written as "not <" so that NaN or inf in a factor, which make the bound NaN or inf, count as "may")
@@ -189,13 +197,7 @@ def _fold_factor_chunk(acc: Tensor | None, chunk: list[tuple[Tensor, Tensor]], b
         torch.bitwise_and(rows_bits, abs_mask, out=acc_abs)
         for b, a in chunk_rest:
             torch.matmul(b[r0:r1], a, out=x)
-            torch.bitwise_and(x_bits, abs_mask, out=x_abs)
-            if may_nan and x_abs.max() > inf_bits:  # NaN in this task's block: never larger
-                x_abs.masked_fill_(x_abs > inf_bits, 0)
-            # the same bit-pattern select as RunningMerge._fold_larger_bits
-            torch.sub(acc_abs, x_abs, out=x_larger).bitwise_right_shift_(sign_shift)
-            torch.maximum(acc_abs, x_abs, out=acc_abs)
-            rows_bits.bitwise_xor_(torch.bitwise_xor(rows_bits, x_bits, out=x_abs).bitwise_and_(x_larger))
+            _fold_bits_(rows_bits, acc_abs, x_bits, x_abs, x_larger, fmt, check_nan=may_nan)
     return acc
 
 

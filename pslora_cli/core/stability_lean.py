@@ -306,7 +306,7 @@ class _BlockwiseTerms(torch.autograd.Function):
         sums = [torch.zeros((), dtype=acc, device=a2.device) for _ in range(n_out)]
         ga = [torch.zeros_like(a2) for _ in range(n_out)] if fused and want_a else None
         gb = [torch.empty_like(b2) for _ in range(n_out)] if fused and want_b else None
-        if strategy == "triton":  # direction term only (kind 0): one kernel, no blocks here
+        if strategy == "triton":  # direction term only (kind 0): one kernel instead of the row blocks
             from .stability_triton import direction_terms_triton
 
             fused = want_a or want_b
@@ -315,18 +315,19 @@ class _BlockwiseTerms(torch.autograd.Function):
             ga = [ga_t] if fused and want_a else None
             gb = [gb_t] if fused and want_b else None
             grads = [(None, -alpha)]
-        for r0 in range(0, d_out if strategy != "triton" else 0, block_rows):
-            r1 = min(d_out, r0 + block_rows)
-            b = b2[r0:r1]
-            values, grads = _block(kind, a2, b, scale, alpha, src, r0, r1, fused)
-            for k, v in enumerate(values):
-                sums[k] += v.to(acc)
-            if fused:
-                for k, (g, _) in enumerate(grads):
-                    if gb is not None:
-                        torch.mm(g, a2.T, out=gb[k][r0:r1])
-                    if ga is not None:
-                        ga[k].addmm_(b.T, g)
+        else:
+            for r0 in range(0, d_out, block_rows):
+                r1 = min(d_out, r0 + block_rows)
+                b = b2[r0:r1]
+                values, grads = _block(kind, a2, b, scale, alpha, src, r0, r1, fused)
+                for k, v in enumerate(values):
+                    sums[k] += v.to(acc)
+                if fused:
+                    for k, (g, _) in enumerate(grads):
+                        if gb is not None:
+                            torch.mm(g, a2.T, out=gb[k][r0:r1])
+                        if ga is not None:
+                            ga[k].addmm_(b.T, g)
         outs = tuple(s.to(a2.dtype) for s in sums)
         if n_out == 1:
             outs = outs + (torch.zeros((), dtype=a2.dtype, device=a2.device),)
@@ -520,6 +521,6 @@ def lean_stability_loss(
 
 
 __all__ = [
-    "HistoryFactors", "PreparedHistory", "STORES", "STRATEGIES", "TORCH_STRATEGIES", "default_block_rows", "fallback_reason",
-    "lean_stability_loss", "lean_stability_terms", "prepare_history", "stack_history",
+    "HistoryFactors", "PreparedHistory", "STORES", "STRATEGIES", "TORCH_STRATEGIES", "default_block_rows",
+    "fallback_reason", "lean_stability_loss", "lean_stability_terms", "prepare_history", "stack_history",
 ]
