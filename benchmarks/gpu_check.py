@@ -170,7 +170,7 @@ def step_timing(device, d, tokens, reps):
     from peft import LoraConfig, get_peft_model
     from torch import nn
 
-    from pslora_cli.train import lora_layers
+    from pslora_cli.training.recipe import lora_layers
 
     rows = []
     res = {}
@@ -224,7 +224,8 @@ def step_timing(device, d, tokens, reps):
 
 def merge_check(device: str, d: int, tasks: int, reps: int) -> tuple[list, bool]:
     """Rows of table 3 and whether the device's fold equals the CPU reference bitwise."""
-    from pslora_cli.core.merge import RunningMerge, magnitude_merge_factors, pick_larger
+    from pslora_cli.core.merges.magnitude import magnitude_merge_factors
+    from pslora_cli.core.merges.running import RunningMerge, pick_larger
 
     g = torch.Generator().manual_seed(0)
     special = torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 1e-45])

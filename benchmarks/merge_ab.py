@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from perf_merge import SHAPES, write_adapters  # noqa: E402
 
-from pslora_cli.adapters import merged_deltas, open_adapters  # noqa: E402
+from pslora_cli.models.adapters import merged_deltas, open_adapters  # noqa: E402
 
 
 def main() -> int:

@@ -28,12 +28,13 @@ def run(quick: bool, log=print) -> dict:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModel
 
-    from pslora_cli.adapters import WeightFolder, merged_deltas, open_adapters
-    from pslora_cli.backbones import _quiet_transformers, resolve_model_path, target_parameters
+    from pslora_cli.models.adapters import WeightFolder, merged_deltas, open_adapters
+    from pslora_cli.config import Backbone
+    from pslora_cli.models import quiet_transformers as _quiet_transformers, resolve_model_path, target_parameters
 
     _quiet_transformers()
     n_seq, seq_len, batch_size, reps = (64, 48, 64, 2) if quick else (512, 48, 128, 5)
-    path = resolve_model_path({"source": "builtin", "name": "all-minilm-l6-v2"})
+    path = resolve_model_path(Backbone(source="builtin", name="all-minilm-l6-v2"))
     base = AutoModel.from_pretrained(path).eval()
     for p in base.parameters():
         p.requires_grad_(False)

@@ -61,8 +61,8 @@ def write_adapters(folder: Path, d: int, layers: int, n: int, seed: int = 0) -> 
 def case_ours(dirs: list[str], out: str) -> dict:
     import torch
 
-    from pslora_cli.adapters import merged_deltas, open_adapters
-    from pslora_cli.stream_write import write_streaming
+    from pslora_cli.models.adapters import merged_deltas, open_adapters
+    from pslora_cli.store.stream_write import write_streaming
 
     adapters = open_adapters(Path(d) for d in dirs)
     specs = [(name, torch.float32, adapters[0].weight_shape(name)) for name in adapters[0].modules]
@@ -78,7 +78,7 @@ def case_naive(dirs: list[str], out: str) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from pslora_cli.adapters import open_adapters
+    from pslora_cli.models.adapters import open_adapters
 
     adapters = open_adapters(Path(d) for d in dirs)
     tensors = {}
@@ -116,7 +116,7 @@ def preload() -> None:
     import torch  # noqa: F401
     from peft import LoraConfig, PeftModel  # noqa: F401
 
-    import pslora_cli.adapters  # noqa: F401
+    import pslora_cli.models.adapters  # noqa: F401
 
 
 def run(quick: bool, log=print) -> dict:

@@ -37,7 +37,7 @@ class Setup:
 
         from pslora_cli.core.stability import adaptive_alpha, lora_delta
         from pslora_cli.core.stability_lean import prepare_history
-        from pslora_cli.train import lora_layers
+        from pslora_cli.training.recipe import lora_layers
 
         self.impl = impl
         model = copy.deepcopy(base)
@@ -125,10 +125,11 @@ def _minilm(batch_size: int, seq: int):
     from torch import nn
     from transformers import AutoModel
 
-    from pslora_cli.backbones import _quiet_transformers, resolve_model_path
+    from pslora_cli.config import Backbone
+    from pslora_cli.models import quiet_transformers as _quiet_transformers, resolve_model_path
 
     _quiet_transformers()
-    path = resolve_model_path({"source": "builtin", "name": "all-minilm-l6-v2"})
+    path = resolve_model_path(Backbone(source="builtin", name="all-minilm-l6-v2"))
     base = AutoModel.from_pretrained(path)
     base.eval()
     for p in base.parameters():

@@ -5,6 +5,7 @@ and summarise ACC, BWT, FWT, forgetting and learning accuracy as mean ± std.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import random
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import yaml
 
+from .config import parse_yaml
 from .errors import InputError
-from .report import Reporter
-from .sequence import METHOD_PRESETS, parse_yaml
+from .methods import METHODS
+from .pipeline import run_sequence
+from .session import Session
 from .store import atomic_path, write_json_atomic, write_text_atomic
-from .workflow import Options, run_sequence
 
 SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_accuracy", "avg_incremental_accuracy")
 
@@ -50,10 +52,10 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: int, out_dir: Path,
-            base: Options, device, reporter: Reporter) -> dict:
-    unknown = [m for m in methods if m not in METHOD_PRESETS]
+            base: Session) -> dict:
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise InputError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHOD_PRESETS)})")
+        raise InputError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
     if not seeds:
         raise InputError("--seeds: give at least one seed")
     if orders < 1:
@@ -66,12 +68,12 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
         for order, file in enumerate(files, start=1):
             for seed in seeds:
                 store = out_dir / method / f"order{order}-seed{seed}"
-                opts = Options(store=store, device=base.device, seed=seed, json=True, quiet=base.quiet,
-                               overrides=list(base.overrides) + [f"method.name={method}"],
-                               base_dir=sequence_file.parent)
-                reporter.info(f"== {method}, order {order}, seed {seed} -> {store}")
+                session = dataclasses.replace(base, store_path=store, seed=seed, json=True,
+                                              overrides=list(base.overrides) + [f"method.name={method}"],
+                                              base_dir=sequence_file.parent)
+                base.reporter.info(f"== {method}, order {order}, seed {seed} -> {store}")
                 started = time.perf_counter()
-                result = run_sequence(opts, str(file), device, reporter)
+                result = run_sequence(session, str(file))
                 doc = result["matrix"]
                 runs.append({"method": method, "order": order, "seed": seed, "store": str(store),
                              "wall_seconds": round(time.perf_counter() - started, 1),
@@ -163,7 +165,7 @@ def plot_curves(runs: list[dict], methods: list[str], path: Path) -> Path:
     return path
 
 
-def print_summary(reporter: Reporter, doc: dict) -> None:
+def print_summary(reporter, doc: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{doc['sequence']}: {len(doc['seeds'])} seed(s) x {doc['orders']} order(s); accuracy "

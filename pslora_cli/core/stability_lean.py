@@ -41,17 +41,32 @@ PreparedHistory given a different alpha object than its own compares their value
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .stability import REDUCTIONS, VARIANTS, _norm, conv_to_matrix, lora_delta, stability_terms
+from .stability import (
+    REDUCTIONS,
+    VARIANTS,
+    _norm,
+    conv_to_matrix,
+    lora_delta,
+    stability_terms,
+)
+from .stability_history import (
+    STORES,
+    HistoryFactors,
+    PreparedHistory,
+    _check_alpha,
+    _finish_tanh_,
+    _Source,
+    _tanh_prescale,
+    prepare_history,
+    stack_history,
+)
 
 TORCH_STRATEGIES = ("fused", "recompute")
 STRATEGIES = TORCH_STRATEGIES + ("triton",)  # tests/test_stability_triton.py checks "triton"
-STORES = ("auto", "dense", "factors")
 
 # Default block size, in elements of D: 2^20 (4 MiB in float32), a few of which are alive at a time. Smaller blocks
 # are no faster on one CPU thread and much slower with several threads on a busy machine (one parallel region per
@@ -64,149 +79,7 @@ def default_block_rows(d_out: int, d_in: int, device: torch.device | str = "cpu"
     return max(1, min(d_out, target // max(1, d_in)))
 
 
-# --- the history ---------------------------------------------------------------------------------------------
-
-
-class HistoryFactors(NamedTuple):
-    """H = B @ A with B (d_out, R) and A (R, d_in): the earlier tasks' factors stacked, their scales folded into B."""
-
-    B: Tensor
-    A: Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.B.shape[0], self.A.shape[1])
-
-    def numel(self) -> int:
-        return self.B.numel() + self.A.numel()
-
-    def dense(self) -> Tensor:
-        return self.B @ self.A
-
-
-def stack_history(factors: Iterable[tuple[Tensor, Tensor, float]]) -> HistoryFactors:
-    """Stack [(lora_A_i, lora_B_i, scale_i), ...] (linear or 1x1-conv shapes) into HistoryFactors:
-    B_H = [s_1·B_1, .., s_k·B_k], A_H = [A_1; ..; A_k], so B_H @ A_H = Σ_i s_i·B_i·A_i."""
-    bs, as_ = [], []
-    for a, b, s in factors:
-        a2, b2 = conv_to_matrix(a), conv_to_matrix(b)
-        if b2.shape[1] != a2.shape[0]:
-            raise ValueError(f"rank mismatch: lora_B {tuple(b.shape)} vs lora_A {tuple(a.shape)}")
-        bs.append(b2 * s)
-        as_.append(a2)
-    if not bs:
-        raise ValueError("no factors to stack")
-    return HistoryFactors(torch.cat(bs, dim=1).contiguous(), torch.cat(as_, dim=0).contiguous())
-
-
-def _tanh_prescale(device: torch.device) -> float:
-    """Factor k such that _finish_tanh_(k·x) = tanh(x): 2 on the CPU, 1 elsewhere."""
-    return 2.0 if device.type == "cpu" else 1.0
-
-
-def _finish_tanh_(y: Tensor) -> Tensor:
-    """In place: tanh(x) from y = _tanh_prescale(device)·x.
-
-    On the CPU, torch's tanh kernel costs about 4x its sigmoid kernel, so tanh(x) = 2·sigmoid(2x) − 1 is used
-    there. Its absolute error is that of float rounding near ±1 (a few ulp of 1), like the reference's 1 − t·T,
-    which is the only way the loss uses t besides 1 − t²; it saturates exactly to ±1 and is NaN-free.
-    """
-    if y.device.type == "cpu":
-        return y.sigmoid_().mul_(2).sub_(1)
-    return y.tanh_()
-
-
-class _Source:
-    """Row blocks of tanh(αH) and |H| for one module (internal)."""
-
-    def __init__(self, *, dense: Tensor | None = None, factors: HistoryFactors | None = None,
-                 tanh_cache: Tensor | None = None, abs_cache: Tensor | None = None):
-        self.dense, self.factors, self.tanh_cache, self.abs_cache = dense, factors, tanh_cache, abs_cache
-
-    def rows(self, r0: int, r1: int, alpha, need_tanh: bool, need_abs: bool) -> tuple[Tensor | None, Tensor | None]:
-        """(tanh(α·H[r0:r1]), |H[r0:r1]|), each only if asked for. Cached blocks are views: never modify them."""
-        if self.tanh_cache is not None and (not need_abs or self.abs_cache is not None):
-            return (self.tanh_cache[r0:r1] if need_tanh else None,
-                    self.abs_cache[r0:r1] if need_abs else None)
-        k = _tanh_prescale(self.factors.A.device if self.factors is not None else self.dense.device)
-        if self.factors is not None and not need_abs:  # scale the thin factor, not the block
-            return _finish_tanh_(torch.mm(self.factors.B[r0:r1] * (alpha * k), self.factors.A)), None
-        h = self.dense[r0:r1] if self.dense is not None else self.factors.B[r0:r1] @ self.factors.A
-        abs_h = h.abs() if need_abs else None
-        if not need_tanh:
-            return None, abs_h
-        return _finish_tanh_(h * (alpha * k)), abs_h
-
-
-class PreparedHistory:
-    """One module's history H, prepared once for a task's training with a fixed α (METHOD.md §1: H is constant
-    while task t trains).
-
-    store "dense": tanh(αH) is cached (and |H| too for variant "deviation"), replacing H: one dense buffer, as
-        large as H, and no tanh of H per step.
-    store "factors": the stacked factors are kept and H's block recomputed per step: memory (d_out + d_in)·R.
-    store "auto": "factors" when factors are given and take fewer elements than dense H, else "dense".
-    """
-
-    def __init__(self, history: Tensor | HistoryFactors | None = None, *, alpha: float | Tensor,
-                 variant: str = "dir+fro", store: str = "auto", factors: HistoryFactors | None = None):
-        if store not in STORES:
-            raise ValueError(f"unknown store {store!r}; expected one of {STORES}")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-        _check_alpha(alpha)
-        if isinstance(history, HistoryFactors):
-            history, factors = None, history
-        if history is None and factors is None:
-            raise ValueError("PreparedHistory needs a dense history or its factors")
-        dense = history.detach() if history is not None else None
-        shape = tuple(dense.shape) if dense is not None else factors.shape
-        if dense is not None and factors is not None and dense.numel() != factors.shape[0] * factors.shape[1]:
-            raise ValueError(f"history shape {shape} does not match its factors {factors.shape}")
-        if dense is not None and factors is not None and factors.B.dtype != dense.dtype:
-            factors = HistoryFactors(factors.B.to(dense.dtype), factors.A.to(dense.dtype))
-        if store == "auto":
-            store = "factors" if factors is not None and factors.numel() < math.prod(shape) else "dense"
-        if store == "factors" and factors is None:
-            raise ValueError("store 'factors' needs the history's factors")
-        self.alpha = alpha.detach() if isinstance(alpha, Tensor) else float(alpha)
-        self.variant, self.store, self.shape = variant, store, shape
-        if store == "factors":
-            self.source = _Source(factors=HistoryFactors(factors.B.detach(), factors.A.detach()))
-        else:
-            h = dense if dense is not None else factors.dense().detach()
-            h = h.reshape(h.shape[0], -1)
-            self.source = _Source(tanh_cache=torch.tanh(h * self.alpha),
-                                  abs_cache=h.abs() if variant == "deviation" else None)
-
-    @property
-    def nbytes(self) -> int:
-        s = self.source
-        return sum(t.numel() * t.element_size() for t in (s.tanh_cache, s.abs_cache, *(s.factors or ()))
-                   if t is not None)
-
-    def loss(self, lora_A: Tensor, lora_B: Tensor, scale: float | Tensor, *, reduction: str = "mean",
-             block_rows: int | None = None, strategy: str = "fused") -> Tensor:
-        return lean_stability_loss(lora_A, lora_B, scale, self, alpha=self.alpha, reduction=reduction,
-                                   variant=self.variant, block_rows=block_rows, strategy=strategy)
-
-
-def prepare_history(dense: Tensor | None = None, factors: Iterable[tuple[Tensor, Tensor, float]] | None = None, *,
-                    alpha: float | Tensor, variant: str = "dir+fro", store: str = "auto") -> PreparedHistory:
-    """PreparedHistory from a dense H and/or the earlier tasks' [(lora_A, lora_B, scale), ...]."""
-    stacked = stack_history(factors) if factors is not None else None
-    return PreparedHistory(dense, alpha=alpha, variant=variant, store=store, factors=stacked)
-
-
 # --- the loss ----------------------------------------------------------------------------------------------------
-
-
-def _check_alpha(alpha) -> None:
-    if isinstance(alpha, Tensor):
-        if alpha.dim() != 0:
-            raise ValueError(f"alpha must be a 0-dim tensor, got shape {tuple(alpha.shape)}")
-    elif not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be finite and > 0, got {alpha}")
 
 
 def _value(x) -> float:
@@ -407,6 +280,49 @@ def lean_stability_terms(
     strategy: str = "fused",
 ) -> tuple[Tensor, Tensor]:
     """(direction term, magnitude term), equal to stability.stability_terms(lora_delta(A, B, s), H, ...)."""
+    alpha = _checked_options(history, alpha, reduction, variant, strategy)
+    a2 = conv_to_matrix(lora_A)
+    if lora_B.dim() == 4 and lora_B.shape[2:] != (1, 1):
+        raise ValueError(f"conv lora_B must have a 1x1 kernel, got shape {tuple(lora_B.shape)}")
+    b2 = conv_to_matrix(lora_B)
+    if b2.shape[1] != a2.shape[0]:
+        raise ValueError(f"rank mismatch: lora_B {tuple(lora_B.shape)} vs lora_A {tuple(lora_A.shape)}")
+    shape = (b2.shape[0], a2.shape[1])
+    numel = shape[0] * shape[1]
+    if numel == 0:
+        raise ValueError("delta is empty")
+    src = _history_source(history, shape)
+    reason = fallback_reason(lora_A, lora_B, scale, alpha)
+    if reason is not None:
+        delta = lora_delta(lora_A, lora_B, scale)
+        return stability_terms(delta, _dense_history(history, reason).reshape(delta.shape), alpha=alpha,
+                               reduction=reduction, variant=variant, lora_A=lora_A, lora_B=lora_B)
+    if isinstance(scale, Tensor):
+        scale = scale.detach()
+    if isinstance(alpha, Tensor):
+        alpha = alpha.detach()
+    rows = int(block_rows) if block_rows is not None else default_block_rows(shape[0], shape[1], a2.device)
+    if rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    grad_on = torch.is_grad_enabled()
+    s_dir, s_dev = _BlockwiseTerms.apply(a2.contiguous(), b2.contiguous(), _KIND[variant], scale, alpha, src, rows,
+                                         strategy, grad_on and lora_A.requires_grad,
+                                         grad_on and lora_B.requires_grad)
+    mean = reduction == "mean"
+    direction = s_dir / numel if mean else s_dir
+    if variant == "dir+factor":
+        magnitude = _norm(lora_A, reduction) + _norm(lora_B, reduction)
+    elif variant == "deviation":
+        magnitude = _SafeSqrt.apply(s_dev)
+        magnitude = magnitude / math.sqrt(numel) if mean else magnitude
+    else:
+        magnitude = _fro_factored(a2, b2, scale)
+        magnitude = magnitude / math.sqrt(numel) if mean else magnitude
+    return direction, magnitude
+
+
+def _checked_options(history, alpha, reduction: str, variant: str, strategy: str):
+    """Check the options against each other and the history; returns alpha (a PreparedHistory's own if None)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     if reduction not in REDUCTIONS:
@@ -425,71 +341,38 @@ def lean_stability_terms(
     elif alpha is None:
         raise ValueError("alpha is required (it may only be left out with a PreparedHistory)")
     _check_alpha(alpha)
+    return alpha
 
-    a2 = conv_to_matrix(lora_A)
-    if lora_B.dim() == 4 and lora_B.shape[2:] != (1, 1):
-        raise ValueError(f"conv lora_B must have a 1x1 kernel, got shape {tuple(lora_B.shape)}")
-    b2 = conv_to_matrix(lora_B)
-    if b2.shape[1] != a2.shape[0]:
-        raise ValueError(f"rank mismatch: lora_B {tuple(lora_B.shape)} vs lora_A {tuple(lora_A.shape)}")
-    shape = (b2.shape[0], a2.shape[1])
+
+def _history_source(history, shape: tuple[int, int]) -> _Source:
+    """The blocks' source of H, after checking that H has the update's shape."""
     numel = shape[0] * shape[1]
-    if numel == 0:
-        raise ValueError("delta is empty")
-
     if isinstance(history, PreparedHistory):
         if math.prod(history.shape) != numel:
             raise ValueError(f"delta shape {shape} != history shape {history.shape}")
-        src = history.source
-    elif isinstance(history, HistoryFactors):
+        return history.source
+    if isinstance(history, HistoryFactors):
         if history.shape != shape:
             raise ValueError(f"delta shape {shape} != history shape {history.shape}")
-        src = _Source(factors=HistoryFactors(history.B.detach(), history.A.detach()))
-    else:
-        if history.numel() != numel or history.shape[0] != shape[0]:
-            raise ValueError(f"delta shape {shape} != history shape {tuple(history.shape)}")
-        src = _Source(dense=history.detach().reshape(shape))
+        return _Source(factors=HistoryFactors(history.B.detach(), history.A.detach()))
+    if history.numel() != numel or history.shape[0] != shape[0]:
+        raise ValueError(f"delta shape {shape} != history shape {tuple(history.shape)}")
+    return _Source(dense=history.detach().reshape(shape))
 
-    reason = fallback_reason(lora_A, lora_B, scale, alpha)
-    if reason is not None:
-        h = history.source.dense if isinstance(history, PreparedHistory) else None
-        if isinstance(history, PreparedHistory):
-            if h is None and history.source.factors is not None:
-                h = history.source.factors.dense()
-            if h is None:
-                raise ValueError(f"cannot fall back to the reference ({reason}): the prepared history keeps "
-                                 "only tanh(αH); pass the dense history or its factors instead")
-        elif isinstance(history, HistoryFactors):
-            h = history.dense()
-        else:
-            h = history
-        delta = lora_delta(lora_A, lora_B, scale)
-        return stability_terms(delta, h.reshape(delta.shape), alpha=alpha, reduction=reduction, variant=variant,
-                               lora_A=lora_A, lora_B=lora_B)
 
-    if isinstance(scale, Tensor):
-        scale = scale.detach()
-    if isinstance(alpha, Tensor):
-        alpha = alpha.detach()
-    rows = int(block_rows) if block_rows is not None else default_block_rows(shape[0], shape[1], a2.device)
-    if rows < 1:
-        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
-    grad_on = torch.is_grad_enabled()
-    kind = _KIND[variant]
-    s_dir, s_dev = _BlockwiseTerms.apply(a2.contiguous(), b2.contiguous(), kind, scale, alpha, src, rows,
-                                         strategy, grad_on and lora_A.requires_grad,
-                                         grad_on and lora_B.requires_grad)
-    mean = reduction == "mean"
-    direction = s_dir / numel if mean else s_dir
-    if variant == "dir+factor":
-        magnitude = _norm(lora_A, reduction) + _norm(lora_B, reduction)
-    elif variant == "deviation":
-        magnitude = _SafeSqrt.apply(s_dev)
-        magnitude = magnitude / math.sqrt(numel) if mean else magnitude
-    else:
-        magnitude = _fro_factored(a2, b2, scale)
-        magnitude = magnitude / math.sqrt(numel) if mean else magnitude
-    return direction, magnitude
+def _dense_history(history, reason: str) -> Tensor:
+    """H as a dense tensor, for the reference implementation (the fallback)."""
+    if isinstance(history, HistoryFactors):
+        return history.dense()
+    if not isinstance(history, PreparedHistory):
+        return history
+    h = history.source.dense
+    if h is None and history.source.factors is not None:
+        h = history.source.factors.dense()
+    if h is None:
+        raise ValueError(f"cannot fall back to the reference ({reason}): the prepared history keeps only tanh(αH); "
+                         "pass the dense history or its factors instead")
+    return h
 
 
 def lean_stability_loss(

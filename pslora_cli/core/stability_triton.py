@@ -17,9 +17,9 @@ against the reference in float64. Whether it beats the torch path on a GPU is fo
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
-import torch
 from torch import Tensor
 
 BLOCK_M, BLOCK_N, ROW_GROUPS = 64, 64, 8

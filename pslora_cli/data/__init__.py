@@ -13,8 +13,8 @@ import copy
 import pathlib
 
 from pslora_cli.data._common import REQUIRED, TaskData, compute_fingerprint
+from pslora_cli.data.tabular import FILE_FORMATS
 from pslora_cli.data.text_sources import (
-    FILE_FORMATS,
     FIXED_CLASSES,
     LOADERS,
     SUPERSENSES,

@@ -342,7 +342,7 @@ def _to_array(value, where: str, at: str) -> np.ndarray:
 def load_huggingface_images(source: dict, *, seed: int, base_dir: pathlib.Path, where: str) -> TaskData:
     """A Hugging Face image dataset: a ``save_to_disk`` folder, another local folder (e.g. an ``imagefolder``
     layout) or a Hub id. ClassLabel columns name the classes; plain labels are named ``str(value)``, sorted."""
-    from pslora_cli.data.text_sources import open_hf_dataset
+    from pslora_cli.data.tabular import open_hf_dataset
 
     train_ds, test_ds, label_names, desc = open_hf_dataset(source, base_dir, where, "image_column", "image ")
     img_col, label_col = source["image_column"], source["label_column"]

@@ -1,4 +1,4 @@
-"""The on-disk adapter store.
+"""The on-disk adapter store. Only this package knows a path inside a store.
 
 Layout (every file is written to a temporary name and renamed into place; a task folder is built under a
 temporary name and renamed whole, so a killed process leaves each file and each task complete or absent):
@@ -8,11 +8,13 @@ temporary name and renamed whole, so a killed process leaves each file and each 
       sequence.yaml            copy of the sequence file the store was started with
       .lock                    advisory lock held by the command writing the store
       tasks/<id>/              one finished task:
-        adapter_model.safetensors, adapter_config.json   (PEFT format; stock PeftModel loads it)
+        adapter_model.safetensors, adapter_config.json   (PEFT format; stock PeftModel loads the folder)
         head.safetensors       the task's classifier head (weight, bias)
+        joint_heads.safetensors  multitask only: every task's rows of stage <id>'s joint head
         meta.json              resolved config, seed, versions, data fingerprint, train metrics, sha256 of files
       merges/<name>.safetensors + <name>.json
-      eval/matrix.json, eval/matrix.csv, eval/matrix.png
+      eval/matrix.json, eval/matrix.csv, eval/*.png
+      analysis/                the files of the last analyze-shifts
       checkpoints/<id>.safetensors   training state of an interrupted task (removed when the task is saved)
 
 Replacing a finished task renames tasks/<id> to tasks/.<id>.old before the new folder takes its place; a
@@ -24,89 +26,66 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from .errors import InputError
+from ..errors import InputError
+from .files import SAFETENSORS_TMP, fsync_dir, read_json, sha256_file, write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-TASK_FILES = ("adapter_model.safetensors", "adapter_config.json", "head.safetensors")
+ADAPTER = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+HEAD = "head.safetensors"
+TASK_FILES = (ADAPTER, ADAPTER_CONFIG, HEAD)
 
 
-# safetensors' save_file writes through a temporary file of its own (Rust's tempfile: ".tmp" + 6 characters)
-# in the target's folder and renames it; a process killed meanwhile leaves that file behind.
-_SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+class TaskFiles:
+    """The files of one task's folder: a finished task, or one being written under a temporary name."""
 
+    def __init__(self, folder: Path):
+        self.folder = folder
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    @property
+    def adapter_dir(self) -> Path:
+        """The PEFT adapter folder (save_pretrained writes it, PeftModel.from_pretrained reads it)."""
+        return self.folder
 
+    @property
+    def head(self) -> Path:
+        return self.folder / HEAD
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    @property
+    def joint_heads(self) -> Path:
+        return self.folder / "joint_heads.safetensors"
 
+    @property
+    def meta_path(self) -> Path:
+        return self.folder / "meta.json"
 
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; on success fsync it and rename it over `final`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, final)
-        _fsync_dir(final.parent)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def write_text_atomic(final: Path, text: str) -> None:
-    with atomic_path(final) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json_atomic(final: Path, obj: Any) -> None:
-    write_text_atomic(final, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    def seal(self, meta: dict) -> dict:
+        """Record every file's sha256 in meta.json (written last); returns the meta as written."""
+        meta = dict(meta, sha256={p.name: sha256_file(p) for p in sorted(self.folder.iterdir())})
+        self.meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return meta
 
 
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self._lock_file = None
 
     # -- paths --------------------------------------------------------------------------------------
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
+
+    @property
+    def sequence_copy(self) -> Path:
+        return self.root / "sequence.yaml"
 
     def inside(self, *parts: str) -> Path:
         """root/parts..., refused when a part is a symbolic link or the path leaves the store."""
@@ -120,21 +99,43 @@ class Store:
                                  f"real folder or file)")
         return path
 
+    @property
+    def tasks_dir(self) -> Path:
+        return self.inside("tasks")
+
     def task_dir(self, task_id: str) -> Path:
         # Task ids are validated by the sequence schema; this guards against anything that slips past.
         return self.inside("tasks", task_id)
+
+    def task_files(self, task_id: str) -> TaskFiles:
+        return TaskFiles(self.task_dir(task_id))
 
     @property
     def eval_dir(self) -> Path:
         return self.inside("eval")
 
     @property
+    def matrix_path(self) -> Path:
+        return self.eval_dir / "matrix.json"
+
+    @property
     def merges_dir(self) -> Path:
         return self.inside("merges")
+
+    def merge_paths(self, name: str) -> tuple[Path, Path]:
+        """(merged tensors, their JSON record) of a merge named `name`."""
+        return self.merges_dir / f"{name}.safetensors", self.merges_dir / f"{name}.json"
+
+    def merge_files(self) -> list[Path]:
+        return sorted(self.merges_dir.glob("*.safetensors")) if self.merges_dir.is_dir() else []
 
     @property
     def analysis_dir(self) -> Path:
         return self.inside("analysis")
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.inside("checkpoints")
 
     def checkpoint_path(self, task_id: str) -> Path:
         return self.inside("checkpoints", f"{task_id}.safetensors")
@@ -154,7 +155,7 @@ class Store:
         return manifest
 
     def create(self, sequence: dict, sequence_yaml: str, identity: str, base_model: dict) -> dict:
-        from .sequence import canonical_hash
+        from ..config import canonical_hash
 
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = {
@@ -164,31 +165,40 @@ class Store:
             "identity_hash": identity,
             "base_model": base_model,
         }
-        write_text_atomic(self.root / "sequence.yaml", sequence_yaml)
+        write_text_atomic(self.sequence_copy, sequence_yaml)
         write_json_atomic(self.manifest_path, manifest)  # written last: its presence makes the store
         return manifest
 
     # -- tasks ----------------------------------------------------------------------------------------
-    def trained_tasks(self) -> list[str]:
-        tasks = self.inside("tasks")
-        if not tasks.is_dir():
-            return []
-        return sorted(p.name for p in tasks.iterdir() if not p.name.startswith(".") and (p / "meta.json").is_file())
-
     def has_task(self, task_id: str) -> bool:
-        return (self.task_dir(task_id) / "meta.json").is_file()
+        return self.task_files(task_id).meta_path.is_file()
 
     def task_meta(self, task_id: str) -> dict:
-        return read_json(self.task_dir(task_id) / "meta.json")
+        return read_json(self.task_files(task_id).meta_path)
+
+    def adapter_sha256(self, task_id: str) -> str:
+        return self.task_meta(task_id)["sha256"][ADAPTER]
+
+    def head_sha256(self, task_id: str) -> str:
+        return self.task_meta(task_id)["sha256"][HEAD]
+
+    def trained_prefix(self, task_ids: list[str]) -> list[str]:
+        """The longest prefix of `task_ids` whose tasks are all in the store (stages exist only for prefixes)."""
+        done = []
+        for task_id in task_ids:
+            if not self.has_task(task_id):
+                break
+            done.append(task_id)
+        return done
 
     @contextlib.contextmanager
-    def new_task_dir(self, task_id: str) -> Iterator[Path]:
-        """A temporary folder that becomes tasks/<id> (replacing any previous one) when the block succeeds."""
+    def new_task(self, task_id: str) -> Iterator[TaskFiles]:
+        """A temporary task folder that becomes tasks/<id> (replacing any previous one) when the block succeeds."""
         final = self.task_dir(task_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{task_id}.", suffix=".tmp", dir=final.parent))
         try:
-            yield tmp
+            yield TaskFiles(tmp)
             for f in tmp.iterdir():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
@@ -200,7 +210,7 @@ class Store:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -212,14 +222,12 @@ class Store:
             meta = self.task_meta(task_id)
         except InputError as exc:
             return [str(exc)]
-        problems = []
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
             return [f"{folder / 'meta.json'}: has no sha256 record"]
+        problems = []
         if meta.get("task") != task_id:
             problems.append(f"{folder / 'meta.json'}: belongs to task {meta.get('task')!r}, not {task_id!r}")
-        for name in TASK_FILES:
-            if name not in meta["sha256"]:
-                problems.append(f"{folder / name}: not recorded in meta.json")
+        problems += [f"{folder / name}: not recorded in meta.json" for name in TASK_FILES if name not in meta["sha256"]]
         for name, digest in meta["sha256"].items():
             path = folder / name
             if path.is_symlink() or not path.is_file():
@@ -243,18 +251,8 @@ class Store:
             if folder.is_symlink() or not folder.is_dir():
                 continue
             for p in folder.iterdir():
-                if p.is_symlink() or not p.name.startswith("."):
-                    continue
-                if folder.name == "tasks" and p.name.endswith(".old") and p.is_dir():
-                    final = folder / p.name[1:-len(".old")]
-                    if not final.exists():
-                        os.replace(p, final)
-                        done.append(f"restored {final} (a replacement was interrupted)")
-                    else:
-                        shutil.rmtree(p, ignore_errors=True)
-                elif p.name.endswith(".tmp") or (_SAFETENSORS_TMP.fullmatch(p.name) and p.is_file()):
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                    done.append(f"removed {p.name} (left by an interrupted write)")
+                if not p.is_symlink() and p.name.startswith("."):
+                    done += _recover_entry(folder, p)
         return done
 
     # -- locking --------------------------------------------------------------------------------------
@@ -278,3 +276,18 @@ class Store:
             yield
         finally:
             f.close()
+
+
+def _recover_entry(folder: Path, p: Path) -> list[str]:
+    """Put back or remove one dot-entry a killed writer left in `folder`."""
+    if folder.name == "tasks" and p.name.endswith(".old") and p.is_dir():
+        final = folder / p.name[1:-len(".old")]
+        if not final.exists():
+            os.replace(p, final)
+            return [f"restored {final} (a replacement was interrupted)"]
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.name.endswith(".tmp") or (SAFETENSORS_TMP.fullmatch(p.name) and p.is_file()):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return [f"removed {p.name} (left by an interrupted write)"]
+    return []
+

@@ -12,9 +12,9 @@ from typing import Iterable, Iterator
 import torch
 from safetensors import safe_open
 
-from .core.merge import magnitude_merge_factors, merge_module
-from .core.stability import conv_to_matrix, lora_delta
-from .errors import InputError
+from ..core.merges import from_factors, merge_module
+from ..core.stability import conv_to_matrix, lora_delta
+from ..errors import InputError
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -127,14 +127,15 @@ def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device
     """Yield (base parameter name, merged dense update) one module at a time.
 
     Streams over modules and over tasks: at any moment one running result and one task's delta are held
-    (TIES reads the tasks twice rather than holding them). The magnitude merge holds even less: the result, a
-    few row blocks and the factors of up to 4 tasks (core.merge.magnitude_merge_factors).
+    (TIES reads the tasks twice rather than holding them). A merge with `from_factors` (magnitude) holds even
+    less: the result, a few row blocks and the factors of up to 4 tasks.
     """
     if not adapters:
         return
+    factor_merge = from_factors(method)
     for param in adapters[0].modules:
-        if method == "magnitude":  # from the factors, block by block (the dense products never exist in full)
-            yield param, magnitude_merge_factors(a.scaled_factors(param, device) for a in adapters)
+        if factor_merge is not None:  # e.g. magnitude: block by block, the dense products never exist in full
+            yield param, factor_merge(a.scaled_factors(param, device) for a in adapters)
             continue
         yield param, merge_module(lambda: _deltas_in_one_buffer(adapters, param, device), method,
                                   density=density, scale=scale)
@@ -148,11 +149,6 @@ def _deltas_in_one_buffer(adapters: list[AdapterFile], param: str, device) -> It
     for adapter in adapters:
         buffer = adapter.delta(param, device, out=buffer)
         yield buffer
-
-
-def merge_options(method_cfg: dict) -> dict:
-    """The merge keyword arguments of a sequence's method section."""
-    return {"density": method_cfg.get("merge_density", 0.2), "scale": method_cfg.get("merge_scale", 1.0)}
 
 
 class WeightFolder:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..config import Backbone
+from ..errors import InputError
 
 # Built-in image backbones: name -> (timm architecture, Python package holding the weights, install hint).
 BUILTIN_VISION = {
@@ -45,31 +46,31 @@ def builtin_weights_file(name: str) -> Path:
     return files[0]
 
 
-def _architecture(cfg: dict) -> str:
-    return BUILTIN_VISION[cfg["name"]][0] if cfg["source"] == "builtin" else cfg["name"]
+def _architecture(cfg: Backbone) -> str:
+    return BUILTIN_VISION[cfg.name][0] if cfg.source == "builtin" else cfg.name
 
 
-def _weights_file(cfg: dict) -> Path | None:
+def _weights_file(cfg: Backbone) -> Path | None:
     """The file the weights come from (built-in package file or backbone.weights), None for hub/random."""
-    if cfg["source"] == "builtin" and cfg.get("pretrained", True):
-        return builtin_weights_file(cfg["name"])
-    if cfg.get("weights"):
-        path = Path(cfg["weights"]).expanduser()
+    if cfg.source == "builtin" and cfg.pretrained:
+        return builtin_weights_file(cfg.name)
+    if cfg.weights:
+        path = Path(cfg.weights).expanduser()
         if not path.is_file():
             raise InputError(f"backbone.weights: file {path} not found")
         return path.resolve()
     return None
 
 
-def describe(cfg: dict) -> str:
+def describe(cfg: Backbone) -> str:
     """A meaningful `base_model_name_or_path` for the adapters: how to rebuild the base model."""
     arch = _architecture(cfg)
     file = _weights_file(cfg)
-    if cfg["source"] == "builtin" and file is not None:
-        return f"timm:{arch} (weights: {BUILTIN_VISION[cfg['name']][1].replace('_', '-')} {file.name})"
+    if cfg.source == "builtin" and file is not None:
+        return f"timm:{arch} (weights: {BUILTIN_VISION[cfg.name][1].replace('_', '-')} {file.name})"
     if file is not None:
         return f"timm:{arch} (weights: {file})"
-    if not cfg.get("pretrained", True):
+    if not cfg.pretrained:
         return f"timm:{arch} (random init, seed {RANDOM_INIT_SEED})"
     if not _uses_hub(cfg):
         return f"timm:{arch} (timm has no pretrained weights for it: random init, seed {RANDOM_INIT_SEED})"
@@ -97,23 +98,23 @@ def has_pretrained(arch: str) -> bool:
     return cfg is not None and any(getattr(cfg, k, None) for k in ("hf_hub_id", "url", "file"))
 
 
-def _uses_hub(cfg: dict) -> bool:
+def _uses_hub(cfg: Backbone) -> bool:
     """Hub weights: a timm backbone with pretrained: true, no local file, and weights timm can find."""
-    return (cfg["source"] == "timm" and cfg.get("pretrained", True) and not cfg.get("weights")
-            and has_pretrained(cfg["name"]))
+    return (cfg.source == "timm" and cfg.pretrained and not cfg.weights
+            and has_pretrained(cfg.name))
 
 
 _IDENTITY_CACHE: dict[tuple, dict] = {}
 
 
-def vision_identity(cfg: dict) -> dict:
+def vision_identity(cfg: Backbone) -> dict:
     """Source, name, architecture, model kwargs, weights (file and SHA-256, hub id, or random init)."""
     import timm
 
     file = _weights_file(cfg)
     stat = file.stat() if file is not None and file.is_file() else None
-    key = (cfg["source"], cfg["name"], str(file), bool(cfg.get("pretrained", True)),
-           repr(sorted((cfg.get("model_kwargs") or {}).items())),
+    key = (cfg.source, cfg.name, str(file), bool(cfg.pretrained),
+           repr(sorted((cfg.model_kwargs or {}).items())),
            (stat.st_size, stat.st_mtime_ns) if stat else None)  # a changed file is hashed again
     if key not in _IDENTITY_CACHE:
         digest = None
@@ -124,8 +125,8 @@ def vision_identity(cfg: dict) -> dict:
                     h.update(chunk)
             digest = h.hexdigest()
         _IDENTITY_CACHE[key] = {
-            "source": cfg["source"], "name": cfg["name"], "architecture": _architecture(cfg),
-            "model_kwargs": dict(cfg.get("model_kwargs") or {}),
+            "source": cfg.source, "name": cfg.name, "architecture": _architecture(cfg),
+            "model_kwargs": dict(cfg.model_kwargs or {}),
             "pretrained": file is not None or _uses_hub(cfg),
             "weights": describe(cfg), "weights_sha256": digest, "timm": timm.__version__,
         }
@@ -229,21 +230,21 @@ def _load_named(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     model.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
-def build_model(cfg: dict) -> nn.Module:
+def build_model(cfg: Backbone) -> nn.Module:
     """The timm model of a backbone config with its weights, classifier removed (num_classes=0), in eval mode."""
     arch = _architecture(cfg)
-    kwargs = dict(cfg.get("model_kwargs") or {})
+    kwargs = dict(cfg.model_kwargs or {})
     if "num_classes" in kwargs:
         raise InputError("backbone.model_kwargs.num_classes: not allowed (the heads are pslora's own)")
-    if cfg["source"] == "builtin":
-        if not cfg.get("pretrained", True):
+    if cfg.source == "builtin":
+        if not cfg.pretrained:
             model = _create(arch, kwargs, pretrained=False)
         else:
-            file = builtin_weights_file(cfg["name"])
+            file = builtin_weights_file(cfg.name)
             model = _create(arch, kwargs, pretrained=False, num_classes=None)  # with its 1000-class classifier
             load_by_position(model, _read_state_dict(file), str(file))
             model.reset_classifier(0)
-    elif cfg.get("weights"):
+    elif cfg.weights:
         file = _weights_file(cfg)
         model = _create(arch, kwargs, pretrained=False)
         _load_named(model, _read_state_dict(file), str(file))
@@ -274,7 +275,7 @@ class VisionBackbone:
         import numpy as np
 
         if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL
-            from .data.image_sources import pil_to_array
+            from ..data.image_sources import pil_to_array
 
             image = pil_to_array(image)
         arr = np.asarray(image)
@@ -338,7 +339,7 @@ def _input_size(model: nn.Module, data_cfg: dict) -> tuple[int, int] | None:
     return None
 
 
-def load_vision_backbone(cfg: dict, device: torch.device) -> VisionBackbone:
+def load_vision_backbone(cfg: Backbone, device: torch.device) -> VisionBackbone:
     from timm.data import resolve_model_data_config
     from timm.layers import freeze_batch_norm_2d
 
@@ -347,22 +348,22 @@ def load_vision_backbone(cfg: dict, device: torch.device) -> VisionBackbone:
     for p in model.parameters():
         p.requires_grad_(False)
     data_cfg = resolve_model_data_config(model)
-    channels, h, w = data_cfg["input_size"]
+    channels, h, w = data_cfg.input_size
     fixed = _input_size(model, data_cfg)
-    if cfg.get("image_size"):
-        size = (int(cfg["image_size"]), int(cfg["image_size"]))
+    if cfg.image_size:
+        size = (int(cfg.image_size), int(cfg.image_size))
         if fixed is not None and size != fixed:
-            raise InputError(f"backbone.image_size: {cfg['name']!r} takes {fixed[0]}x{fixed[1]} images only; "
+            raise InputError(f"backbone.image_size: {cfg.name!r} takes {fixed[0]}x{fixed[1]} images only; "
                              f"drop image_size or set backbone.model_kwargs.img_size: {size[0]}")
     else:
         size = fixed or (int(h), int(w))
-    mean, std = tuple(float(v) for v in data_cfg["mean"]), tuple(float(v) for v in data_cfg["std"])
+    mean, std = tuple(float(v) for v in data_cfg.mean), tuple(float(v) for v in data_cfg.std)
     if len(mean) != channels:  # e.g. in_chans=1 with an RGB config: one channel, averaged statistics
         mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
     dim = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
     if not dim:
-        raise InputError(f"backbone.name: timm {cfg['name']!r} does not tell its feature size")
+        raise InputError(f"backbone.name: timm {cfg.name!r} does not tell its feature size")
     return VisionBackbone(model=model, feature_dim=int(dim), image_size=size, channels=int(channels),
                           mean=mean, std=std,
-                          interpolation=_interpolation(str(data_cfg.get("interpolation", "bilinear"))),
+                          interpolation=_interpolation(str(data_cfg.interpolation)),
                           path=describe(cfg), identity=vision_identity(cfg))

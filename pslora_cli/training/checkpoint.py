@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .store import atomic_path
+from ..store import atomic_path
 
 FORMAT = "pslora-checkpoint/1"
 

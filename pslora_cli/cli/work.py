@@ -1,0 +1,138 @@
+"""The commands that train, merge and evaluate: run, compare, train-task, merge, eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..core.merges import merges_help
+from ..errors import InputError
+from ..methods import methods_help
+from .common import (DEFAULT_STORE, DeviceOpt, JsonOpt, QuietOpt, RestartOpt, SeedOpt, SetOpt, StoreOpt, comma_list,
+                     emit_json, session, show_matrix)
+
+METRICS_HELP = """Metrics, from the accuracy matrix R (R[t][i] = accuracy on task i after training task t; row 0 =
+base model; stage t = W0 + merge of tasks 1..t): ACC = mean_i R[T][i]; avg_incremental_accuracy = mean_t
+mean_{i<=t} R[t][i]; BWT = mean_{i<T} (R[T][i] - R[i][i]) (negative = forgetting); FWT = mean_{i>=2}
+(R[i-1][i] - R[0][i]) (task-aware: task i's head on stage i-1); forgetting = mean_{j<T} (max_{1<=l<T} R[l][j]
+- R[T][j]); forgetting_last = mean_{j<T} (R[j][j] - R[T][j]); learning_accuracy = mean_i R[i][i]. Undefined
+values (e.g. T = 1) are null, not 0."""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("train-task")(train_task_cmd)
+    app.command("merge")(merge_cmd)
+    app.command("eval", help="Build or complete the accuracy matrix and print it with the metrics.\n\n"
+                             + METRICS_HELP)(eval_cmd)
+
+
+def run_cmd(
+    sequence: Annotated[Path, typer.Argument(help="Task sequence YAML file.")],
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None, restart: RestartOpt = False,
+):
+    """Train every task of SEQUENCE not yet in the store, evaluating after each; merge; report.
+
+    An interrupted run (Ctrl-C, SIGTERM, a crash) continues where it stopped when run again.
+    """
+    from ..pipeline import run_sequence
+
+    s = session(store, device, seed, json_, quiet, set_)
+    result = run_sequence(s, str(sequence), restart=restart)
+    if json_:
+        emit_json(result)
+    else:
+        show_matrix(s.reporter, result["matrix"])
+
+
+def compare_cmd(
+    sequence: Annotated[Path, typer.Argument(help="Task sequence YAML file.")],
+    methods: Annotated[str, typer.Option("--methods", help=f"Comma-separated methods ({methods_help()}).")]
+    = "ps-lora,inc-lora,o-lora,seq-lora",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
+    orders: Annotated[int, typer.Option("--orders", help="Task orders: 1 = as written, k > 1 adds seeded shuffles.")] = 1,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the per-run stores and the summary.")] = Path("pslora-compare"),
+    device: DeviceOpt = "auto", json_: JsonOpt = False, quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    """Run SEQUENCE with several methods x seeds x orders (one store each) and compare them."""
+    from ..compare import compare, print_summary
+
+    s = session(out, device, None, json_, quiet, set_)
+    try:
+        seed_list = [int(v) for v in seeds.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    doc = compare(sequence, comma_list(methods) or [], seed_list, orders, out, s)
+    if json_:
+        emit_json(doc)
+    else:
+        print_summary(s.reporter, doc)
+        s.reporter.info(f"summary: {out / 'compare.json'}, {out / 'compare.csv'}; figure: {doc['figure']}")
+
+
+def train_task_cmd(
+    task: Annotated[str, typer.Option("--task", help="Task id from the sequence.")],
+    sequence: Annotated[Optional[Path], typer.Option("--sequence", help="Sequence YAML (needed for a new store).")] = None,
+    eval_: Annotated[bool, typer.Option("--eval/--no-eval", help="Complete the accuracy matrix afterwards.")] = True,
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None, restart: RestartOpt = False,
+):
+    """Train one task against the earlier tasks' adapters already in the store (replaces it if present).
+
+    Ctrl-C or SIGTERM saves a checkpoint; the same command then resumes from it (--restart starts over).
+    """
+    from ..pipeline import train_and_eval
+
+    s = session(store, device, seed, json_, quiet, set_)
+    result = train_and_eval(s, task, str(sequence) if sequence else None, eval_, restart=restart)
+    if json_:
+        emit_json(result)
+    elif result["matrix"]:
+        show_matrix(s.reporter, result["matrix"])
+
+
+def merge_cmd(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the merged update here too (.safetensors).")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help=f"The merge (default: the sequence's method.merge): "
+                                                                 f"{merges_help()}.")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task ids (default: all trained).")] = None,
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    """Merge task adapters into one dense update keyed by the base model's parameter names, plus the heads.
+
+    W0[key] + merged[key] is the merged weight of each adapted module.
+    """
+    from ..merging import merge_tasks
+
+    s = session(store, device, seed, json_, quiet, set_)
+    dev = s.device
+    seq, st, _ = s.open()
+    if out is not None and out.suffix != ".safetensors":
+        raise InputError(f"--out {out}: the merged update is written as .safetensors")
+    with st.locked():
+        info = merge_tasks(seq, st, method or seq.method.merge, comma_list(tasks), out, dev)
+    if json_:
+        emit_json(info)
+    else:
+        s.reporter.out.print(f"merged {', '.join(info['tasks'])} ({info['method']}, {info['modules']} modules) -> "
+                             + ", ".join(info["files"]))
+
+
+def eval_cmd(
+    store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None,
+):
+    from ..pipeline import evaluate_store
+
+    s = session(store, device, seed, json_, quiet, set_)
+    doc = evaluate_store(s)
+    if json_:
+        emit_json(doc)
+    else:
+        show_matrix(s.reporter, doc)
+

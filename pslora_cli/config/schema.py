@@ -1,0 +1,168 @@
+"""The task sequence as frozen dataclasses: every YAML key is a field, with its type, default and allowed values
+declared beside it (`setting`), so that the one validator (config/validate.py) and the documentation read the
+same declaration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUIRED = object()
+NUMBER = (int, float)
+
+
+def setting(default: Any, types: tuple, *, choices: tuple | None = None, minimum: float | None = None,
+            positive: bool = False) -> Any:
+    """A dataclass field with its validation rule: allowed types, allowed values, lower bound."""
+    meta = {"types": types, "choices": choices, "minimum": minimum, "positive": positive, "required": default is REQUIRED}
+    if default is REQUIRED:
+        return field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    # builtin: a model that ships inside a Python package (offline); huggingface: a hub id or local folder loaded
+    # with transformers; timm: any timm image model name.
+    source: str = setting("builtin", (str,), choices=("builtin", "huggingface", "timm"))
+    name: str = setting("all-minilm-l6-v2", (str,))
+    pooling: str = setting("mean", (str,), choices=("mean", "cls"))
+    max_length: int = setting(64, (int,), positive=True)
+    trust_remote_code: bool = setting(False, (bool,))
+    # Image backbones. pretrained: hub weights for timm names (false: random init, fixed seed); weights: a local
+    # .safetensors/.pth file for a timm model; image_size: the side images are resized to (null: the model's own);
+    # model_kwargs: passed to timm.create_model (e.g. img_size, patch_size, depth for a small ViT).
+    pretrained: bool = setting(True, (bool,))
+    weights: str | None = setting(None, (str, type(None)))
+    image_size: int | None = setting(None, (int, type(None)), positive=True)
+    model_kwargs: dict = setting({}, (dict,))
+
+
+@dataclass(frozen=True)
+class Lora:
+    rank: int = setting(8, (int,), positive=True)
+    alpha: float = setting(16, NUMBER, positive=True)
+    target_modules: list = setting(["query", "value"], (list,))
+    dropout: float = setting(0.0, NUMBER)
+
+
+@dataclass(frozen=True)
+class Method:
+    # The continual-learning method (pslora_cli/methods): it fixes the merge and how earlier tasks enter training,
+    # and switches the stability and orthogonality terms on or off.
+    name: str = setting("ps-lora", (str,))
+    # lambda of the Parameter Stability Loss. 0.01 was the best of the values > 0 measured on the default text
+    # sequence, 3 seeds (benchmarks/RESULTS.md: ACC 66.1 at 0.01, 65.7 at 0.03, 64.1 at 0.1, 51.4 at 1).
+    stability_weight: float = setting(0.01, NUMBER, minimum=0)
+    # alpha of tanh(alpha*x): a fixed value, or adaptive = alpha_c / median|H| per module.
+    alpha_mode: str = setting("adaptive", (str,), choices=("adaptive", "fixed"))
+    alpha: float = setting(2.0, NUMBER, minimum=0)
+    reduction: str = setting("mean", (str,), choices=("mean", "sum"))
+    variant: str = setting("dir+fro", (str,), choices=("dir+fro", "weighted-dir+fro", "dir+factor", "deviation"))
+    # O-LoRA's lambda_1 for sum_{i<t} ||A_i A_t^T||_1.
+    orthogonality_weight: float = setting(0.5, NUMBER, minimum=0)
+    # choices: the merge registry (core/merges), checked by the validator.
+    merge: str = setting("magnitude", (str,))
+    merge_density: float = setting(0.2, NUMBER)  # TIES: fraction of each update kept by the trim step
+    merge_scale: float = setting(1.0, NUMBER)    # task arithmetic: scale of the summed updates
+    # How earlier tasks enter task t's training forward pass: their running merge, their sum, or not at all.
+    previous: str = setting("merge", (str,), choices=("merge", "sum", "none"))
+
+    @property
+    def spec(self):
+        """What the method is (methods registry): trains jointly or not, adapter init, scoring."""
+        from ..methods import get_method
+
+        return get_method(self.name)
+
+    @property
+    def merge_options(self) -> dict:
+        """The merge's keyword arguments."""
+        return {"density": self.merge_density, "scale": self.merge_scale}
+
+    @property
+    def stage_rule(self) -> str:
+        """How a stage of the accuracy matrix is formed: the merge's name, or "own" where each task is scored with
+        its own adapter (the per-task oracle). Recorded in eval/matrix.json and in its row keys."""
+        return "own" if self.spec.own_adapters else self.merge
+
+
+@dataclass(frozen=True)
+class Training:
+    steps: int | None = setting(120, (int, type(None)), positive=True)
+    epochs: int | None = setting(None, (int, type(None)), positive=True)
+    batch_size: int = setting(16, (int,), positive=True)
+    learning_rate: float = setting(1e-3, NUMBER, positive=True)
+    head_learning_rate: float = setting(5e-3, NUMBER, positive=True)
+    weight_decay: float = setting(0.0, NUMBER, minimum=0)
+    eval_batch_size: int = setting(128, (int,), positive=True)
+    # Save the training state every this many steps (0: only when interrupted), so that a crash loses at most
+    # that much work; `train-task`/`run` resume from it.
+    checkpoint_every: int = setting(25, (int,), minimum=0)
+    # Forward-pass precision: bf16 autocast ("auto": on GPUs that support it); loss, merge, adapters: float32.
+    precision: str = setting("auto", (str,), choices=("auto", "fp32", "bf16"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    id: str = setting(REQUIRED, (str,))
+    description: str = setting("", (str,))
+    data: dict = setting(REQUIRED, (dict,))  # checked by the data layer (pslora_cli/data)
+
+
+# Parts of the sequence that define what a store holds; the rest (training, method, seed) may be overridden per
+# command and is recorded with each task.
+IDENTITY_KEYS = ("backbone", "lora", "scenario", "tasks")
+
+
+@dataclass(frozen=True)
+class Sequence:
+    name: str = setting(REQUIRED, (str,))
+    description: str = setting("", (str,))
+    scenario: str = setting("class-incremental", (str,), choices=("class-incremental", "task-incremental"))
+    seed: int = setting(0, (int,))
+    backbone: Backbone = field(default_factory=Backbone)
+    lora: Lora = field(default_factory=Lora)
+    method: Method = field(default_factory=Method)
+    training: Training = field(default_factory=Training)
+    tasks: tuple[Task, ...] = ()
+    base_dir: str = "."  # where relative data paths resolve: the sequence file's folder
+
+    @property
+    def class_incremental(self) -> bool:
+        return self.scenario == "class-incremental"
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [t.id for t in self.tasks]
+
+    def index(self, task_id: str) -> int:
+        """Position of a task; an InputError naming the known tasks otherwise."""
+        from ..errors import InputError
+
+        for i, t in enumerate(self.tasks):
+            if t.id == task_id:
+                return i
+        raise InputError(f"unknown task {task_id!r} (the sequence {self.name!r} has: {', '.join(self.task_ids)})")
+
+    def to_dict(self) -> dict:
+        """The plain form stored in a store's manifest and hashed (method.init is recorded for older readers)."""
+        out = dataclasses.asdict(self)
+        out["tasks"] = list(out["tasks"])
+        out["method"]["init"] = self.method.spec.init
+        return out
+
+    def section(self, *names: str) -> dict:
+        """Some top-level parts in their plain form, e.g. section("backbone", "lora")."""
+        plain = self.to_dict()
+        return {k: plain[k] for k in names}
+
+    def replace(self, **changes) -> Sequence:
+        return dataclasses.replace(self, **changes)
+
+
+SECTIONS = {"backbone": Backbone, "lora": Lora, "method": Method, "training": Training}

@@ -1,0 +1,203 @@
+"""The one validator of a task sequence: a parsed YAML mapping -> a typed Sequence, or an InputError whose one
+line names the file, the key path and, where known, the line.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .schema import SECTIONS, Sequence, Task
+
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list", dict: "mapping",
+               type(None): "null"}
+
+
+def type_name(types: tuple) -> str:
+    return " or ".join(dict.fromkeys(_TYPE_NAMES.get(t, t.__name__) for t in types))
+
+
+class Where:
+    """Formats error locations as `file: key.path (line N)`."""
+
+    def __init__(self, file: str, lines: dict[str, int] | None = None):
+        self.file, self.lines = file, lines or {}
+
+    def __call__(self, path: str, message: str) -> InputError:
+        line = self.lines.get(path)
+        at = f" (line {line})" if line else ""
+        return InputError(f"{self.file}: {path}{at}: {message}")
+
+
+def check_value(value: Any, meta: dict, path: str, where: Where) -> Any:
+    """One field's value against its declared types and choices (an int is accepted, as a float, for a number)."""
+    types, choices = meta["types"], meta["choices"]
+    if isinstance(value, bool) and bool not in types:
+        raise where(path, f"expected {type_name(types)}, got {value!r}")
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, types):
+        raise where(path, f"expected {type_name(types)}, got {type(value).__name__} {value!r}")
+    if choices is not None and value not in choices:
+        raise where(path, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _fields(cls) -> dict[str, dict]:
+    return {f.name: f.metadata for f in dataclasses.fields(cls) if f.metadata}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else copy.deepcopy(f.default)
+
+
+def validate_mapping(raw: Any, cls, path: str, where: Where, extra_keys: tuple = ()) -> dict:
+    """Check a mapping against a dataclass's declared fields; returns every field's value (defaults filled in)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise where(path or "(top level)", f"expected a mapping, got {type(raw).__name__}")
+    allowed = [f.name for f in dataclasses.fields(cls) if f.metadata or f.name in SECTIONS]
+    unknown = [k for k in raw if k not in allowed and k not in extra_keys]
+    if unknown:
+        key = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        raise where(key, f"unknown key (allowed: {', '.join(allowed)})")
+    out = {}
+    for f in dataclasses.fields(cls):
+        if not f.metadata:
+            continue
+        sub = f"{path}.{f.name}" if path else f.name
+        if f.name not in raw:
+            if f.metadata["required"]:
+                raise where(sub, "required key is missing")
+            out[f.name] = _default(f)
+        else:
+            out[f.name] = check_value(raw[f.name], f.metadata, sub, where)
+    return out
+
+
+def _check_bounds(values: dict, cls, section: str, where: Where) -> None:
+    for name, meta in _fields(cls).items():
+        value, key = values[name], f"{section}.{name}"
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if meta["positive"] and value <= 0:
+            raise where(key, f"must be > 0, got {value!r}")
+        if meta["minimum"] is not None and value < meta["minimum"]:
+            raise where(key, f"must be >= 0, got {value!r}")
+
+
+def _check_sections(sections: dict, where: Where) -> None:
+    """Rules that tie fields together or go beyond a type."""
+    for name, cls in SECTIONS.items():
+        _check_bounds(sections[name], cls, name, where)
+    backbone, lora, training = sections["backbone"], sections["lora"], sections["training"]
+    if backbone["weights"] is not None and backbone["source"] != "timm":
+        raise where("backbone.weights", "a local weights file is for backbone.source: timm")
+    if not 0 <= lora["dropout"] < 1:
+        raise where("lora.dropout", "must be in [0, 1)")
+    if not lora["target_modules"] or not all(isinstance(m, str) and m for m in lora["target_modules"]):
+        raise where("lora.target_modules", "must be a non-empty list of module names")
+    if (training["steps"] is None) == (training["epochs"] is None):
+        raise where("training.steps", "set exactly one of training.steps and training.epochs")
+
+
+def _task(raw: Any, i: int, seen: dict[str, int], where: Where) -> Task:
+    from ..data import validate_source
+
+    if not isinstance(raw, dict):
+        raise where(f"tasks[{i}]", f"expected a mapping with id and data, got {type(raw).__name__}")
+    t = validate_mapping(raw, Task, f"tasks[{i}]", where)
+    if not _TASK_ID.match(t["id"]) or t["id"] in (".", ".."):
+        raise where(f"tasks[{i}].id", f"invalid task id {t['id']!r} (letters, digits, _ . -; at most 64)")
+    if t["id"] in seen:
+        raise where(f"tasks[{i}].id", f"duplicate task id {t['id']!r} (also tasks[{seen[t['id']]}])")
+    seen[t["id"]] = i
+    try:
+        t["data"] = validate_source(t["data"], where=f"tasks[{i}].data")
+    except InputError as exc:  # the data layer names the key path; add the file and line
+        key, _, rest = str(exc).partition(":")
+        raise where(key, rest.strip() if rest else str(exc)) from None
+    return Task(**t)
+
+
+def _resolve_method(method: dict, raw: dict, where: Where) -> None:
+    """Apply the method's fixed settings (methods registry) and check the merge against the merge registry."""
+    from ..core.merges import DEFAULT_MERGE, MERGES
+    from ..methods import METHODS
+
+    name = method["name"]
+    if name not in METHODS:
+        raise where("method.name", f"must be one of {', '.join(METHODS)}; got {name!r}")
+    spec = METHODS[name]
+    if raw.get("merge") == "own":  # the per-task oracle's scoring, once written as a merge
+        if not spec.own_adapters:
+            raise where("method.merge", "'own' (each task scored with its own adapter) is the per-task method: "
+                                        "set method.name: per-task")
+        method["merge"] = raw["merge"] = DEFAULT_MERGE
+    for key, fixed in (("merge", spec.merge), ("previous", spec.previous)):
+        if fixed is not None:
+            if key in raw and raw[key] != fixed:
+                raise where(f"method.{key}", f"method {name} uses {key} {fixed!r}, not {raw[key]!r} "
+                                             f"(set method.name: custom to choose it)")
+            method[key] = fixed
+    if method["merge"] not in MERGES:
+        raise where("method.merge", f"must be one of {', '.join(MERGES)}; got {method['merge']!r}")
+    for key, on in (("stability_weight", spec.stability), ("orthogonality_weight", spec.orthogonality)):
+        if on is False:
+            method[key] = 0.0
+        elif on and method[key] <= 0:
+            raise where(f"method.{key}", f"method {name} needs {key} > 0")
+
+
+def _check_modality(seq: Sequence, where: Where) -> None:
+    """Every task's data must be what the backbone takes (text or images)."""
+    from ..data import source_modality
+    from ..models import backbone_modality
+
+    backbone = seq.backbone
+    try:
+        wants = backbone_modality(backbone)
+    except InputError as exc:
+        raise where("backbone.name", str(exc).split(": ", 1)[-1]) from None
+    if wants == "text" and not backbone.pretrained:
+        raise where("backbone.pretrained", "false (random weights) is for image backbones only")
+    for i, task in enumerate(seq.tasks):
+        has = source_modality(task.data)
+        if has != wants:
+            kind = "an image" if wants == "image" else "a text"
+            raise where(f"tasks[{i}].data", f"task {task.id!r} has {has} data ({task.data['type']}), but the "
+                        f"backbone ({backbone.source} {backbone.name}) is {kind} model")
+
+
+def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int] | None = None) -> Sequence:
+    """Validate a parsed sequence mapping; returns the typed Sequence with every default filled in."""
+    where = Where(file, lines)
+    top = validate_mapping(raw, Sequence, "", where, extra_keys=("tasks",))
+    sections = {name: validate_mapping(raw.get(name), cls, name, where) for name, cls in SECTIONS.items()}
+    raw_training = raw.get("training") or {}
+    if raw_training.get("epochs") is not None and "steps" not in raw_training:
+        sections["training"]["steps"] = None  # epochs given alone replace the default step count
+    tasks = raw.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise where("tasks", "required: a non-empty list of tasks")
+    seen: dict[str, int] = {}
+    typed_tasks = tuple(_task(task, i, seen, where) for i, task in enumerate(tasks))
+    _check_sections(sections, where)
+    _resolve_method(sections["method"], dict(raw.get("method") or {}), where)
+    seq = Sequence(**top, **{name: cls(**sections[name]) for name, cls in SECTIONS.items()}, tasks=typed_tasks,
+                   base_dir=str(Path(base_dir).resolve()))
+    _check_modality(seq, where)
+    return seq
+
+
+def stored_form(seq: dict) -> dict:
+    """A sequence as a store records it (Sequence.to_dict), back in the form a user writes: no derived keys."""
+    raw = {k: v for k, v in seq.items() if k != "base_dir"}
+    raw["method"] = {k: v for k, v in (raw.get("method") or {}).items() if k != "init"}
+    return raw

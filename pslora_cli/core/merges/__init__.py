@@ -1,0 +1,52 @@
+"""Post-training merges of per-task updates ΔW_1..ΔW_N, one module at a time: one merge per file, listed in MERGES
+by name with a one-line summary. The CLI's help, the sequence validator and `pslora merge` read MERGES; a merge's
+module is imported only when it runs, so that the list costs no torch import.
+
+Each merge module defines `merge(make_deltas, *, density, scale)`: `make_deltas` is a zero-argument callable
+returning a fresh iterable of the tasks' dense updates (so that a merge can stream over tasks, twice if it needs
+to, without holding them all); `density` is TIES's, `scale` task arithmetic's. A merge that can work from the LoRA
+factors without forming the dense products also defines `from_factors(iterable of (scale·B_i, A_i))`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class MergeInfo:
+    name: str
+    module: str
+    summary: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+
+MERGES: dict[str, MergeInfo] = {m.name: m for m in (
+    MergeInfo("magnitude", "magnitude", "per element, the largest update in absolute value, with its sign (PS-LoRA)"),
+    MergeInfo("sum", "summation", "the updates added"),
+    MergeInfo("mean", "average", "the updates averaged"),
+    MergeInfo("ties", "ties", "TIES: trim to method.merge_density, elect signs, disjoint mean"),
+    MergeInfo("task-arithmetic", "task_arithmetic", "the updates added, times method.merge_scale"),
+    MergeInfo("last", "last", "the last task's update alone (sequential LoRA)"),
+)}
+DEFAULT_MERGE = "magnitude"
+
+
+def merge_module(make_deltas, method: str = DEFAULT_MERGE, *, density: float = 0.2, scale: float = 1.0):
+    """Merge one module's updates with the merge named `method`."""
+    if method not in MERGES:
+        raise ValueError(f"unknown merge method {method!r}; expected one of {tuple(MERGES)}")
+    return MERGES[method].load().merge(make_deltas, density=density, scale=scale)
+
+
+def from_factors(method: str):
+    """The merge's factor-space form, or None when it needs the dense updates."""
+    return getattr(MERGES[method].load(), "from_factors", None) if method in MERGES else None
+
+
+def merges_help() -> str:
+    return "; ".join(f"{m.name}: {m.summary}" for m in MERGES.values())

@@ -1,0 +1,1 @@
+"""Evaluation: the scorer (scoring.py) and the accuracy matrix it fills (matrix.py)."""

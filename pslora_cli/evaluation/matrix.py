@@ -1,0 +1,143 @@
+"""The accuracy matrix of a store: R[t][i] = accuracy on task i after training task t, row 0 = the base model.
+
+Two matrices are kept:
+- task_aware[t][i]: task i scored with its own head. Defined for row 0 and for the next task (i = t+1) too, with
+  task i's head on stage t's backbone: that gives forward transfer.
+- task_agnostic[t][i] (class-incremental only): argmax over all classes seen up to stage t; undefined (null) for
+  row 0 and for tasks not yet seen.
+The primary matrix is task_agnostic for class-incremental sequences and task_aware for task-incremental. Cells are
+recomputed only when the adapters or heads they depend on change (each row and column carries a key).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Callable
+
+from .. import distributed
+from ..config import Sequence, canonical_hash
+from ..core.metrics import cl_metrics
+from ..store import Store, read_json, write_json_atomic, write_text_atomic
+from .scoring import Evaluator
+
+GRIDS = {"aware": "task_aware", "agnostic": "task_agnostic"}
+
+
+def trained_prefix(seq: Sequence, store: Store) -> int:
+    """Number k such that tasks 1..k of the sequence are all in the store."""
+    return len(store.trained_prefix(seq.task_ids))
+
+
+def matrix_keys(seq: Sequence, store: Store, k: int) -> tuple[list[str], list[str]]:
+    """Row keys (the stage rule, merge options and adapters of each stage) and column keys (each task's head and
+    test data) of the first k tasks as they are in the store now."""
+    ids = seq.task_ids[:k]
+    merge = [seq.method.stage_rule, seq.method.merge_density, seq.method.merge_scale]
+    adapters = [store.adapter_sha256(t) for t in ids]
+    row_keys = ["base"] + [canonical_hash(merge + adapters[:t]) for t in range(1, k + 1)]
+    col_keys = [canonical_hash([store.head_sha256(t), store.task_meta(t)["data_fingerprint"]]) for t in ids]
+    return row_keys, col_keys
+
+
+def needed_cells(k: int, class_incremental: bool) -> list[tuple[int, int, str]]:
+    """(stage t, task i (0-based), kind) for every cell a prefix of k trained tasks defines."""
+    cells = [(0, i, "aware") for i in range(k)]
+    for t in range(1, k + 1):
+        cells += [(t, i, "aware") for i in range(min(t + 1, k))]
+        if class_incremental:
+            cells += [(t, i, "agnostic") for i in range(t)]
+    return cells
+
+
+def empty_doc(seq: Sequence) -> dict:
+    n = len(seq.tasks)
+    grid = lambda: [[None] * n for _ in range(n + 1)]  # noqa: E731
+    ci = seq.class_incremental
+    return {"tasks": seq.task_ids, "scenario": seq.scenario, "merge": seq.method.stage_rule,
+            "primary": "task_agnostic" if ci else "task_aware",
+            "task_aware": grid(), "task_agnostic": grid() if ci else None,
+            "sample_counts": [None] * n, "row_keys": [None] * (n + 1), "col_keys": [None] * n}
+
+
+def load_doc(seq: Sequence, store: Store) -> dict:
+    """The stored matrix when it belongs to this sequence and stage rule, else an empty one."""
+    doc = read_json(store.matrix_path) if store.matrix_path.is_file() else None
+    fresh = empty_doc(seq)
+    if not doc or any(doc.get(key) != fresh[key] for key in ("tasks", "merge", "scenario")):
+        return fresh
+    return doc
+
+
+def _drop_stale(doc: dict, row_keys: list[str], col_keys: list[str]) -> None:
+    """Clear the rows and columns whose key changed (their adapters, heads or data are not those scored)."""
+    grids = [doc[name] for name in GRIDS.values() if doc[name] is not None]
+    for t, key in enumerate(row_keys):
+        if doc["row_keys"][t] != key:
+            for grid in grids:
+                grid[t] = [None] * len(doc["tasks"])
+            doc["row_keys"][t] = key
+    for i, key in enumerate(col_keys):
+        if doc["col_keys"][i] != key:
+            for grid in grids:
+                for row in grid:
+                    row[i] = None
+            doc["col_keys"][i] = key
+
+
+def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
+                    progress: Callable[[str], None] | None = None, evaluator: Evaluator | None = None) -> dict:
+    """Fill every missing or stale cell of the accuracy matrix for the trained prefix; write it atomically."""
+    doc = load_doc(seq, store)
+    k = trained_prefix(seq, store)
+    for task_id in seq.task_ids[:k]:  # a damaged adapter or head is reported, never scored
+        store.verify_task(task_id)
+    _drop_stale(doc, *matrix_keys(seq, store, k))
+    todo: dict[int, list[tuple[int, str]]] = {}
+    for t, i, kind in needed_cells(k, doc["task_agnostic"] is not None):
+        if doc[GRIDS[kind]][t][i] is None:
+            todo.setdefault(t, []).append((i, kind))
+    if todo:
+        evaluator = evaluator or Evaluator(seq, store, device, load_data)
+        for t in sorted(todo):
+            if progress:
+                progress(f"evaluating stage {t} ({'base model' if t == 0 else 'tasks 1..' + str(t) + ' merged'}) "
+                         f"on {len({i for i, _ in todo[t]})} task(s)")
+            for (i, kind), acc in evaluator.stage(t, todo[t]).items():
+                doc[GRIDS[kind]][t][i] = round(acc, 6)
+        for i in range(k):
+            doc["sample_counts"][i] = len(load_data(i).test_y)
+    doc["metrics"] = matrix_metrics(doc, k)
+    if distributed.world().is_main:
+        write_matrix(store, doc)
+    return doc
+
+
+def _prefix(grid: list[list], k: int) -> list[list]:
+    return [row[:k] for row in grid[:k + 1]]
+
+
+def matrix_metrics(doc: dict, k: int) -> dict:
+    """cl_metrics on the trained prefix of the primary matrix and of the task-aware one."""
+    if k == 0:
+        return {}
+    counts = doc["sample_counts"][:k]
+    counts = counts if all(c for c in counts) else None
+    out = {"task_aware": cl_metrics(_prefix(doc["task_aware"], k), counts)}
+    if doc["task_agnostic"] is not None:
+        out["task_agnostic"] = cl_metrics(_prefix(doc["task_agnostic"], k), counts)
+    out["primary"] = out[doc["primary"]]
+    return out
+
+
+def write_matrix(store: Store, doc: dict) -> None:
+    write_json_atomic(store.matrix_path, doc)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["matrix", "stage"] + doc["tasks"])
+    for name in ("task_agnostic", "task_aware"):
+        if doc[name] is None:
+            continue
+        for t, row in enumerate(doc[name]):
+            w.writerow([name, "base" if t == 0 else doc["tasks"][t - 1]] + ["" if v is None else v for v in row])
+    write_text_atomic(store.matrix_path.with_suffix(".csv"), buf.getvalue())

@@ -1,0 +1,116 @@
+"""Scoring a model: stage t = W0 + the merge of tasks 1..t folded into the weights (no LoRA branches at inference),
+with the heads of tasks 1..t. The only scoring path: the accuracy matrix, compare and analyze-shifts go through it.
+
+- "aware": task i's test set scored with task i's own head (the task id is known);
+- "agnostic": argmax over the heads of tasks 1..t concatenated (the task id is not known).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .. import distributed
+from ..config import Sequence
+from ..errors import InputError
+from ..models import load_backbone, target_parameters
+from ..models.adapters import AdapterFile, WeightFolder, merged_deltas
+from ..store import Store
+
+
+class Evaluator:
+    """Holds one backbone and the test data; evaluates stages by folding merged updates into W0."""
+
+    def __init__(self, seq: Sequence, store: Store, device: torch.device, load_data: Callable):
+        self.seq, self.store, self.device = seq, store, device
+        self.backbone = load_backbone(seq.backbone, device)
+        self.folder = WeightFolder(target_parameters(self.backbone.model, seq.lora.target_modules))
+        self.load_data = load_data
+        self._heads: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def head(self, i: int, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task i's head at stage t: its own, or for a method that trains jointly (one joint head per stage) stage
+        t's rows of it."""
+        joint = self.seq.method.spec.trains_jointly and 1 <= t and i < t - 1
+        key = (i, t if joint else 0)
+        if key not in self._heads:
+            self._heads[key] = self._read_head(i, t if joint else None)
+        return self._heads[key]
+
+    def _read_head(self, i: int, stage: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        task_id = self.seq.tasks[i].id
+        if stage is None:
+            path, prefix = self.store.task_files(task_id).head, ""
+        else:
+            path, prefix = self.store.task_files(self.seq.tasks[stage - 1].id).joint_heads, f"{task_id}."
+        try:
+            h = load_file(str(path), device=str(self.device))
+            return h[prefix + "weight"].float(), h[prefix + "bias"].float()
+        except Exception as exc:
+            raise InputError(f"{path}: cannot read the head of task {task_id} ({exc})") from None
+
+    @torch.inference_mode()
+    def features(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features and labels of task i's test set (under torchrun: this rank's shard of it)."""
+        data = self.load_data(i)
+        xs, ys = data.test_x, data.test_y
+        if distributed.world().active:
+            xs, ys = distributed.shard(list(xs)), distributed.shard(list(ys))
+        bs = self.seq.training.eval_batch_size
+        feats = [torch.zeros(0, self.backbone.feature_dim, device=self.device)]
+        for start in range(0, len(xs), bs):
+            batch = self.backbone.collate(xs[start:start + bs], self.device)
+            feats.append(self.backbone.features(self.backbone.model, batch).float())
+        return torch.cat(feats), torch.tensor(ys, dtype=torch.long, device=self.device)
+
+    def adapters(self, t: int) -> list[AdapterFile]:
+        return [AdapterFile(self.store.task_files(task.id).adapter_dir) for task in self.seq.tasks[:t]]
+
+    def stage_update(self, adapters: list[AdapterFile]) -> dict[str, torch.Tensor] | None:
+        """The merged update of `adapters` with the sequence's merge (None for no adapters: the base model)."""
+        method = self.seq.method
+        return dict(merged_deltas(adapters, method.merge, self.device, **method.merge_options)) if adapters else None
+
+    @torch.inference_mode()
+    def stage(self, t: int, cells: list[tuple[int, str]]) -> dict[tuple[int, str], float]:
+        """Accuracy of stage t (0 = base model) on the requested (task index, kind) cells."""
+        adapters = self.adapters(t)
+        if not self.seq.method.spec.own_adapters:
+            return self.score_with(t, self.stage_update(adapters), cells)
+        results = {}  # each task scored with its own adapter alone
+        for i in sorted({i for i, _ in cells}):
+            own = dict(merged_deltas([adapters[i]], "sum", self.device)) if t and i < t else None
+            results.update(self.score_with(t, own, [c for c in cells if c[0] == i]))
+        return results
+
+    @torch.inference_mode()
+    def score_with(self, t: int, updates: dict[str, torch.Tensor] | None,
+                   cells: list[tuple[int, str]]) -> dict[tuple[int, str], float]:
+        """Accuracy of W0 + `updates` with stage t's heads on the (task index, kind) cells."""
+        self.folder.fold(updates)
+        results = {}
+        for i in sorted({i for i, _ in cells}):
+            feats, labels = self.features(i)
+            kinds = {kind for j, kind in cells if j == i}
+            if "aware" in kinds:
+                w, b = self.head(i, t)
+                results[(i, "aware")] = _accuracy((feats @ w.T + b).argmax(-1).eq(labels))
+            if "agnostic" in kinds:
+                heads = [self.head(j, t) for j in range(t)]
+                logits = torch.cat([feats @ w.T + b for w, b in heads], dim=1)
+                offset = sum(w.shape[0] for w, _ in heads[:i])
+                results[(i, "agnostic")] = _accuracy(logits.argmax(-1).eq(labels + offset))
+        return results
+
+
+def _accuracy(hits: torch.Tensor) -> float:
+    """Mean of the hits; under torchrun, of every rank's hits (each rank scored its shard of the test set)."""
+    if not distributed.world().active:
+        return hits.float().mean().item()
+    counts = torch.stack([hits.sum().double(), torch.tensor(float(hits.numel()), dtype=torch.float64,
+                                                            device=hits.device)])
+    distributed.all_reduce_sum(counts)
+    return (counts[0] / counts[1]).item()

@@ -1,0 +1,73 @@
+"""The work of the commands that span several parts: `run` (train every task, evaluating after each, then merge),
+`train-task` (one task, then the matrix) and `eval` (complete the matrix and draw it)."""
+
+from __future__ import annotations
+
+from . import distributed
+from .config import Sequence
+from .session import Session, data_loader, writing
+from .store import Store
+from .training.task import check_predecessors, train_one
+
+
+def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: bool = True) -> dict:
+    """Fill the accuracy matrix for the trained prefix; draw its figures (rank 0)."""
+    from .evaluation.matrix import complete_matrix, trained_prefix
+    from .report import plot_matrix
+
+    doc = complete_matrix(seq, store, session.device, load, progress=session.reporter.info)
+    k = trained_prefix(seq, store)
+    main = distributed.world().is_main
+    doc["figures"] = [str(p) for p in plot_matrix(doc, k, store.eval_dir)] if figures and main else []
+    distributed.barrier()
+    doc["trained_prefix"] = k
+    return doc
+
+
+def run_sequence(session: Session, sequence_file: str, restart: bool = False) -> dict:
+    """`pslora run`: train every task not yet in the store, evaluating after each; merge; return the result."""
+    from .merging import merge_tasks
+
+    session.device  # noqa: B018 - resolve the device first: under torchrun it joins the process group
+    seq, store, text = session.open(sequence_file, create=True)
+    load = data_loader(seq)
+    for i in range(len(seq.tasks)):  # read and validate every task's data before any training
+        load(i)
+    trained = []
+    with writing(store):
+        session.ensure_created(seq, store, text)
+        for task_id in seq.task_ids:
+            if store.has_task(task_id):
+                continue
+            train_one(seq, store, task_id, session.device, session.reporter, load, restart=restart)
+            trained.append(task_id)
+            complete_eval(seq, store, session, load, figures=False)  # the figures come at the end
+        doc = complete_eval(seq, store, session, load)
+        merge = None
+        if not seq.method.spec.own_adapters and distributed.world().is_main:  # scored per task: no merged model
+            merge = merge_tasks(seq, store, seq.method.merge, None, None, session.device)
+            session.reporter.info(f"merged {len(merge['tasks'])} tasks ({merge['method']}): {merge['files'][0]}")
+    return {"store": str(store.root), "trained": trained, "matrix": doc, "merge": merge}
+
+
+def train_and_eval(session: Session, task_id: str, sequence_file: str | None, evaluate: bool,
+                   restart: bool = False) -> dict:
+    """`pslora train-task`: one task (replacing it if present), then the matrix."""
+    session.device  # noqa: B018 - resolve the device first: under torchrun it joins the process group
+    seq, store, text = session.open(sequence_file, create=True)
+    i = check_predecessors(seq, store, task_id)
+    load = data_loader(seq)
+    load(i)
+    with writing(store):
+        session.ensure_created(seq, store, text)
+        meta = train_one(seq, store, task_id, session.device, session.reporter, load, restart=restart)
+        doc = complete_eval(seq, store, session, load) if evaluate else None
+    return {"store": str(store.root), "task": meta, "matrix": doc}
+
+
+def evaluate_store(session: Session) -> dict:
+    """`pslora eval`: complete the matrix of the store's trained prefix."""
+    session.device  # noqa: B018 - resolve the device first: under torchrun it joins the process group
+    seq, store, _ = session.open()
+    with writing(store):
+        return complete_eval(seq, store, session, data_loader(seq))

@@ -1,0 +1,129 @@
+"""What every command needs, in one object: the store, the device, the sequence and its overrides, logging and
+JSON mode. The CLI builds a Session from its options; the library functions take it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import IDENTITY_KEYS, Sequence, canonical_hash, identity_hash, load_sequence, sequence_from_stored
+from .errors import InputError
+from .report import Reporter
+from .store import Store
+
+
+@dataclass
+class Session:
+    store_path: Path
+    device_name: str = "auto"
+    seed: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    json: bool = False
+    quiet: bool = False
+    base_dir: Path | None = None  # where relative data paths resolve (default: the sequence file's folder)
+    reporter: Reporter | None = None
+
+    def __post_init__(self):
+        if self.reporter is None:
+            self.reporter = Reporter(quiet=self.quiet, json_mode=self.json)
+
+    @functools.cached_property
+    def device(self):
+        return resolve_device(self.device_name)
+
+    @property
+    def all_overrides(self) -> list[str]:
+        return list(self.overrides) + ([f"seed={self.seed}"] if self.seed is not None else [])
+
+    def open(self, sequence_file: str | Path | None = None, create: bool = False) -> tuple[Sequence, Store, str | None]:
+        """Resolve the sequence (from the file, else from the store's copy) and check it against the store.
+
+        Returns (sequence, store, YAML text when the store still has to be created: see `ensure_created`).
+        """
+        store = Store(self.store_path)
+        if sequence_file is not None:
+            seq, text = load_sequence(sequence_file, self.all_overrides, base_dir=self.base_dir)
+            if store.exists():
+                _check_same_identity(seq, store, sequence_file)
+                _check_base_model(seq, store)
+                return seq, store, None
+            if not create:
+                raise InputError(f"{store.root}: not a pslora store; `pslora run {sequence_file}` starts one")
+            return seq, store, text
+        if not store.exists():
+            raise InputError(f"{store.root}: not a pslora store; pass --sequence FILE (or use `pslora run FILE`) "
+                             f"to start one")
+        manifest = store.manifest()
+        seq = sequence_from_stored(manifest["sequence"], str(store.sequence_copy), self.all_overrides)
+        if self.all_overrides and identity_hash(seq) != manifest["identity_hash"]:
+            raise InputError("--set: backbone, lora, scenario and tasks are fixed for a store; "
+                             "only method, training and seed settings may be overridden")
+        _check_base_model(seq, store)
+        return seq, store, None
+
+    def ensure_created(self, seq: Sequence, store: Store, text: str | None) -> None:
+        """Create the store (rank 0 under torchrun) when `open` said it does not exist yet."""
+        from . import distributed
+
+        if text is not None and not store.exists() and distributed.world().is_main:
+            from .models import backbone_identity, weights_stamp
+
+            store.create(seq.to_dict(), text, identity_hash(seq),
+                         backbone_identity(seq.backbone) | {"files": weights_stamp(seq.backbone)})
+            self.reporter.info(f"created store {store.root} for sequence {seq.name!r} ({len(seq.tasks)} tasks)")
+        distributed.barrier()
+
+
+def _check_same_identity(seq: Sequence, store: Store, sequence_file) -> None:
+    manifest = store.manifest()
+    if manifest["identity_hash"] != identity_hash(seq):
+        stored, mine = manifest["sequence"], seq.section(*IDENTITY_KEYS)
+        differing = [k for k in IDENTITY_KEYS if canonical_hash(stored.get(k)) != canonical_hash(mine[k])]
+        raise InputError(f"{sequence_file}: does not match the store {store.root} "
+                         f"(differs in: {', '.join(differing)}); use another --store")
+
+
+def _check_base_model(seq: Sequence, store: Store) -> None:
+    from .models import check_base_model
+
+    check_base_model(seq.backbone, store.manifest().get("base_model") or {}, store.root)
+
+
+def resolve_device(name: str):
+    import torch
+
+    from . import distributed
+
+    world = distributed.init_from_env(name)  # under torchrun: join the process group first
+    if world.backend == "nccl":
+        return torch.device("cuda", world.local_rank)
+    if world.active:
+        return torch.device("cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"--device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def writing(store: Store):
+    """The store's write lock, held by the one process that writes: rank 0 under torchrun."""
+    from . import distributed
+
+    return store.locked() if distributed.world().is_main else contextlib.nullcontext()
+
+
+def data_loader(seq: Sequence):
+    """Task index -> TaskData, loaded once per process."""
+    from .data import load_task_data
+
+    @functools.lru_cache(maxsize=None)
+    def load(i: int):
+        task = seq.tasks[i]
+        return load_task_data(task.data, seed=seq.seed, base_dir=Path(seq.base_dir), where=f"task {task.id}: data")
+
+    return load
