@@ -44,6 +44,18 @@ def conv_to_matrix(w: Tensor) -> Tensor:
     return w if w.dim() == 2 else w.reshape(w.shape[0], -1)
 
 
+def factor_matrices(lora_A: Tensor, lora_B: Tensor) -> tuple[Tensor, Tensor]:
+    """(A, B) as 2-D matrices: a conv's A (r, d_in, kh, kw) flattened, B (d_out, r, 1, 1) squeezed; the ranks must
+    agree."""
+    a = conv_to_matrix(lora_A)
+    if lora_B.dim() == 4 and lora_B.shape[2:] != (1, 1):
+        raise ValueError(f"conv lora_B must have a 1x1 kernel, got shape {tuple(lora_B.shape)}")
+    b = conv_to_matrix(lora_B)
+    if b.shape[1] != a.shape[0]:
+        raise ValueError(f"rank mismatch: lora_B {tuple(lora_B.shape)} vs lora_A {tuple(lora_A.shape)}")
+    return a, b
+
+
 def lora_delta(lora_A: Tensor, lora_B: Tensor, scale: float | Tensor, *, out: Tensor | None = None) -> Tensor:
     """ΔW = scale · B @ A, always 2-D (d_out x d_in), computed as (scale · B) @ A (one pass over the r x d_out
     factor instead of the d_out x d_in product); into `out` when given.
@@ -51,12 +63,7 @@ def lora_delta(lora_A: Tensor, lora_B: Tensor, scale: float | Tensor, *, out: Te
     Linear factors: A (r, d_in), B (d_out, r). Conv factors: A (r, d_in, kh, kw), B (d_out, r, 1, 1) are
     flattened first, giving (d_out, d_in·kh·kw), i.e. (d_out, d_in) for 1x1 convs.
     """
-    a = conv_to_matrix(lora_A)
-    if lora_B.dim() == 4 and lora_B.shape[2:] != (1, 1):
-        raise ValueError(f"conv lora_B must have a 1x1 kernel, got shape {tuple(lora_B.shape)}")
-    b = conv_to_matrix(lora_B)
-    if b.shape[1] != a.shape[0]:
-        raise ValueError(f"rank mismatch: lora_B {tuple(lora_B.shape)} vs lora_A {tuple(lora_A.shape)}")
+    a, b = factor_matrices(lora_A, lora_B)
     return torch.matmul(scale * b, a, out=out)
 
 
@@ -108,24 +115,14 @@ def stability_terms(
     return direction, magnitude
 
 
-def parameter_stability_loss(
-    delta: Tensor,
-    history: Tensor,
-    *,
-    alpha: float | Tensor,
-    reduction: str = "mean",
-    variant: str = "dir+fro",
-    lora_A: Tensor | None = None,
-    lora_B: Tensor | None = None,
-) -> Tensor:
+def parameter_stability_loss(delta: Tensor, history: Tensor, **options) -> Tensor:
     """L_PS(D, H) = reduce(1 − tanh(αD) ⊙ tanh(αH)) + magnitude term, a scalar (module docstring has the details).
 
     delta: D, differentiable. history: H, same shape, detached inside. alpha: float or 0-dim tensor.
-    variant in VARIANTS; reduction in REDUCTIONS; lora_A, lora_B: required for "dir+factor" only.
+    options: those of stability_terms (alpha, reduction in REDUCTIONS, variant in VARIANTS; lora_A, lora_B for
+    "dir+factor" only).
     """
-    direction, magnitude = stability_terms(
-        delta, history, alpha=alpha, reduction=reduction, variant=variant, lora_A=lora_A, lora_B=lora_B
-    )
+    direction, magnitude = stability_terms(delta, history, **options)
     return direction + magnitude
 
 

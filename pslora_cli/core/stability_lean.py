@@ -49,7 +49,7 @@ from .stability import (
     REDUCTIONS,
     VARIANTS,
     _norm,
-    conv_to_matrix,
+    factor_matrices,
     lora_delta,
     stability_terms,
 )
@@ -281,12 +281,7 @@ def lean_stability_terms(
 ) -> tuple[Tensor, Tensor]:
     """(direction term, magnitude term), equal to stability.stability_terms(lora_delta(A, B, s), H, ...)."""
     alpha = _checked_options(history, alpha, reduction, variant, strategy)
-    a2 = conv_to_matrix(lora_A)
-    if lora_B.dim() == 4 and lora_B.shape[2:] != (1, 1):
-        raise ValueError(f"conv lora_B must have a 1x1 kernel, got shape {tuple(lora_B.shape)}")
-    b2 = conv_to_matrix(lora_B)
-    if b2.shape[1] != a2.shape[0]:
-        raise ValueError(f"rank mismatch: lora_B {tuple(lora_B.shape)} vs lora_A {tuple(lora_A.shape)}")
+    a2, b2 = factor_matrices(lora_A, lora_B)
     shape = (b2.shape[0], a2.shape[1])
     numel = shape[0] * shape[1]
     if numel == 0:
@@ -375,18 +370,8 @@ def _dense_history(history, reason: str) -> Tensor:
     return h
 
 
-def lean_stability_loss(
-    lora_A: Tensor,
-    lora_B: Tensor,
-    scale: float | Tensor,
-    history: Tensor | HistoryFactors | PreparedHistory,
-    *,
-    alpha: float | Tensor | None = None,
-    reduction: str = "mean",
-    variant: str = "dir+fro",
-    block_rows: int | None = None,
-    strategy: str = "fused",
-) -> Tensor:
+def lean_stability_loss(lora_A: Tensor, lora_B: Tensor, scale: float | Tensor,
+                        history: Tensor | HistoryFactors | PreparedHistory, **options) -> Tensor:
     """L_PS(s·B·A, H), equal in value and gradients to
     parameter_stability_loss(lora_delta(lora_A, lora_B, scale), H, alpha=alpha, reduction=reduction,
     variant=variant, lora_A=lora_A, lora_B=lora_B), with memory proportional to the factors (module docstring).
@@ -398,8 +383,7 @@ def lean_stability_loss(
     direction term of dir+fro / dir+factor as one Triton kernel: core/stability_triton.py; CUDA, or the CPU
     under TRITON_INTERPRET=1).
     """
-    direction, magnitude = lean_stability_terms(lora_A, lora_B, scale, history, alpha=alpha, reduction=reduction,
-                                                variant=variant, block_rows=block_rows, strategy=strategy)
+    direction, magnitude = lean_stability_terms(lora_A, lora_B, scale, history, **options)
     return direction + magnitude
 
 

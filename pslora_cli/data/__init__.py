@@ -28,7 +28,12 @@ __all__ = ["REQUIRED", "SOURCE_SCHEMAS", "TaskData", "compute_fingerprint", "loa
 
 SOURCE_SCHEMAS: dict[str, dict[str, tuple[type | tuple, object]]] = dict(TEXT_SCHEMAS)
 # Image sources: pslora_cli.data.image_sources.
-from pslora_cli.data.image_sources import IMAGE_CHOICES, IMAGE_LOADERS, IMAGE_SCHEMAS, check_image_source  # noqa: E402
+from pslora_cli.data.image_sources import (  # noqa: E402
+    IMAGE_CHOICES,
+    IMAGE_LOADERS,
+    IMAGE_SCHEMAS,
+    check_image_source,
+)
 
 SOURCE_SCHEMAS.update(IMAGE_SCHEMAS)
 

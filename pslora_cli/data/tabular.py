@@ -8,16 +8,19 @@ import bz2
 import inspect
 import json
 import math
-import os
 import pathlib
 
-from pslora_cli.data._common import TaskData, assemble, carve_per_class, choose_classes, class_sort_key, rngs
+from pslora_cli.data._common import (
+    TaskData,
+    assemble,
+    carve_per_class,
+    choose_classes,
+    class_sort_key,
+    existing_paths,
+    resolve_path,
+    rngs,
+)
 from pslora_cli.errors import InputError
-
-
-def _resolve(path_str: str, base_dir: pathlib.Path) -> pathlib.Path:
-    p = pathlib.Path(os.path.expanduser(path_str))
-    return p if p.is_absolute() else (pathlib.Path(base_dir) / p)
 
 
 def _is_missing(v) -> bool:
@@ -98,7 +101,7 @@ def open_hf_dataset(source: dict, base_dir: pathlib.Path, where: str, column_key
     path = source["path"]
     # Hub ids look like "name" or "owner/name"; anything else that does not exist is a missing folder.
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or "\\" in path
-    local = _resolve(path, base_dir)
+    local = resolve_path(path, base_dir)
     if local.exists() or looks_local:
         if not local.exists():
             raise InputError(f"{where}.path: folder {local} not found")
@@ -308,14 +311,7 @@ def load_files(source: dict, *, seed: int, base_dir: pathlib.Path, where: str) -
     CSV/TSV cells are read as text (so ``1`` in a CSV and ``1`` in a JSON file are the same class). Without
     ``test``, ``test_fraction`` of each class is carved from ``train`` (seeded; every copy of a text on one side).
     """
-    files = {}
-    for key in ("train", "test"):
-        if source.get(key) is None:
-            continue
-        file = _resolve(source[key], base_dir)
-        if not file.is_file():
-            raise InputError(f"{where}.{key}: file {file} not found")
-        files[key] = file
+    files = existing_paths(source, ("train", "test"), base_dir, where, "file")
     rows = {k: _read_labelled_file(f, _file_format(f, source.get("format"), where), source, where)
             for k, f in files.items()}
     for k, r in rows.items():

