@@ -74,6 +74,8 @@ def _heads(seq: Sequence, store: Store, ids: list[str]) -> dict:
     model (the last stage) uses the last stage's heads."""
     from safetensors.torch import load_file
 
+    if seq.generative:  # a language model writes the answer: no heads
+        return {}
     joint = load_file(str(store.task_files(ids[-1]).joint_heads)) if seq.method.spec.trains_jointly else {}
     heads = {}
     for task_id in ids:

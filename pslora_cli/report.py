@@ -76,8 +76,10 @@ def _fmt(v) -> str:
 
 def matrix_table(doc: dict, name: str, k: int) -> Table:
     grid = doc[name]
+    scorer = doc.get("scorer", "heads")
     title = {"task_agnostic": "Accuracy (%) — task-agnostic: argmax over all classes seen so far",
-             "task_aware": "Accuracy (%) — task-aware: each task's own head"}[name]
+             "task_aware": "Accuracy (%) — task-aware: each task's own head" if scorer == "heads" else
+             f"Accuracy (%) — {scorer} of the answers to each task's prompts"}[name]
     table = Table(title=title, title_justify="left")
     table.add_column("after \\ on", style="bold")
     for task_id in doc["tasks"][:k]:

@@ -124,6 +124,12 @@ def data_loader(seq: Sequence):
     @functools.lru_cache(maxsize=None)
     def load(i: int):
         task = seq.tasks[i]
-        return load_task_data(task.data, seed=seq.seed, base_dir=Path(seq.base_dir), where=f"task {task.id}: data")
+        data = load_task_data(task.data, seed=seq.seed, base_dir=Path(seq.base_dir), where=f"task {task.id}: data")
+        if not seq.generative:
+            return data
+        from .data.prompts import check_prompt, prompted
+
+        where = f"task {task.id}: prompt"
+        return prompted(data, check_prompt(task.prompt, where), task.data["type"], where)
 
     return load

@@ -45,7 +45,7 @@ class _Intervention:
         self.sub, self.rank_by, self.seed = aopts.parsed_subset, aopts.rank_by, seq.seed
         self.other = "same" if self.sub["sign"] == "opposite" else "opposite"
         # The evaluator's cell kind of the primary matrix, which the unmodified stage must reproduce.
-        self.kind = "agnostic" if seq.class_incremental else "aware"
+        self.kind = "agnostic" if seq.agnostic_scoring else "aware"
         self.modules = doc["modules"]
         self.adapters = [AdapterFile(store.task_files(t).adapter_dir) for t in doc["tasks"]]
         reporter.info(f"{store.root}: loading the backbone and test data for the intervention")

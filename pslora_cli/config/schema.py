@@ -13,10 +13,16 @@ REQUIRED = object()
 NUMBER = (int, float)
 
 
+_NO_LEGACY = object()
+
+
 def setting(default: Any, types: tuple, *, choices: tuple | None = None, minimum: float | None = None,
-            positive: bool = False) -> Any:
-    """A dataclass field with its validation rule: allowed types, allowed values, lower bound."""
-    meta = {"types": types, "choices": choices, "minimum": minimum, "positive": positive, "required": default is REQUIRED}
+            positive: bool = False, legacy: Any = _NO_LEGACY) -> Any:
+    """A dataclass field with its validation rule: allowed types, allowed values, lower bound. `legacy`: for a
+    field added after stores were written, the value those stores mean by its absence; the plain form (to_dict,
+    which store identities hash) leaves the field out at that value, so that they keep their identity."""
+    meta = {"types": types, "choices": choices, "minimum": minimum, "positive": positive,
+            "required": default is REQUIRED, "legacy": legacy}
     if default is REQUIRED:
         return field(metadata=meta)
     if isinstance(default, (list, dict)):
@@ -40,6 +46,9 @@ class Backbone:
     weights: str | None = setting(None, (str, type(None)))
     image_size: int | None = setting(None, (int, type(None)), positive=True)
     model_kwargs: dict = setting({}, (dict,))
+    # What the model is: an encoder whose pooled features feed per-task heads, or a language model that writes the
+    # answer (causal-lm: LLaMA, SmolLM2; seq2seq-lm: T5). auto: from the model's config.
+    kind: str = setting("auto", (str,), choices=("auto", "encoder", "causal-lm", "seq2seq-lm"), legacy="encoder")
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,10 @@ class Training:
     checkpoint_every: int = setting(25, (int,), minimum=0)
     # Forward-pass precision: bf16 autocast ("auto": on GPUs that support it); loss, merge, adapters: float32.
     precision: str = setting("auto", (str,), choices=("auto", "fp32", "bf16"))
+    # Learning-rate schedule: linear warm-up over the first 10% of steps then linear decay, or constant (O-LoRA).
+    schedule: str = setting("warmup-linear", (str,), choices=("warmup-linear", "constant"), legacy="warmup-linear")
+    # Micro-batches of batch_size per optimiser step (the effective batch is their product).
+    grad_accumulation: int = setting(1, (int,), positive=True, legacy=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +125,16 @@ class Task:
     id: str = setting(REQUIRED, (str,))
     description: str = setting("", (str,))
     data: dict = setting(REQUIRED, (dict,))  # checked by the data layer (pslora_cli/data)
+    # Language models: instruction, template and answer texts (data/prompts.py); null: the defaults.
+    prompt: dict | None = setting(None, (dict, type(None)), legacy=None)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    # heads: argmax of the task heads (encoders); exact-match: greedy generation compared with the answer text
+    # (the paper's metric); rank: the option with the highest likelihood. auto: heads for encoders, exact-match
+    # for language models.
+    scorer: str = setting("auto", (str,), choices=("auto", "heads", "exact-match", "rank"))
 
 
 # Parts of the sequence that define what a store holds; the rest (training, method, seed) may be overridden per
@@ -129,12 +152,30 @@ class Sequence:
     lora: Lora = field(default_factory=Lora)
     method: Method = field(default_factory=Method)
     training: Training = field(default_factory=Training)
+    evaluation: Evaluation = field(default_factory=Evaluation)
     tasks: tuple[Task, ...] = ()
     base_dir: str = "."  # where relative data paths resolve: the sequence file's folder
 
     @property
     def class_incremental(self) -> bool:
         return self.scenario == "class-incremental"
+
+    @property
+    def generative(self) -> bool:
+        """A language model that writes the answer (no heads)."""
+        return self.backbone.kind in ("causal-lm", "seq2seq-lm")
+
+    @property
+    def agnostic_scoring(self) -> bool:
+        """Whether stages are also scored without the task id (argmax over every seen class's head): for
+        class-incremental sequences on encoders. A language model's prompt names the task's options."""
+        return self.class_incremental and not self.generative
+
+    @property
+    def scorer(self) -> str:
+        if self.evaluation.scorer != "auto":
+            return self.evaluation.scorer
+        return "exact-match" if self.generative else "heads"
 
     @property
     def task_ids(self) -> list[str]:
@@ -151,8 +192,7 @@ class Sequence:
 
     def to_dict(self) -> dict:
         """The plain form stored in a store's manifest and hashed (method.init is recorded for older readers)."""
-        out = dataclasses.asdict(self)
-        out["tasks"] = list(out["tasks"])
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["method"]["init"] = self.method.spec.init
         return out
 
@@ -165,4 +205,16 @@ class Sequence:
         return dataclasses.replace(self, **changes)
 
 
-SECTIONS = {"backbone": Backbone, "lora": Lora, "method": Method, "training": Training}
+def _plain(value: Any) -> Any:
+    """Dataclasses as dicts (fields at their legacy value left out), tuples as lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.metadata.get("legacy", _NO_LEGACY) is _NO_LEGACY or getattr(value, f.name) != f.metadata["legacy"]}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+SECTIONS = {"backbone": Backbone, "lora": Lora, "method": Method, "training": Training, "evaluation": Evaluation}

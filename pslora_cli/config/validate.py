@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .schema import SECTIONS, Sequence, Task
+from .schema import SECTIONS, Backbone, Method, Sequence, Task
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list", dict: "mapping",
@@ -155,16 +155,54 @@ def _resolve_method(method: dict, raw: dict, where: Where) -> None:
             raise where(f"method.{key}", f"method {name} needs {key} > 0")
 
 
+def _resolve_backbone(sections: dict, raw: dict, where: Where) -> None:
+    """Resolve backbone.kind (auto: from the model) and the defaults that depend on it: the LoRA targets (the
+    attention query/value projections of the architecture) and, for language models, a longer max_length."""
+    from ..models import backbone_kind
+    from ..models.lm import DEFAULT_TARGETS
+
+    backbone = sections["backbone"]
+    try:
+        kind = backbone_kind(Backbone(**backbone))
+    except InputError as exc:
+        raise where("backbone.name", str(exc).split(": ", 1)[-1]) from None
+    backbone["kind"] = kind
+    if kind in DEFAULT_TARGETS:
+        if "target_modules" not in (raw.get("lora") or {}):
+            sections["lora"]["target_modules"] = list(DEFAULT_TARGETS[kind])
+        if "max_length" not in (raw.get("backbone") or {}):
+            backbone["max_length"] = 128
+
+
+def _check_generative(seq: Sequence, where: Where) -> None:
+    """Prompts and scorers belong to language models; heads to encoders."""
+    from ..data.prompts import check_prompt
+
+    scorer = seq.evaluation.scorer
+    if seq.generative and scorer == "heads":
+        raise where("evaluation.scorer", f"a language model ({seq.backbone.kind}) has no heads: use exact-match or rank")
+    if not seq.generative and scorer in ("exact-match", "rank"):
+        raise where("evaluation.scorer", f"{scorer} scores a language model's answers; this backbone is an encoder "
+                                         f"with heads (use heads or auto)")
+    for i, task in enumerate(seq.tasks):
+        if task.prompt is not None and not seq.generative:
+            raise where(f"tasks[{i}].prompt", "prompts are for language-model backbones (backbone.kind causal-lm or "
+                                              "seq2seq-lm)")
+        if seq.generative:
+            try:
+                check_prompt(task.prompt, f"tasks[{i}].prompt")
+            except InputError as exc:
+                key, _, rest = str(exc).partition(": ")
+                raise where(key, rest) from None
+
+
 def _check_modality(seq: Sequence, where: Where) -> None:
     """Every task's data must be what the backbone takes (text or images)."""
     from ..data import source_modality
     from ..models import backbone_modality
 
     backbone = seq.backbone
-    try:
-        wants = backbone_modality(backbone)
-    except InputError as exc:
-        raise where("backbone.name", str(exc).split(": ", 1)[-1]) from None
+    wants = backbone_modality(backbone)
     if wants == "text" and not backbone.pretrained:
         raise where("backbone.pretrained", "false (random weights) is for image backbones only")
     for i, task in enumerate(seq.tasks):
@@ -190,14 +228,28 @@ def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int]
     typed_tasks = tuple(_task(task, i, seen, where) for i, task in enumerate(tasks))
     _check_sections(sections, where)
     _resolve_method(sections["method"], dict(raw.get("method") or {}), where)
+    _resolve_backbone(sections, raw, where)
     seq = Sequence(**top, **{name: cls(**sections[name]) for name, cls in SECTIONS.items()}, tasks=typed_tasks,
                    base_dir=str(Path(base_dir).resolve()))
     _check_modality(seq, where)
+    _check_generative(seq, where)
     return seq
 
 
 def stored_form(seq: dict) -> dict:
-    """A sequence as a store records it (Sequence.to_dict), back in the form a user writes: no derived keys."""
+    """A sequence as a store records it (Sequence.to_dict), back in the form a user writes: without the keys its
+    method derived (init; the settings the method fixes or switches off), so that `--set method.name=...` can
+    choose another method for a command (keys at their default are left out too: validation refills them)."""
+    from ..methods import METHODS
+
     raw = {k: v for k, v in seq.items() if k != "base_dir"}
-    raw["method"] = {k: v for k, v in (raw.get("method") or {}).items() if k != "init"}
+    method = dict(raw.get("method") or {})
+    spec = METHODS.get(method.get("name"))
+    derived = {"init"}
+    if spec is not None:
+        derived |= {key for key in ("merge", "previous") if getattr(spec, key) is not None}
+        derived |= {key for key, on in (("stability_weight", spec.stability), ("orthogonality_weight",
+                                                                               spec.orthogonality)) if on is False}
+    defaults = {f.name: _default(f) for f in dataclasses.fields(Method)}  # refilled by validation anyway
+    raw["method"] = {k: v for k, v in method.items() if k not in derived and v != defaults.get(k)}
     return raw

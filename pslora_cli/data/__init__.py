@@ -189,4 +189,6 @@ def joint_task_data(parts: list[TaskData], task_ids: list[str]) -> TaskData:
                      test_y=parts[-1].test_y, fingerprint=fingerprint,
                      source=f"tasks {', '.join(task_ids)} jointly", modality=parts[-1].modality)
     joint.task_slices = slices
+    if all(hasattr(p, "answers") for p in parts):  # prompted tasks: each joint label keeps its task's answer text
+        joint.answers = [a for p in parts for a in p.answers]
     return joint

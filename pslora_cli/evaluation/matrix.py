@@ -34,6 +34,8 @@ def matrix_keys(seq: Sequence, store: Store, k: int) -> tuple[list[str], list[st
     test data) of the first k tasks as they are in the store now."""
     ids = seq.task_ids[:k]
     merge = [seq.method.stage_rule, seq.method.merge_density, seq.method.merge_scale]
+    if seq.generative:  # the scorer decides the cells of a language model's matrix
+        merge.append(seq.scorer)
     adapters = [store.adapter_sha256(t) for t in ids]
     row_keys = ["base"] + [canonical_hash(merge + adapters[:t]) for t in range(1, k + 1)]
     col_keys = [canonical_hash([store.head_sha256(t), store.task_meta(t)["data_fingerprint"]]) for t in ids]
@@ -53,8 +55,8 @@ def needed_cells(k: int, class_incremental: bool) -> list[tuple[int, int, str]]:
 def empty_doc(seq: Sequence) -> dict:
     n = len(seq.tasks)
     grid = lambda: [[None] * n for _ in range(n + 1)]  # noqa: E731
-    ci = seq.class_incremental
-    return {"tasks": seq.task_ids, "scenario": seq.scenario, "merge": seq.method.stage_rule,
+    ci = seq.agnostic_scoring
+    return {"tasks": seq.task_ids, "scenario": seq.scenario, "merge": seq.method.stage_rule, "scorer": seq.scorer,
             "primary": "task_agnostic" if ci else "task_aware",
             "task_aware": grid(), "task_agnostic": grid() if ci else None,
             "sample_counts": [None] * n, "row_keys": [None] * (n + 1), "col_keys": [None] * n}
@@ -64,8 +66,10 @@ def load_doc(seq: Sequence, store: Store) -> dict:
     """The stored matrix when it belongs to this sequence and stage rule, else an empty one."""
     doc = read_json(store.matrix_path) if store.matrix_path.is_file() else None
     fresh = empty_doc(seq)
-    if not doc or any(doc.get(key) != fresh[key] for key in ("tasks", "merge", "scenario")):
+    if not doc or any(doc.get(key) != fresh[key] for key in ("tasks", "merge", "scenario")) \
+            or doc.get("scorer", "heads") != fresh["scorer"]:
         return fresh
+    doc["scorer"] = fresh["scorer"]
     return doc
 
 

@@ -1,7 +1,8 @@
 """Scoring a model: stage t = W0 + the merge of tasks 1..t folded into the weights (no LoRA branches at inference),
 with the heads of tasks 1..t. The only scoring path: the accuracy matrix, compare and analyze-shifts go through it.
 
-- "aware": task i's test set scored with task i's own head (the task id is known);
+- "aware": task i's test set scored with task i's own head (the task id is known); for a language model, its
+  answers to task i's prompts (which name the task's options) by exact match or rank;
 - "agnostic": argmax over the heads of tasks 1..t concatenated (the task id is not known).
 """
 
@@ -66,6 +67,21 @@ class Evaluator:
             feats.append(self.backbone.features(self.backbone.model, batch).float())
         return torch.cat(feats), torch.tensor(ys, dtype=torch.long, device=self.device)
 
+    @torch.inference_mode()
+    def answer_hits(self, i: int) -> torch.Tensor:
+        """A language model's answers to task i's test prompts, right or wrong, by the sequence's scorer (under
+        torchrun: this rank's shard)."""
+        from ..models.lm import exact_match_hits, rank_hits
+
+        data = self.load_data(i)
+        xs, ys = list(data.test_x), list(data.test_y)
+        if distributed.world().active:
+            xs, ys = distributed.shard(xs), distributed.shard(ys)
+        score = rank_hits if self.seq.scorer == "rank" else exact_match_hits
+        if not xs:
+            return torch.zeros(0, dtype=torch.bool, device=self.device)
+        return score(self.backbone, xs, ys, data.answers, self.device, self.seq.training.eval_batch_size)
+
     def adapters(self, t: int) -> list[AdapterFile]:
         return [AdapterFile(self.store.task_files(task.id).adapter_dir) for task in self.seq.tasks[:t]]
 
@@ -91,6 +107,8 @@ class Evaluator:
                    cells: list[tuple[int, str]]) -> dict[tuple[int, str], float]:
         """Accuracy of W0 + `updates` with stage t's heads on the (task index, kind) cells."""
         self.folder.fold(updates)
+        if self.seq.generative:
+            return {(i, kind): _accuracy(self.answer_hits(i)) for i, kind in cells}
         results = {}
         for i in sorted({i for i, _ in cells}):
             feats, labels = self.features(i)

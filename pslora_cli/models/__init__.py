@@ -33,13 +33,37 @@ def backbone_modality(cfg: Backbone) -> str:
     if cfg.source == "timm":
         return "image"
     if cfg.source == "builtin":
+        from .lm import BUILTIN_LM
+
         if cfg.name in BUILTIN_VISION:
             return "image"
-        if cfg.name not in BUILTIN_TEXT:
+        if cfg.name not in BUILTIN_TEXT and cfg.name not in BUILTIN_LM:
             raise InputError(f"backbone.name: unknown built-in backbone {cfg.name!r} (built-in: "
-                             f"{', '.join(list(BUILTIN_TEXT) + list(BUILTIN_VISION))}; or set backbone.source: "
-                             f"huggingface or timm)")
+                             f"{', '.join(list(BUILTIN_TEXT) + list(BUILTIN_LM) + list(BUILTIN_VISION))}; or set "
+                             f"backbone.source: huggingface or timm)")
     return "text"
+
+
+def backbone_kind(cfg: Backbone) -> str:
+    """"encoder" (pooled features feed the task heads; every image model), "causal-lm" or "seq2seq-lm" (a language
+    model that writes the answer). backbone.kind when set; otherwise the built-in's kind or the model's config."""
+    from .lm import BUILTIN_LM, detect_kind
+
+    if backbone_modality(cfg) == "image":
+        if cfg.kind not in ("auto", "encoder"):
+            raise InputError(f"backbone.kind: {cfg.kind!r} is for text models; an image model is an encoder")
+        return "encoder"
+    if cfg.source == "builtin":
+        kind = "causal-lm" if cfg.name in BUILTIN_LM else "encoder"
+        if cfg.kind not in ("auto", kind):
+            raise InputError(f"backbone.kind: the built-in {cfg.name!r} is a {kind}, not {cfg.kind!r}")
+        return kind
+    if cfg.kind != "auto":
+        return cfg.kind
+    try:
+        return detect_kind(cfg.name, cfg.trust_remote_code)
+    except InputError:  # not readable here (a hub id offline): an encoder, as before kinds existed; loading says more
+        return "encoder"
 
 
 def quiet_transformers() -> None:
@@ -57,6 +81,10 @@ def resolve_model_path(cfg: Backbone) -> str:
 
         return describe(cfg)
     if cfg.source == "builtin":
+        from .lm import BUILTIN_LM, builtin_lm_folder
+
+        if cfg.name in BUILTIN_LM:
+            return builtin_lm_folder(cfg.name)
         if cfg.name not in BUILTIN_TEXT:
             raise InputError(f"backbone.name: unknown built-in backbone {cfg.name!r} "
                              f"(built-in: {', '.join(BUILTIN_TEXT)}; or set backbone.source: huggingface)")
@@ -117,11 +145,18 @@ def backbone_identity(cfg: Backbone) -> dict:
 
 
 def load_backbone(cfg: Backbone, device: torch.device):
-    """A TextBackbone (transformers) or, for timm and built-in image backbones, a VisionBackbone."""
+    """A TextBackbone (transformers encoder), a LanguageModel (causal or seq2seq LM) or, for timm and built-in image
+    backbones, a VisionBackbone."""
     if backbone_modality(cfg) == "image":
         from .vision import load_vision_backbone
 
         return load_vision_backbone(cfg, device)
+    kind = backbone_kind(cfg)
+    if kind != "encoder":
+        from .lm import load_language_model
+
+        quiet_transformers()
+        return load_language_model(cfg, resolve_model_path(cfg), kind, device)
     from .text import load_text_backbone
 
     return load_text_backbone(cfg, device)

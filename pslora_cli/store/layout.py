@@ -166,8 +166,9 @@ class Store:
     def adapter_sha256(self, task_id: str) -> str:
         return self.task_meta(task_id)["sha256"][ADAPTER]
 
-    def head_sha256(self, task_id: str) -> str:
-        return self.task_meta(task_id)["sha256"][HEAD]
+    def head_sha256(self, task_id: str) -> str | None:
+        """The head's sha256; None for a language model's task (it has no head)."""
+        return self.task_meta(task_id)["sha256"].get(HEAD)
 
     def trained_prefix(self, task_ids: list[str]) -> list[str]:
         """The longest prefix of `task_ids` whose tasks are all in the store (stages exist only for prefixes)."""
@@ -214,7 +215,8 @@ class Store:
         problems = []
         if meta.get("task") != task_id:
             problems.append(f"{folder / 'meta.json'}: belongs to task {meta.get('task')!r}, not {task_id!r}")
-        problems += [f"{folder / name}: not recorded in meta.json" for name in TASK_FILES if name not in meta["sha256"]]
+        required = TASK_FILES[:2] if meta.get("generative") else TASK_FILES  # a language model's task has no head
+        problems += [f"{folder / name}: not recorded in meta.json" for name in required if name not in meta["sha256"]]
         for name, digest in meta["sha256"].items():
             path = folder / name
             if path.is_symlink() or not path.is_file():

