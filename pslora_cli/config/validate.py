@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .backbones import DEFAULT_TARGETS, backbone_kind, backbone_modality
 from .schema import SECTIONS, Backbone, Method, Sequence, Task
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -158,9 +159,6 @@ def _resolve_method(method: dict, raw: dict, where: Where) -> None:
 def _resolve_backbone(sections: dict, raw: dict, where: Where) -> None:
     """Resolve backbone.kind (auto: from the model) and the defaults that depend on it: the LoRA targets (the
     attention query/value projections of the architecture) and, for language models, a longer max_length."""
-    from ..models import backbone_kind
-    from ..models.lm import DEFAULT_TARGETS
-
     backbone = sections["backbone"]
     try:
         kind = backbone_kind(Backbone(**backbone))
@@ -199,8 +197,6 @@ def _check_generative(seq: Sequence, where: Where) -> None:
 def _check_modality(seq: Sequence, where: Where) -> None:
     """Every task's data must be what the backbone takes (text or images)."""
     from ..data import source_modality
-    from ..models import backbone_modality
-
     backbone = seq.backbone
     wants = backbone_modality(backbone)
     if wants == "text" and not backbone.pretrained:

@@ -1,6 +1,6 @@
-"""The history H the lean stability loss compares against (stability_lean.py): dense, as stacked factors
-H = B_H @ A_H (`HistoryFactors`), or a `PreparedHistory` that holds, for one task's training, either tanh(αH) cached
-densely (fastest) or the stacked factors (leanest), chosen by size; and the CPU's fast tanh."""
+"""The history H the lean stability loss compares against (stability_lean.py): stacked factors H = B_H @ A_H
+(`HistoryFactors`), the source the loss's blocks read (`_Source`: tanh(αH) cached densely, or the factors), and the
+CPU's fast tanh. stability_lean.PreparedHistory holds one of them for a task's training."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .stability import VARIANTS, conv_to_matrix
+from .stability import conv_to_matrix
 
 STORES = ("auto", "dense", "factors")
 
@@ -86,68 +86,6 @@ class _Source:
         if not need_tanh:
             return None, abs_h
         return _finish_tanh_(h * (alpha * k)), abs_h
-
-
-class PreparedHistory:
-    """One module's history H, prepared once for a task's training with a fixed α (METHOD.md §1: H is constant
-    while task t trains).
-
-    store "dense": tanh(αH) is cached (and |H| too for variant "deviation"), replacing H: one dense buffer, as
-        large as H, and no tanh of H per step.
-    store "factors": the stacked factors are kept and H's block recomputed per step: memory (d_out + d_in)·R.
-    store "auto": "factors" when factors are given and take fewer elements than dense H, else "dense".
-    """
-
-    def __init__(self, history: Tensor | HistoryFactors | None = None, *, alpha: float | Tensor,
-                 variant: str = "dir+fro", store: str = "auto", factors: HistoryFactors | None = None):
-        if store not in STORES:
-            raise ValueError(f"unknown store {store!r}; expected one of {STORES}")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-        _check_alpha(alpha)
-        if isinstance(history, HistoryFactors):
-            history, factors = None, history
-        if history is None and factors is None:
-            raise ValueError("PreparedHistory needs a dense history or its factors")
-        dense = history.detach() if history is not None else None
-        shape = tuple(dense.shape) if dense is not None else factors.shape
-        if dense is not None and factors is not None and dense.numel() != factors.shape[0] * factors.shape[1]:
-            raise ValueError(f"history shape {shape} does not match its factors {factors.shape}")
-        if dense is not None and factors is not None and factors.B.dtype != dense.dtype:
-            factors = HistoryFactors(factors.B.to(dense.dtype), factors.A.to(dense.dtype))
-        if store == "auto":
-            store = "factors" if factors is not None and factors.numel() < math.prod(shape) else "dense"
-        if store == "factors" and factors is None:
-            raise ValueError("store 'factors' needs the history's factors")
-        self.alpha = alpha.detach() if isinstance(alpha, Tensor) else float(alpha)
-        self.variant, self.store, self.shape = variant, store, shape
-        if store == "factors":
-            self.source = _Source(factors=HistoryFactors(factors.B.detach(), factors.A.detach()))
-        else:
-            h = dense if dense is not None else factors.dense().detach()
-            h = h.reshape(h.shape[0], -1)
-            self.source = _Source(tanh_cache=torch.tanh(h * self.alpha),
-                                  abs_cache=h.abs() if variant == "deviation" else None)
-
-    @property
-    def nbytes(self) -> int:
-        s = self.source
-        return sum(t.numel() * t.element_size() for t in (s.tanh_cache, s.abs_cache, *(s.factors or ()))
-                   if t is not None)
-
-    def loss(self, lora_A: Tensor, lora_B: Tensor, scale: float | Tensor, *, reduction: str = "mean",
-             block_rows: int | None = None, strategy: str = "fused") -> Tensor:
-        from .stability_lean import lean_stability_loss
-
-        return lean_stability_loss(lora_A, lora_B, scale, self, alpha=self.alpha, reduction=reduction,
-                                   variant=self.variant, block_rows=block_rows, strategy=strategy)
-
-
-def prepare_history(dense: Tensor | None = None, factors: Iterable[tuple[Tensor, Tensor, float]] | None = None, *,
-                    alpha: float | Tensor, variant: str = "dir+fro", store: str = "auto") -> PreparedHistory:
-    """PreparedHistory from a dense H and/or the earlier tasks' [(lora_A, lora_B, scale), ...]."""
-    stacked = stack_history(factors) if factors is not None else None
-    return PreparedHistory(dense, alpha=alpha, variant=variant, store=store, factors=stacked)
 
 
 def _check_alpha(alpha) -> None:

@@ -41,29 +41,14 @@ PreparedHistory given a different alpha object than its own compares their value
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
-from .stability import (
-    REDUCTIONS,
-    VARIANTS,
-    _norm,
-    factor_matrices,
-    lora_delta,
-    stability_terms,
-)
-from .stability_history import (
-    STORES,
-    HistoryFactors,
-    PreparedHistory,
-    _check_alpha,
-    _finish_tanh_,
-    _Source,
-    _tanh_prescale,
-    prepare_history,
-    stack_history,
-)
+from .stability import REDUCTIONS, VARIANTS, _norm, factor_matrices, lora_delta, stability_terms
+from .stability_history import (STORES, HistoryFactors, _check_alpha, _finish_tanh_, _Source, _tanh_prescale,
+                                stack_history)
 
 TORCH_STRATEGIES = ("fused", "recompute")
 STRATEGIES = TORCH_STRATEGIES + ("triton",)  # tests/test_stability_triton.py checks "triton"
@@ -262,6 +247,69 @@ class _BlockwiseTerms(torch.autograd.Function):
             if grad_a is not None:
                 grad_a.addmm_(b.T, g_total)
         return (grad_a, grad_b) + (None,) * 8
+
+
+# --- the history, prepared for one task's training ------------------------------------------------------------
+
+
+class PreparedHistory:
+    """One module's history H, prepared once for a task's training with a fixed α (METHOD.md §1: H is constant
+    while task t trains).
+
+    store "dense": tanh(αH) is cached (and |H| too for variant "deviation"), replacing H: one dense buffer, as
+        large as H, and no tanh of H per step.
+    store "factors": the stacked factors are kept and H's block recomputed per step: memory (d_out + d_in)·R.
+    store "auto": "factors" when factors are given and take fewer elements than dense H, else "dense".
+    """
+
+    def __init__(self, history: Tensor | HistoryFactors | None = None, *, alpha: float | Tensor,
+                 variant: str = "dir+fro", store: str = "auto", factors: HistoryFactors | None = None):
+        if store not in STORES:
+            raise ValueError(f"unknown store {store!r}; expected one of {STORES}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        _check_alpha(alpha)
+        if isinstance(history, HistoryFactors):
+            history, factors = None, history
+        if history is None and factors is None:
+            raise ValueError("PreparedHistory needs a dense history or its factors")
+        dense = history.detach() if history is not None else None
+        shape = tuple(dense.shape) if dense is not None else factors.shape
+        if dense is not None and factors is not None and dense.numel() != factors.shape[0] * factors.shape[1]:
+            raise ValueError(f"history shape {shape} does not match its factors {factors.shape}")
+        if dense is not None and factors is not None and factors.B.dtype != dense.dtype:
+            factors = HistoryFactors(factors.B.to(dense.dtype), factors.A.to(dense.dtype))
+        if store == "auto":
+            store = "factors" if factors is not None and factors.numel() < math.prod(shape) else "dense"
+        if store == "factors" and factors is None:
+            raise ValueError("store 'factors' needs the history's factors")
+        self.alpha = alpha.detach() if isinstance(alpha, Tensor) else float(alpha)
+        self.variant, self.store, self.shape = variant, store, shape
+        if store == "factors":
+            self.source = _Source(factors=HistoryFactors(factors.B.detach(), factors.A.detach()))
+        else:
+            h = dense if dense is not None else factors.dense().detach()
+            h = h.reshape(h.shape[0], -1)
+            self.source = _Source(tanh_cache=torch.tanh(h * self.alpha),
+                                  abs_cache=h.abs() if variant == "deviation" else None)
+
+    @property
+    def nbytes(self) -> int:
+        s = self.source
+        return sum(t.numel() * t.element_size() for t in (s.tanh_cache, s.abs_cache, *(s.factors or ()))
+                   if t is not None)
+
+    def loss(self, lora_A: Tensor, lora_B: Tensor, scale: float | Tensor, *, reduction: str = "mean",
+             block_rows: int | None = None, strategy: str = "fused") -> Tensor:
+        return lean_stability_loss(lora_A, lora_B, scale, self, alpha=self.alpha, reduction=reduction,
+                                   variant=self.variant, block_rows=block_rows, strategy=strategy)
+
+
+def prepare_history(dense: Tensor | None = None, factors: Iterable[tuple[Tensor, Tensor, float]] | None = None, *,
+                    alpha: float | Tensor, variant: str = "dir+fro", store: str = "auto") -> PreparedHistory:
+    """PreparedHistory from a dense H and/or the earlier tasks' [(lora_A, lora_B, scale), ...]."""
+    stacked = stack_history(factors) if factors is not None else None
+    return PreparedHistory(dense, alpha=alpha, variant=variant, store=store, factors=stacked)
 
 
 _KIND = {"dir+fro": 0, "dir+factor": 0, "weighted-dir+fro": 1, "deviation": 2}

