@@ -1,5 +1,6 @@
 # make demo  - set everything up and run the default sequence offline
-# make test  - set everything up and run the tests
+# make test       - set everything up and run the tests (tests/unit, tests/e2e and the rest of tests/)
+# make test-unit  - only tests/unit: tiny random models and synthetic data, no data packages (under a minute)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ DEB_PACKAGES := wordnet-base dataset-fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test test-fast bench clean-demo debs
+.PHONY: setup demo test test-unit test-e2e bench clean-demo debs
 
 setup: $(STAMP) debs
 
@@ -36,6 +37,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The unit tests need the Python environment only, not the Debian data packages.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test-e2e: setup
+	$(BIN)/python -m pytest -q tests/e2e
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

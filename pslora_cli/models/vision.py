@@ -344,7 +344,7 @@ def load_vision_backbone(cfg: Backbone, device: torch.device) -> VisionBackbone:
     for p in model.parameters():
         p.requires_grad_(False)
     data_cfg = resolve_model_data_config(model)
-    channels, h, w = data_cfg.input_size
+    channels, h, w = data_cfg["input_size"]
     fixed = _input_size(model, data_cfg)
     if cfg.image_size:
         size = (int(cfg.image_size), int(cfg.image_size))
@@ -353,7 +353,7 @@ def load_vision_backbone(cfg: Backbone, device: torch.device) -> VisionBackbone:
                              f"drop image_size or set backbone.model_kwargs.img_size: {size[0]}")
     else:
         size = fixed or (int(h), int(w))
-    mean, std = tuple(float(v) for v in data_cfg.mean), tuple(float(v) for v in data_cfg.std)
+    mean, std = tuple(float(v) for v in data_cfg["mean"]), tuple(float(v) for v in data_cfg["std"])
     if len(mean) != channels:  # e.g. in_chans=1 with an RGB config: one channel, averaged statistics
         mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
     dim = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
@@ -361,5 +361,5 @@ def load_vision_backbone(cfg: Backbone, device: torch.device) -> VisionBackbone:
         raise InputError(f"backbone.name: timm {cfg.name!r} does not tell its feature size")
     return VisionBackbone(model=model, feature_dim=int(dim), image_size=size, channels=int(channels),
                           mean=mean, std=std,
-                          interpolation=_interpolation(str(data_cfg.interpolation)),
+                          interpolation=_interpolation(str(data_cfg.get("interpolation", "bilinear"))),
                           path=describe(cfg), identity=vision_identity(cfg))

@@ -24,7 +24,7 @@ from .. import distributed
 from ..config import Sequence
 from ..errors import InputError, Interrupted, WorkError
 from ..models import load_backbone, target_parameters
-from ..models.adapters import PEFT_PREFIX, AdapterFile, WeightFolder, merged_deltas
+from ..models.adapters import CONFIG_FILE, PEFT_PREFIX, AdapterFile, WeightFolder, merged_deltas
 from ..models.heads import TaskModel, make_head
 from ..store import TaskFiles
 from .checkpoint import BatchOrder, read_checkpoint, restore_checkpoint, save_checkpoint
@@ -352,7 +352,7 @@ def save_task(run: TaskTraining, out: TaskFiles) -> None:
     (out.adapter_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub; the store keeps meta.json
     # PEFT writes target_modules from a set, in an order that changes from process to process; sorted, the same
     # training gives the same file.
-    config_file = out.adapter_dir / "adapter_config.json"
+    config_file = out.adapter_dir / CONFIG_FILE
     saved_config = json.loads(config_file.read_text(encoding="utf-8"))
     if isinstance(saved_config.get("target_modules"), list):
         saved_config["target_modules"] = sorted(saved_config["target_modules"])

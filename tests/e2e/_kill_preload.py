@@ -6,8 +6,10 @@ import peft  # noqa: F401
 import torch  # noqa: F401
 import transformers  # noqa: F401
 
-from pslora_cli import cli, evaluate, train, workflow  # noqa: F401
+from pslora_cli import cli, merging, pipeline, session  # noqa: F401
 from pslora_cli.data.text_sources import DEFAULT_WORDNET_DIR, wordnet_pools
+from pslora_cli.evaluation import matrix, scoring  # noqa: F401
+from pslora_cli.training import recipe, task  # noqa: F401
 
 wordnet_pools(DEFAULT_WORDNET_DIR / "data.noun")
 

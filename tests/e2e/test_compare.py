@@ -76,12 +76,6 @@ def test_custom_merges_run(merge, tiny_bert, write_sequence, tmp_path, capsys):
     assert doc["merge"]["method"] == merge and doc["matrix"]["metrics"]["primary"]["acc"] is not None
 
 
-def test_compare_bad_method(tiny_bert, write_sequence, tmp_path, capsys):
-    seq = write_sequence(two_tasks(tiny_bert))
-    assert main(["compare", str(seq), "--methods", "ewc", "--out", str(tmp_path / "c")]) == 2
-    assert "unknown method 'ewc'" in capsys.readouterr().err
-
-
 def test_multitask_trains_tasks_jointly_with_one_head_per_stage(tiny_bert, write_sequence, tmp_path, capsys):
     seq = write_sequence(two_tasks(tiny_bert, name="multitask"))
     store = tmp_path / "s"

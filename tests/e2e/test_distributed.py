@@ -134,22 +134,6 @@ def test_a_rank_that_dies_ends_every_rank_and_leaves_the_store_untouched(bert_wi
     assert not list((store / "tasks").glob(".t2.*")), "a temporary task folder was left behind"
 
 
-def test_misconfigured_world_is_refused(monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
-    code, _, err = run_cli(capsys, "eval", "--store", tmp_path / "nothing", "--device", "cpu")
-    assert code == 2 and "$RANK is not set" in err and "torchrun" in err and err.count("\n") == 1, err
-    monkeypatch.setenv("RANK", "5")
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29999")
-    code, _, err = run_cli(capsys, "eval", "--store", tmp_path / "nothing", "--device", "cpu")
-    assert code == 2 and "need 0 <= RANK < WORLD_SIZE" in err, err
-    code, _, err = run_cli(capsys, "merge", "--store", tmp_path / "nothing")
-    assert code == 2 and "runs in one process" in err, err
-
-
 def test_bf16_autocast_trains_and_stores_float32(bert_without_dropout, tmp_path, capsys):
     """training.precision: bf16 runs the forward pass under autocast (here on the CPU; "auto" picks it on GPUs
     with bf16); the stability loss, the optimizer and the stored adapter stay float32."""

@@ -28,7 +28,8 @@ def test_minilm_learns_real_tasks_and_adapters_load_in_peft(tmp_path, capsys):
     from peft import PeftModel
     from transformers import AutoModel
 
-    from pslora_cli.backbones import resolve_model_path
+    from pslora_cli.config import Backbone
+    from pslora_cli.models import resolve_model_path
 
     seq = tmp_path / "seq.yaml"
     seq.write_text(yaml.safe_dump(SEQUENCE))
@@ -42,6 +43,6 @@ def test_minilm_learns_real_tasks_and_adapters_load_in_peft(tmp_path, capsys):
     assert doc["matrix"]["metrics"]["primary"]["acc"] > 0.5
     meta = json.loads((store / "tasks" / "b" / "meta.json").read_text())
     assert meta["train"]["final"]["stability_loss"] > 0          # the loss was active for the second task
-    base = AutoModel.from_pretrained(resolve_model_path({"source": "builtin", "name": "all-minilm-l6-v2"}))
+    base = AutoModel.from_pretrained(resolve_model_path(Backbone(source="builtin", name="all-minilm-l6-v2")))
     model = PeftModel.from_pretrained(base, str(store / "tasks" / "b"))
     assert sum("lora_A" in n for n, _ in model.named_parameters()) == 12  # query+value in 6 layers

@@ -3,15 +3,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pslora_cli.core.merge import (
-    METHODS,
-    RunningMerge,
-    magnitude_merge,
-    mean_merge,
-    merge_deltas,
-    pick_larger,
-    sum_merge,
-)
+from pslora_cli.core.merges import MERGES, merge_module
+from pslora_cli.core.merges.magnitude import _row_blocks, magnitude_merge, magnitude_merge_factors
+from pslora_cli.core.merges.running import FOLDS as METHODS
+from pslora_cli.core.merges.running import RunningMerge, merge_deltas, pick_larger
+from pslora_cli.core.merges.ties import ties_merge, trim_mask
+
+
+def sum_merge(deltas):
+    return merge_deltas(deltas, "sum")
+
+
+def mean_merge(deltas):
+    return merge_deltas(deltas, "mean")
+
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -160,7 +165,6 @@ def test_cuda_merge_matches_cpu():
 
 
 # --- TIES, task arithmetic, last ---------------------------------------------------------------------------
-from pslora_cli.core.merge import merge_module, ties_merge, trim_mask  # noqa: E402
 
 
 def test_trim_mask_keeps_top_fraction():
@@ -242,8 +246,7 @@ def test_merge_of_a_reused_buffer_equals_merge_of_copies():
             buffer.copy_(t)
             yield buffer
 
-    from pslora_cli.core.merge import ALL_METHODS, merge_module
-    for method in ALL_METHODS:
+    for method in MERGES:
         assert torch.equal(merge_module(one_buffer, method), merge_module(lambda: iter(tasks), method)), method
 
 
@@ -251,8 +254,6 @@ def test_merge_of_a_reused_buffer_equals_merge_of_copies():
 
 def _blockwise_reference(pairs, block_elements):
     """pick_larger folded over the row blocks B_i[rows] @ A_i, block by block, as plainly as possible."""
-    from pslora_cli.core.merge import _row_blocks
-
     d_out, d_in = pairs[0][0].shape[0], pairs[0][1].shape[1]
     return torch.cat([_pick_larger_fold([b[r0:r1] @ a for b, a in pairs])
                       for r0, r1 in _row_blocks(d_out, d_in, block_elements, "cpu")])
@@ -276,8 +277,6 @@ def factor_tasks(draw):
 @given(factor_tasks(), st.integers(1, 3), st.sampled_from([1, 64, 1 << 18]))
 def test_factor_merge_equals_blockwise_pick_larger_bitwise(pairs, chunk_tasks, block_elements):
     # overflow, NaN, ±0 and ties included; several row blocks and task chunks: exactly the reference's bits
-    from pslora_cli.core.merge import magnitude_merge_factors
-
     copies = [(b.clone(), a.clone()) for b, a in pairs]
     got = magnitude_merge_factors(iter(pairs), chunk_tasks=chunk_tasks, block_elements=block_elements)
     assert torch.equal(_bits(got), _bits(_blockwise_reference(pairs, block_elements)))
@@ -291,8 +290,6 @@ def test_factor_merge_equals_the_merge_of_the_dense_products(d_out, d_in, r, tas
     # rows come in blocks of multiples of 16: for float32 those BLAS products equal the rows of the full product,
     # so the merge file is the magnitude merge of exactly the updates `delta` gives (chunks of 2 tasks, to cross
     # chunk boundaries as well)
-    from pslora_cli.core.merge import magnitude_merge_factors
-
     g = torch.Generator().manual_seed(d_out + d_in)
     pairs = [(torch.randn(d_out, r, generator=g) * 0.1, torch.randn(r, d_in, generator=g)) for _ in range(tasks)]
     dense = magnitude_merge([b @ a for b, a in pairs])
@@ -301,8 +298,6 @@ def test_factor_merge_equals_the_merge_of_the_dense_products(d_out, d_in, r, tas
 
 
 def test_factor_merge_mixed_and_half_dtypes_and_errors():
-    from pslora_cli.core.merge import magnitude_merge_factors
-
     g = torch.Generator().manual_seed(3)
     pairs = [(torch.randn(20, 2, generator=g), torch.randn(2, 5, generator=g)) for _ in range(3)]
     halves = [(b.half(), a.half()) for b, a in pairs]

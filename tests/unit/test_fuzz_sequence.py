@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pslora_cli.errors import InputError
-from pslora_cli.sequence import sequence_from_text
+from pslora_cli.config import sequence_from_text
 
 VALID = {
     "name": "f",

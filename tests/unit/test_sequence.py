@@ -1,13 +1,14 @@
 """Sequence YAML validation: every error is one InputError line naming the file, key path and line."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from pslora_cli.errors import InputError
-from pslora_cli.sequence import apply_overrides, identity_hash, load_sequence, parse_yaml, sequence_from_text
+from pslora_cli.config import apply_overrides, identity_hash, load_sequence, parse_yaml, sequence_from_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = """\
 name: s
 backbone: {name: all-minilm-l6-v2}
@@ -33,11 +34,12 @@ def error(text, overrides=None) -> str:
 
 def test_defaults_are_filled():
     seq = parse(GOOD)
-    assert seq["scenario"] == "class-incremental"
-    assert seq["lora"] == {"rank": 8, "alpha": 16.0, "target_modules": ["query", "value"], "dropout": 0.0}
-    assert seq["method"]["merge"] == "magnitude"
-    assert seq["training"]["steps"] == 120 and seq["training"]["epochs"] is None
-    assert seq["tasks"][0]["data"]["train_per_class"] == 200
+    assert seq.scenario == "class-incremental"
+    assert dataclasses.asdict(seq.lora) == {"rank": 8, "alpha": 16.0, "target_modules": ["query", "value"],
+                                            "dropout": 0.0}
+    assert seq.method.merge == "magnitude"
+    assert seq.training.steps == 120 and seq.training.epochs is None
+    assert seq.tasks[0].data["train_per_class"] == 200
 
 
 def test_unknown_key_names_path_and_line():
@@ -74,33 +76,33 @@ def test_yaml_syntax_error_names_line():
 def test_steps_and_epochs_exclusive():
     msg = error(GOOD.replace("name: s\n", "name: s\ntraining: {epochs: 2, steps: 3}\n"))
     assert "set exactly one of training.steps and training.epochs" in msg
-    assert parse(GOOD.replace("name: s\n", "name: s\ntraining: {epochs: 2, steps: null}\n"))["training"]["epochs"] == 2
+    assert parse(GOOD.replace("name: s\n", "name: s\ntraining: {epochs: 2, steps: null}\n")).training.epochs == 2
 
 
 def test_method_presets():
-    inc = parse(GOOD, ["method.name=inc-lora"])["method"]
-    assert (inc["stability_weight"], inc["orthogonality_weight"], inc["merge"], inc["previous"]) == (0, 0, "sum", "sum")
-    olora = parse(GOOD, ["method.name=o-lora"])["method"]
-    assert olora["orthogonality_weight"] == 0.5 and olora["stability_weight"] == 0 and olora["merge"] == "sum"
-    ps = parse(GOOD)["method"]
-    assert ps["name"] == "ps-lora" and ps["stability_weight"] == 0.01 and ps["orthogonality_weight"] == 0
-    assert ps["merge"] == "magnitude" and ps["init"] == "new"
-    seq_lora = parse(GOOD, ["method.name=seq-lora"])["method"]
-    assert (seq_lora["merge"], seq_lora["previous"], seq_lora["init"]) == ("last", "none", "previous")
+    inc = parse(GOOD, ["method.name=inc-lora"]).method
+    assert (inc.stability_weight, inc.orthogonality_weight, inc.merge, inc.previous) == (0, 0, "sum", "sum")
+    olora = parse(GOOD, ["method.name=o-lora"]).method
+    assert olora.orthogonality_weight == 0.5 and olora.stability_weight == 0 and olora.merge == "sum"
+    ps = parse(GOOD).method
+    assert ps.name == "ps-lora" and ps.stability_weight == 0.01 and ps.orthogonality_weight == 0
+    assert ps.merge == "magnitude" and ps.spec.init == "new"
+    seq_lora = parse(GOOD, ["method.name=seq-lora"]).method
+    assert (seq_lora.merge, seq_lora.previous, seq_lora.spec.init) == ("last", "none", "previous")
     assert "method ps-lora uses merge 'magnitude', not 'sum'" in error(GOOD, ["method.merge=sum"])
     assert "needs stability_weight > 0" in error(GOOD, ["method.stability_weight=0"])
     assert "must be one of" in error(GOOD, ["method.name=ewc"])
-    custom = parse(GOOD, ["method.name=custom", "method.merge=ties", "method.previous=sum"])["method"]
-    assert custom["merge"] == "ties" and custom["stability_weight"] == 0.01
+    custom = parse(GOOD, ["method.name=custom", "method.merge=ties", "method.previous=sum"]).method
+    assert custom.merge == "ties" and custom.stability_weight == 0.01
 
 
 def test_set_overrides():
     seq = parse(GOOD, ["method.stability_weight=0.5", "tasks.b.data.train_per_class=7", "tasks.0.id=first",
                        "lora.target_modules=[query]"])
-    assert seq["method"]["stability_weight"] == 0.5
-    assert seq["tasks"][1]["data"]["train_per_class"] == 7
-    assert seq["tasks"][0]["id"] == "first"
-    assert seq["lora"]["target_modules"] == ["query"]
+    assert seq.method.stability_weight == 0.5
+    assert seq.tasks[1].data["train_per_class"] == 7
+    assert seq.tasks[0].id == "first"
+    assert seq.lora.target_modules == ["query"]
     assert "method.lambda" in error(GOOD, ["method.lambda=1"])
     with pytest.raises(InputError, match="no list item 'zz'"):
         parse(GOOD, ["tasks.zz.id=q"])
@@ -117,7 +119,7 @@ def test_identity_hash_ignores_training_settings():
 @pytest.mark.parametrize("path", sorted((ROOT / "task_sequences").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_sequences_validate(path):
     seq, _ = load_sequence(path)
-    assert seq["tasks"]
+    assert seq.tasks
 
 
 def test_missing_file():

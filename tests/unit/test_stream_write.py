@@ -3,7 +3,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pslora_cli.stream_write import write_streaming
+from pslora_cli.store.stream_write import write_streaming
 
 
 def _tensors():

@@ -1,5 +1,6 @@
 """`pslora analyze-shifts` end to end on the tiny BERT: the JSON against an independent numpy recomputation from
-the stored adapter files, the files and figures, --intervene, --compare, and bad input."""
+the stored adapter files, the files and figures, --intervene (also on a multitask store), --compare, and bad
+input."""
 
 from __future__ import annotations
 
@@ -209,6 +210,31 @@ def test_intervene_and_compare(stores, capsys, tmp_path):
     rows = list(csv.DictReader((tmp_path / "intervention.csv").open()))
     assert len(rows) == 2 * 4
     assert len(list(csv.DictReader((tmp_path / "comparison.csv").open()))) == 2 * 10
+
+
+@pytest.mark.parametrize("scenario", ["class-incremental", "task-incremental"])
+def test_intervention_on_a_multitask_store_scores_with_each_stages_heads(scenario, tiny_bert, write_sequence,
+                                                                        tmp_path, capsys):
+    """Multitask trains a joint head per stage: the unmodified stage of the intervention must score task i at
+    stage t with stage t's rows of the joint head, as the accuracy matrix does, not with task i's first head."""
+    seq = tiny_sequence(tiny_bert, scenario=scenario, method={"name": "multitask"},
+                        training={"steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_batch_size": 64})
+    store = tmp_path / "multitask"
+    code, _, err = run_cli(capsys, "run", write_sequence(seq), "--store", store, "--device", "cpu", "--quiet",
+                           "--json")
+    assert code == 0, err
+    code, doc, err = run_cli(capsys, "analyze-shifts", "--store", store, "--intervene", "--device", "cpu",
+                             "--json", "--quiet", "--no-figures")
+    assert code == 0, err
+    matrix = json.loads((store / "eval" / "matrix.json").read_text())
+    primary = matrix[matrix["primary"]]
+    iv = doc["intervention"]
+    assert iv["merge"] == "last" and [e["stage"] for e in iv["stages"]] == [2, 3]
+    for e in iv["stages"]:
+        t, none = e["stage"], e["variants"]["none"]
+        assert e["baseline_matches_matrix"] is True, (t, none["old_per_task"], primary[t])
+        assert none["old_per_task"] == pytest.approx(primary[t][:t - 1], abs=1e-5)
+        assert none["new_accuracy"] == pytest.approx(primary[t][t - 1], abs=1e-5)
 
 
 BAD = {

@@ -1,0 +1,49 @@
+"""The package as a whole, without models or data: `pslora --help` does not import torch, a misconfigured
+torchrun world is refused, no pickle is ever loaded."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_cli
+
+PACKAGE = Path(__file__).resolve().parents[2] / "pslora_cli"
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from pslora_cli.cli import app; import typer.main; "
+            "typer.main.get_command(app); print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    result = subprocess.run([sys.executable, "-m", "pslora_cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train-task" in result.stdout and "analyze" not in result.stderr
+
+
+def test_misconfigured_world_is_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    code, _, err = run_cli(capsys, "eval", "--store", tmp_path / "nothing", "--device", "cpu")
+    assert code == 2 and "$RANK is not set" in err and "torchrun" in err and err.count("\n") == 1, err
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    code, _, err = run_cli(capsys, "eval", "--store", tmp_path / "nothing", "--device", "cpu")
+    assert code == 2 and "need 0 <= RANK < WORLD_SIZE" in err, err
+    code, _, err = run_cli(capsys, "merge", "--store", tmp_path / "nothing")
+    assert code == 2 and "runs in one process" in err, err
+
+
+def test_no_pickle_loading_in_the_package():
+    """torch.load only with weights_only=True, and no pickle/dill/joblib anywhere in pslora's own code."""
+    files = list(PACKAGE.rglob("*.py"))
+    assert len(files) > 40 and PACKAGE / "store" / "layout.py" in files  # the walk sees the subpackages
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from)\s+(pickle|dill|joblib|cloudpickle)\b", text, re.M), path
+        for call in re.finditer(r"torch\.load\([^\n]*", text):
+            assert "weights_only=True" in call.group(0), (path, call.group(0))

@@ -1,0 +1,168 @@
+"""The methods registry (pslora_cli.methods) and the merges registry (pslora_cli.core.merges): every registered
+method validates in a sequence with its fixed settings applied, every registered merge equals a hand computation,
+and names outside the registries are refused with the key they came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from pslora_cli.config import sequence_from_text
+from pslora_cli.core.merges import DEFAULT_MERGE, MERGES, merge_module, merges_help
+from pslora_cli.errors import InputError
+from pslora_cli.methods import METHODS, MethodSpec, methods_help
+
+GOOD = """\
+name: s
+tasks:
+  - id: a
+    data: {type: wordnet, classes: [animal, food]}
+  - id: b
+    data: {type: wordnet, classes: [person, plant]}
+"""
+
+
+def parse(overrides=None):
+    return sequence_from_text(GOOD, "seq.yaml", Path("."), overrides)
+
+
+def error(overrides) -> str:
+    with pytest.raises(InputError) as exc:
+        parse(overrides)
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+# -- methods ----------------------------------------------------------------------------------------------------
+
+def test_the_registry_holds_the_documented_methods():
+    assert list(METHODS) == ["ps-lora", "ps-lora+o-lora", "ps-loss-only", "ps-merge-only", "inc-lora", "o-lora",
+                             "seq-lora", "per-task", "multitask", "custom"]
+    assert all(isinstance(spec, MethodSpec) and spec.name == name for name, spec in METHODS.items())
+    assert all(f"{name}: " in methods_help() for name in METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_validates_with_its_fixed_settings(name):
+    spec = METHODS[name]
+    method = parse([f"method.name={name}"]).method
+    assert method.name == name and method.spec is spec
+    assert method.merge == (spec.merge or DEFAULT_MERGE) and method.merge in MERGES
+    assert method.previous == (spec.previous or "merge")
+    # stability / orthogonality: forced off (0), on (the default weight, > 0), or as the sequence gives it
+    for weight, on, default in (("stability_weight", spec.stability, 0.01),
+                                ("orthogonality_weight", spec.orthogonality, 0.5)):
+        assert getattr(method, weight) == (0.0 if on is False else default), weight
+    assert method.stage_rule == ("own" if spec.own_adapters else method.merge)
+    assert parse([f"method.name={name}"]).to_dict()["method"]["init"] == spec.init
+    # a setting the method fixes cannot be changed; one it leaves open can
+    for key, fixed, other in (("merge", spec.merge, "ties"), ("previous", spec.previous, "none")):
+        if fixed is not None and fixed != other:
+            assert f"method.{key}" in error([f"method.name={name}", f"method.{key}={other}"])
+        elif fixed is None:
+            assert getattr(parse([f"method.name={name}", f"method.{key}={other}"]).method, key) == other
+    if spec.stability:
+        assert "needs stability_weight > 0" in error([f"method.name={name}", "method.stability_weight=0"])
+    elif spec.stability is False:
+        assert parse([f"method.name={name}", "method.stability_weight=0.3"]).method.stability_weight == 0
+
+
+def test_method_kinds():
+    assert [n for n, s in METHODS.items() if s.trains_jointly] == ["multitask"]
+    assert [n for n, s in METHODS.items() if s.continues_previous] == ["seq-lora"]
+    assert [n for n, s in METHODS.items() if s.own_adapters] == ["per-task"]
+    custom = parse(["method.name=custom", "method.stability_weight=0.2", "method.orthogonality_weight=0.1",
+                    "method.merge=mean", "method.previous=sum"]).method
+    assert (custom.stability_weight, custom.orthogonality_weight, custom.merge, custom.previous) == \
+        (0.2, 0.1, "mean", "sum")
+
+
+def test_merge_own_is_the_legacy_spelling_of_per_task_only():
+    legacy = parse(["method.name=per-task", "method.merge=own"]).method
+    assert legacy.merge == DEFAULT_MERGE and legacy.stage_rule == "own"
+    assert parse(["method.name=per-task"]).method == legacy
+    for name in ("ps-lora", "custom", "inc-lora"):
+        msg = error([f"method.name={name}", "method.merge=own"])
+        assert msg.startswith("seq.yaml: method.merge") and "per-task" in msg, msg
+
+
+def test_unknown_method_or_merge_names_the_key():
+    msg = error(["method.name=ewc"])
+    assert msg.startswith("seq.yaml: method.name") and "'ewc'" in msg and all(n in msg for n in METHODS)
+    msg = error(["method.name=custom", "method.merge=median"])
+    assert msg.startswith("seq.yaml: method.merge") and "'median'" in msg and all(m in msg for m in MERGES)
+
+
+@pytest.mark.parametrize("override, key", [("method.name=ewc", "method.name"),
+                                           ("method.merge=median", "method.merge")])
+def test_unknown_method_or_merge_exits_2_naming_the_key(override, key, tmp_path, capsys):
+    seq = tmp_path / "seq.yaml"
+    seq.write_text(GOOD)
+    overrides = ["--set", "method.name=custom"] if key == "method.merge" else []
+    code, _, err = run_cli(capsys, "run", seq, "--store", tmp_path / "store", "--set", override, *overrides)
+    assert code == 2 and err.startswith(f"pslora: error: {seq}: {key}") and err.count("\n") == 1, err
+    assert not (tmp_path / "store").exists()
+
+
+def test_compare_refuses_an_unknown_method(tmp_path, capsys):
+    seq = tmp_path / "seq.yaml"
+    seq.write_text(GOOD)
+    code, _, err = run_cli(capsys, "compare", seq, "--methods", "ewc", "--out", tmp_path / "c")
+    assert code == 2 and "unknown method 'ewc'" in err
+    assert not (tmp_path / "c").exists()
+
+
+# -- merges -----------------------------------------------------------------------------------------------------
+
+D1 = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+D2 = torch.tensor([[-3.0, -1.0, 0.25, 0.9]])
+D3 = torch.tensor([[0.5, 2.0, -1.0, 0.0]])
+# By hand, per element, for the three updates above:
+EXPECTED = {
+    # the value of largest |.|, ties to the earlier task: |-2| vs |2| in column 2 keeps D1's -2
+    "magnitude": ({}, [[-3.0, -2.0, -1.0, 3.0]]),
+    "sum": ({}, [[-1.5, -1.0, -0.25, 3.9]]),
+    "mean": ({}, [[-0.5, -1.0 / 3, -0.25 / 3, 1.3]]),
+    # scale * sum
+    "task-arithmetic": ({"scale": 0.5}, [[-0.75, -0.5, -0.125, 1.95]]),
+    "last": ({}, [[0.5, 2.0, -1.0, 0.0]]),
+    # density 0.5 keeps the 2 largest |.| of each: D1 -> [0,-2,0,3], D2 -> [-3,-1,0,0], D3 -> [0,2,-1,0];
+    # elected signs of the trimmed sum [-3,-1,-1,3]: [-,-,-,+]; disjoint means: -3, (-2-1)/2, -1, 3
+    "ties": ({"density": 0.5}, [[-3.0, -1.5, -1.0, 3.0]]),
+}
+
+
+def test_every_merge_has_a_hand_computation():
+    assert set(MERGES) == set(EXPECTED)
+    assert DEFAULT_MERGE == "magnitude" and all(f"{name}: " in merges_help() for name in MERGES)
+
+
+@pytest.mark.parametrize("name", sorted(MERGES))
+def test_every_merge_equals_its_hand_computation(name):
+    options, expected = EXPECTED[name]
+    calls = []
+
+    def make_deltas():
+        calls.append(1)
+        return iter([D1.clone(), D2.clone(), D3.clone()])
+
+    out = merge_module(make_deltas, name, **options)
+    assert torch.allclose(out, torch.tensor(expected), rtol=0, atol=1e-6), (name, out)
+    assert MERGES[name].name == name and MERGES[name].load().merge is not None
+    assert len(calls) == (2 if name == "ties" else 1)  # TIES streams over the tasks twice, the others once
+
+
+def test_merge_options_reach_the_merge():
+    # the defaults differ from the options above: the options are not ignored
+    assert not torch.allclose(merge_module(lambda: iter([D1, D2, D3]), "task-arithmetic"),
+                              merge_module(lambda: iter([D1, D2, D3]), "task-arithmetic", scale=0.5))
+    assert not torch.allclose(merge_module(lambda: iter([D1, D2, D3]), "ties", density=1.0),
+                              merge_module(lambda: iter([D1, D2, D3]), "ties", density=0.5))
+
+
+def test_unknown_merge_module_is_refused():
+    with pytest.raises(ValueError, match="unknown merge method 'median'"):
+        merge_module(lambda: iter([D1]), "median")
