@@ -1,4 +1,5 @@
-# make demo  - set everything up and run the default sequence offline
+# make demo     - set everything up and run the default sequence offline
+# make demo-lm  - the same for the generative track (SmolLM2, labels as text; about 25 min on 2 cores)
 # make test       - set everything up and run the tests (tests/unit, tests/e2e and the rest of tests/)
 # make test-unit  - only tests/unit: tiny random models and synthetic data, no data packages (under a minute)
 PYTHON ?= python3
@@ -9,7 +10,7 @@ DEB_PACKAGES := wordnet-base dataset-fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo test test-unit test-e2e bench clean-demo debs
+.PHONY: setup demo demo-lm test test-unit test-e2e bench clean-demo debs
 
 setup: $(STAMP) debs
 
@@ -35,6 +36,9 @@ debs:
 demo: setup
 	$(BIN)/pslora run task_sequences/wordnet-nouns.yaml --store demo-store
 
+demo-lm: setup
+	$(BIN)/pslora run task_sequences/gen-mixed-order1.yaml --store demo-lm-store
+
 test: setup
 	$(BIN)/python -m pytest -q tests
 
@@ -49,4 +53,4 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 clean-demo:
-	rm -rf demo-store
+	rm -rf demo-store demo-lm-store
