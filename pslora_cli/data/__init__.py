@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import pathlib
 
-from pslora_cli.data._common import REQUIRED, TaskData, compute_fingerprint
+from pslora_cli.data._common import ABSENT, REQUIRED, TaskData, check_text_template, compute_fingerprint
 from pslora_cli.data.tabular import FILE_FORMATS
 from pslora_cli.data.text_sources import (
     FIXED_CLASSES,
@@ -105,6 +105,8 @@ def validate_source(source: dict, where: str) -> dict:
                              f"(allowed: type, {', '.join(schema)})")
     out = {"type": kind}
     for key, (types, default) in schema.items():
+        if default is ABSENT and source.get(key) is None:
+            continue  # a field added later, left out unless given: older sources keep their filled form
         if key not in source:
             if default is REQUIRED:
                 raise InputError(f"{where}.{key}: required for data type '{kind}' (expected {_type_name(types)})")
@@ -117,6 +119,8 @@ def validate_source(source: dict, where: str) -> dict:
                 and float in (types if isinstance(types, tuple) else (types,)):
             value = float(value)
         out[key] = copy.deepcopy(value)
+    if "text_template" in out:
+        check_text_template(source, out, where)
     _check_values(out, kind, where)
     if kind in IMAGE_SCHEMAS:
         check_image_source(out, kind, where)

@@ -1,5 +1,8 @@
 """Labelled rows from a Hugging Face dataset (hub id, local dataset folder or saved dataset) or from local files
 (CSV / TSV / JSON Lines / Parquet), turned into a task: the class list, train/test rows, a seeded split and caps.
+
+A row's text is one column (`text_column`) or `text_template`: one template or a list of them with {column}
+placeholders, which assembles the text from several columns (a title and a body, two sentences of a pair, ...).
 """
 
 from __future__ import annotations
@@ -9,14 +12,18 @@ import inspect
 import json
 import math
 import pathlib
+from dataclasses import dataclass
 
 from pslora_cli.data._common import (
     TaskData,
+    TextTemplates,
     assemble,
     carve_per_class,
+    cell_text,
     choose_classes,
     class_sort_key,
     existing_paths,
+    parse_text_templates,
     resolve_path,
     rngs,
 )
@@ -25,6 +32,35 @@ from pslora_cli.errors import InputError
 
 def _is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+@dataclass(frozen=True)
+class _Text:
+    """Where a source's text comes from: one column (key `text_column`), or templates over several (`text_template`)."""
+
+    key: str
+    columns: list
+    templates: TextTemplates | None
+
+    @classmethod
+    def of(cls, source: dict, column_key: str = "text_column") -> _Text:
+        if source.get("text_template") is not None:
+            templates = parse_text_templates(source["text_template"], "text_template")  # checked by validate_source
+            return cls("text_template", templates.columns, templates)
+        return cls(column_key, [source[column_key]], None)
+
+    def make(self, row: dict, at: str):
+        """One row's text (`row` maps column names to values). One column: its value as it is (the caller checks
+        it); templates: rendered, every value as text (a missing one as "")."""
+        if self.templates is None:
+            return row[self.columns[0]]
+        values = {}
+        for column in self.columns:
+            value = row[column]
+            values[column] = cell_text(value)
+            if values[column] is None:
+                raise InputError(f"{at}: column {column!r} holds {type(value).__name__}, expected text")
+        return self.templates.render(values)
 
 
 def _labelled_task(train_rows, test_rows, label_names, source: dict, *, seed, where, description,
@@ -108,14 +144,14 @@ def open_hf_dataset(source: dict, base_dir: pathlib.Path, where: str, column_key
         if not local.is_dir():
             raise InputError(f"{where}.path: {local} is a file, not a dataset folder "
                              f"(for a CSV/JSONL/Parquet file use `type: files`)")
-        target, desc = str(local), f"huggingface {kind}dataset {local}"
+        target, desc, is_local = str(local), f"huggingface {kind}dataset {local}", True
     else:
-        target, desc = path, f"huggingface hub {kind}dataset {path}"
+        target, desc, is_local = path, f"huggingface hub {kind}dataset {path}", False
     if source.get("name"):
         desc += f" ({source['name']})"
 
     try:
-        if target != path and _is_saved_to_disk(local):
+        if is_local and _is_saved_to_disk(local):  # (an absolute path is its own target: not a hub id)
             ds = datasets.load_from_disk(target)
         else:
             kwargs = {}
@@ -127,7 +163,7 @@ def open_hf_dataset(source: dict, base_dir: pathlib.Path, where: str, column_key
     except InputError:
         raise
     except Exception as exc:  # hub unreachable, bad folder, missing config ...
-        hint = " (no network? use a local folder written by save_to_disk)" if target == path else ""
+        hint = "" if is_local else " (no network? use a local folder written by save_to_disk)"
         raise InputError(f"{where}.path: cannot load dataset {path!r}{hint}: {_one_line(exc)}") from None
 
     if isinstance(ds, datasets.Dataset):
@@ -143,8 +179,8 @@ def open_hf_dataset(source: dict, base_dir: pathlib.Path, where: str, column_key
                          f"(available: {', '.join(sorted(splits))})")
     train_ds = splits[train_split]
     test_ds = splits.get(test_split) if test_split is not None and test_split != train_split else None
-    data_col, label_col = source[column_key], source["label_column"]
-    for key, col in ((column_key, data_col), ("label_column", label_col)):
+    text, label_col = _Text.of(source, column_key), source["label_column"]
+    for key, col in [(text.key, c) for c in text.columns] + [("label_column", label_col)]:
         for split_name, d in ((train_split, train_ds), (test_split, test_ds)):
             if d is not None and col not in d.column_names:
                 raise InputError(f"{where}.{key}: no column {col!r} in split {split_name!r} of {path!r} "
@@ -165,12 +201,20 @@ def load_huggingface(source: dict, *, seed: int, base_dir: pathlib.Path, where: 
     no dataset scripts).
     """
     train_ds, test_ds, label_names, desc = open_hf_dataset(source, base_dir, where, "text_column")
-    text_col, label_col = source["text_column"], source["label_column"]
+    text, label_col = _Text.of(source), source["label_column"]
+    text_col = text.columns[0]
     train_split, test_split = source["train_split"], source.get("test_split")
+
+    def texts(d, split_name) -> list:
+        if text.templates is None:
+            return list(d[text_col])
+        columns = {c: list(d[c]) for c in text.columns}
+        return [text.make(dict(zip(columns, values)), f"{where}.text_template: split {split_name!r} row {i}")
+                for i, values in enumerate(zip(*columns.values()))]
 
     def rows(d, split_name):
         out = []
-        for i, (t, v) in enumerate(zip(list(d[text_col]), list(d[label_col]))):
+        for i, (t, v) in enumerate(zip(texts(d, split_name), list(d[label_col]))):
             at = f"split {split_name!r} row {i}"
             if label_names is not None:
                 if v == -1:
@@ -215,7 +259,7 @@ def _file_format(file: pathlib.Path, fmt: str | None, where: str) -> str:
                      f"(known: {', '.join(_SUFFIX_FORMAT)}); set format: to one of {', '.join(FILE_FORMATS)}")
 
 
-def _read_jsonl(file: pathlib.Path, text_col: str, label_col: str, where: str) -> list[tuple[str, object]]:
+def _read_jsonl(file: pathlib.Path, text: _Text, label_col: str, where: str) -> list[tuple[str, object]]:
     """JSON Lines: one object per line, blank lines skipped. A file that is one JSON array is accepted too."""
     opener = {".gz": "gzip", ".bz2": "bz2"}.get(file.suffix.lower())
     if opener == "gzip":
@@ -252,19 +296,19 @@ def _read_jsonl(file: pathlib.Path, text_col: str, label_col: str, where: str) -
         loc = f"{file}:{n}" if unit == "line" else f"{file}: item {n}"
         if not isinstance(rec, dict):
             raise InputError(f"{loc}: expected a JSON object, got {type(rec).__name__}")
-        for key, col in (("text_column", text_col), ("label_column", label_col)):
+        for key, col in [(text.key, c) for c in text.columns] + [("label_column", label_col)]:
             if col not in rec:
                 raise InputError(f"{loc}: {where}.{key}: no column {col!r} (available: {', '.join(map(str, rec))})")
-        t, v = rec[text_col], rec[label_col]
+        t, v = text.make(rec, loc), rec[label_col]
         if not isinstance(t, str):
-            raise InputError(f"{loc}: column {text_col!r} holds {type(t).__name__}, expected text")
+            raise InputError(f"{loc}: column {text.columns[0]!r} holds {type(t).__name__}, expected text")
         if _is_missing(v) or isinstance(v, (list, dict)):
             raise InputError(f"{loc}: column {label_col!r} holds {v!r}, expected one label")
         out.append((t, v))
     return out
 
 
-def _read_table(file: pathlib.Path, fmt: str, text_col: str, label_col: str, where: str):
+def _read_table(file: pathlib.Path, fmt: str, text: _Text, label_col: str, where: str):
     import pandas as pd  # installed with datasets
 
     try:
@@ -275,13 +319,16 @@ def _read_table(file: pathlib.Path, fmt: str, text_col: str, label_col: str, whe
                              na_values=[])
     except Exception as exc:  # pandas / pyarrow parse errors
         raise InputError(f"{file}: cannot read as {fmt}: {_one_line(exc)}") from None
-    for key, col in (("text_column", text_col), ("label_column", label_col)):
+    for key, col in [(text.key, c) for c in text.columns] + [("label_column", label_col)]:
         if col not in df.columns:
             raise InputError(f"{where}.{key}: no column {col!r} in {file} "
                              f"(available: {', '.join(map(str, df.columns))})")
+    columns = {c: df[c].tolist() for c in text.columns}
+    text_col = text.columns[0]
     out = []
-    for i, (t, v) in enumerate(zip(df[text_col].tolist(), df[label_col].tolist())):
+    for i, (v, *values) in enumerate(zip(df[label_col].tolist(), *columns.values())):
         row = f"{file}: data row {i + 1}"
+        t = text.make(dict(zip(columns, values)), row)
         if not isinstance(t, str):
             if _is_missing(t):
                 raise InputError(f"{row}: column {text_col!r} is empty")
@@ -295,11 +342,11 @@ def _read_table(file: pathlib.Path, fmt: str, text_col: str, label_col: str, whe
 
 
 def _read_labelled_file(file: pathlib.Path, fmt: str, source: dict, where: str):
-    text_col, label_col = source["text_column"], source["label_column"]
+    text, label_col = _Text.of(source), source["label_column"]
     if fmt == "jsonl":
-        rows = _read_jsonl(file, text_col, label_col, where)
+        rows = _read_jsonl(file, text, label_col, where)
     else:
-        rows = _read_table(file, fmt, text_col, label_col, where)
+        rows = _read_table(file, fmt, text, label_col, where)
     # Plain label values are named str(value): make CSV "1" and JSON 1 the same class.
     return [(t, str(v)) for t, v in rows]
 

@@ -16,6 +16,7 @@ import re
 from pslora_cli.data._common import (
     CAPS_OPTIONAL,
     REQUIRED,
+    TEXT_TEMPLATE_FIELD,
     TaskData,
     assemble,
     carve_per_class,
@@ -59,6 +60,7 @@ TEXT_SCHEMAS: dict[str, dict[str, tuple]] = {
         "test_fraction": (float, 0.2),
         "format": ((str, NoneType), None),
         "text_column": (str, "text"),
+        "text_template": TEXT_TEMPLATE_FIELD,
         "label_column": (str, "label"),
         "classes": ((list, NoneType), None),
         **CAPS_OPTIONAL,

@@ -104,7 +104,13 @@ class LanguageModel:
         return self._ids((" " if self.kind == "causal-lm" else "") + answer) + [self.eos_id]
 
     def prompt_ids(self, example, reserve: int) -> list[int]:
-        """The prompt's tokens, its text cut (in tokens) so that the prompt and `reserve` answer tokens fit."""
+        """The prompt's tokens, its text cut (in tokens) so that the prompt and `reserve` answer tokens fit in
+        max_length. An encoder-decoder reads the prompt and its end token (the answer is the decoder's)."""
+        if self.kind == "seq2seq-lm":
+            return self._fitted(example, 1) + [self.eos_id]
+        return self._fitted(example, reserve)
+
+    def _fitted(self, example, reserve: int) -> list[int]:
         ids = self._ids(example.render())
         if len(ids) + reserve <= self.max_length:
             return ids

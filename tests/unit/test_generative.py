@@ -128,6 +128,8 @@ def test_seq2seq_targets_and_logits():
     yes, no, eos = tok.convert_tokens_to_ids(["yes", "no", "<eos>"])
     assert targets.tolist() == [yes, eos, no, eos]
     assert (batch["labels"] == IGNORE).sum() == 0  # both answers have two tokens
+    lengths = batch["attention_mask"].sum(1).tolist()  # the encoder reads each prompt and its end token
+    assert [batch["input_ids"][i, n - 1].item() for i, n in enumerate(lengths)] == [eos, eos]
 
     class Wrapped(torch.nn.Module):
         def __init__(self, m):
