@@ -202,3 +202,65 @@ def tree_state(root: Path) -> dict:
         return {}
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+# -- data sources and image backbones: helpers shared by tests/unit and tests/e2e ------------------------------
+
+DATA_WHERE = "task t2: data"
+
+
+def load_source(source: dict, seed: int = 0, base_dir: Path = Path("."), where: str = DATA_WHERE):
+    """load_task_data with the tests' error prefix."""
+    from pslora_cli.data import load_task_data
+
+    return load_task_data(source, seed=seed, base_dir=base_dir, where=where)
+
+
+def source_raises(source: dict, match: str, base_dir: Path = Path("."), **kw) -> str:
+    """The one-line InputError a source raises, checked to contain `match`."""
+    from pslora_cli.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        load_source(source, base_dir=base_dir, **kw)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    assert match in msg, msg
+    return msg
+
+
+def check_text_data(d) -> None:
+    """The shape every loaded text task has."""
+    assert len(d.train_x) == len(d.train_y) and len(d.test_x) == len(d.test_y)
+    assert d.train_x and d.test_x
+    assert set(d.train_y) == set(range(len(d.classes))) == set(d.test_y)
+    assert all(isinstance(x, str) and x for x in d.train_x + d.test_x)
+    assert len(d.fingerprint) == 64 and int(d.fingerprint, 16) >= 0
+    assert d.modality == "text"
+
+
+TINY_VIT = {"img_size": 28, "patch_size": 7, "depth": 2, "embed_dim": 64, "num_heads": 2}
+
+
+def vit_backbone(**changes):
+    """A tiny random timm ViT backbone config (no weights)."""
+    from pslora_cli.config import Backbone
+
+    cfg = {"source": "timm", "name": "vit_tiny_patch16_224", "pooling": "mean", "max_length": 64,
+           "trust_remote_code": False, "pretrained": False, "weights": None, "image_size": None,
+           "model_kwargs": dict(TINY_VIT)}
+    cfg.update(changes)
+    return Backbone(**cfg)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny batches gain nothing from a second thread, and on a shared 2-core machine two threads wait on each
+    other for whichever core another process holds (measured: the vision tests 29 s with one thread, 184 s with
+    two)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

@@ -11,34 +11,13 @@ import pathlib
 
 import pytest
 
-from pslora_cli.data import TaskData, load_task_data
 from pslora_cli.data import _common, text_sources
-from pslora_cli.errors import InputError
 
-WHERE = "task t2: data"
+from conftest import DATA_WHERE, check_text_data, load_source, source_raises
+
+WHERE = DATA_WHERE
 HERE = pathlib.Path(".")
-
-
-def load(source: dict, seed: int = 0, base_dir: pathlib.Path = HERE) -> TaskData:
-    return load_task_data(source, seed=seed, base_dir=base_dir, where=WHERE)
-
-
-def raises(source: dict, match: str, base_dir: pathlib.Path = HERE, **kw) -> str:
-    with pytest.raises(InputError) as info:
-        load(source, base_dir=base_dir, **kw)
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    assert match in msg, msg
-    return msg
-
-
-def check_shape(d: TaskData) -> None:
-    assert len(d.train_x) == len(d.train_y) and len(d.test_x) == len(d.test_y)
-    assert d.train_x and d.test_x
-    assert set(d.train_y) == set(range(len(d.classes))) == set(d.test_y)
-    assert all(isinstance(x, str) and x for x in d.train_x + d.test_x)
-    assert len(d.fingerprint) == 64 and int(d.fingerprint, 16) >= 0
-    assert d.modality == "text"
+load, raises, check_shape = load_source, source_raises, check_text_data
 
 
 # ------------------------------------------------------------------------------------------ data files present

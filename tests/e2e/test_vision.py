@@ -24,28 +24,15 @@ from pslora_cli.errors import InputError
 from pslora_cli.models import load_backbone, target_parameters
 from pslora_cli.models.adapters import AdapterFile, WeightFolder
 
+from conftest import TINY_VIT, vit_backbone
+
 ROOT = Path(__file__).resolve().parents[2]
 WHERE = "tasks[0].data"
 CPU = torch.device("cpu")
-TINY_VIT = {"img_size": 28, "patch_size": 7, "depth": 2, "embed_dim": 64, "num_heads": 2}
+backbone_cfg = vit_backbone
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny batches gain nothing from a second thread, and on a shared 2-core machine two threads wait on each
-    other for whichever core another process holds (measured: this file 29 s with one thread, 184 s with two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def backbone_cfg(**changes) -> Backbone:
-    cfg = {"source": "timm", "name": "vit_tiny_patch16_224", "pooling": "mean", "max_length": 64,
-           "trust_remote_code": False, "pretrained": False, "weights": None, "image_size": None,
-           "model_kwargs": dict(TINY_VIT)}
-    cfg.update(changes)
-    return Backbone(**cfg)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load(source: dict, seed: int = 0, base_dir: Path = ROOT):

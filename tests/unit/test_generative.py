@@ -49,6 +49,17 @@ def tiny_t5(tokenizer):
     return T5ForConditionalGeneration(config).eval()
 
 
+class Wrapped(torch.nn.Module):
+    """What AnswerModel needs of a PEFT model: the model it wraps."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def get_base_model(self):
+        return self.m
+
+
 def example(text: str) -> Prompted:
     return Prompted("what is the sentiment of the following review\nOption: yes, no\n", text, "\nAnswer:")
 
@@ -106,14 +117,6 @@ def test_causal_targets_are_the_answer_tokens_and_the_model_computes_only_their_
     assert batch["input_ids"][batch["rows"], batch["cols"] + 1].tolist() == targets.tolist()
     assert batch["attention_mask"].sum().item() == sum(len(tok(e.render())["input_ids"]) + 2 for e in examples)
 
-    class Wrapped(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def get_base_model(self):
-            return self.m
-
     logits = AnswerModel(lm, Wrapped(model))(batch)
     full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.allclose(logits, full[batch["rows"], batch["cols"]], atol=1e-6)
@@ -130,14 +133,6 @@ def test_seq2seq_targets_and_logits():
     assert (batch["labels"] == IGNORE).sum() == 0  # both answers have two tokens
     lengths = batch["attention_mask"].sum(1).tolist()  # the encoder reads each prompt and its end token
     assert [batch["input_ids"][i, n - 1].item() for i, n in enumerate(lengths)] == [eos, eos]
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def get_base_model(self):
-            return self.m
 
     logits = AnswerModel(lm, Wrapped(model))(batch)
     assert logits.shape == (4, len(tok))
