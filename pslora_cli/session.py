@@ -51,6 +51,9 @@ class Session:
                 return seq, store, None
             if not create:
                 raise InputError(f"{store.root}: not a pslora store; `pslora run {sequence_file}` starts one")
+            from .models.vision import check_weights_file
+
+            check_weights_file(seq.backbone)  # an unreadable weights file is refused before the store exists
             return seq, store, text
         if not store.exists():
             raise InputError(f"{store.root}: not a pslora store; pass --sequence FILE (or use `pslora run FILE`) "

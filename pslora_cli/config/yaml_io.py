@@ -28,6 +28,7 @@ _SafeLoader.add_implicit_resolver(
 
 def parse_yaml(text: str, file: str) -> Any:
     try:
+        _refuse_recursion(yaml.compose(text, Loader=_SafeLoader), file)
         return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -36,11 +37,41 @@ def parse_yaml(text: str, file: str) -> Any:
         raise InputError(f"{file}: {at}invalid YAML: {problem}") from None
 
 
+MAX_VALUES = 1_000_000  # values a sequence file may expand to through aliases (a task list is a few thousand)
+
+
+def _refuse_recursion(root, file: str) -> None:
+    """Refuse a node that contains itself (an alias inside its own anchor, e.g. `a: &x [*x]`), and aliases that
+    expand to more than MAX_VALUES values (an alias bomb): neither can be a setting."""
+    sizes: dict[int, int] = {}  # expanded size of each node walked: an alias used many times is walked once
+
+    def size(node, ancestors: tuple) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if any(node is a for a in ancestors):
+            raise InputError(f"{file}: line {node.start_mark.line + 1}: a YAML alias refers to a value that contains "
+                             f"it (a recursive alias); write the value out")
+        children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = 1 + sum(size(child, ancestors + (node,)) for child in children)
+        if sizes[id(node)] > MAX_VALUES:
+            raise InputError(f"{file}: line {node.start_mark.line + 1}: aliases expand this value to more than "
+                             f"{MAX_VALUES:,} values; write it out")
+        return sizes[id(node)]
+
+    if root is not None:
+        size(root, ())
+
+
 def line_map(text: str) -> dict[str, int]:
     """key path -> 1-based line number, from YAML's node marks (list items by position)."""
     lines: dict[str, int] = {}
+    walked: set[int] = set()  # an aliased node is walked at its first place only (no blow-up on alias bombs)
 
     def walk(node, path: str) -> None:
+        if id(node) in walked:
+            return
+        walked.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 sub = f"{path}.{key_node.value}" if path else str(key_node.value)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import pathlib
 
-from pslora_cli.data._common import ABSENT, REQUIRED, TaskData, check_text_template, compute_fingerprint
+from pslora_cli.data._common import (ABSENT, REQUIRED, UNKNOWN_LABELS, TaskData, check_text_template,
+                                     compute_fingerprint)
 from pslora_cli.data.tabular import FILE_FORMATS
 from pslora_cli.data.text_sources import (
     FIXED_CLASSES,
@@ -46,7 +47,7 @@ def source_modality(source: dict) -> str:
 _NoneType = type(None)
 
 # Extra value checks beyond the python type (key -> allowed values); applied where the key exists.
-_CHOICES = {"pos": ("noun", "verb"), "format": FILE_FORMATS, **IMAGE_CHOICES}
+_CHOICES = {"pos": ("noun", "verb"), "format": FILE_FORMATS, "unknown_labels": UNKNOWN_LABELS, **IMAGE_CHOICES}
 
 
 def _type_name(types) -> str:

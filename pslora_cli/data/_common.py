@@ -17,7 +17,7 @@ import math
 import pathlib
 import random
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Sequence
 
 from pslora_cli.errors import InputError
@@ -67,6 +67,8 @@ class TaskData:
     fingerprint: str
     source: str
     modality: str = "text"
+    # Rows left out because their label is not one of the task's classes: label -> count.
+    dropped: dict = field(default_factory=dict)
 
 
 def rngs(seed: int) -> tuple[random.Random, random.Random, random.Random]:
@@ -282,6 +284,7 @@ def hf_schema(column_key: str, column_default: str) -> dict[str, tuple]:
         "test_fraction": (float, 0.2),
         column_key: (str, column_default),
         **({"text_template": TEXT_TEMPLATE_FIELD} if column_key == "text_column" else {}),
+        "unknown_labels": UNKNOWN_LABELS_FIELD,
         "label_column": (str, "label"),
         "classes": ((list, type(None)), None),
         **CAPS_OPTIONAL,
@@ -311,6 +314,10 @@ def package_file(module: str, relative: str, install: str, where: str) -> pathli
 
 # `text_template`: one template, or a list of them, with {column} placeholders (literal braces as {{ and }}).
 TEXT_TEMPLATE_FIELD = ((str, list), ABSENT)
+# `unknown_labels`: rows whose label is not one of the task's classes are left out and counted (drop, the default),
+# or are an error.
+UNKNOWN_LABELS_FIELD = (str, ABSENT)
+UNKNOWN_LABELS = ("drop", "error")
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,6 @@ def prompted(data: TaskData, spec: dict, source_type: str, where: str) -> TaskDa
     fingerprint = hashlib.sha256(json.dumps([data.fingerprint, prefix, suffix, answers]).encode()).hexdigest()
     out = TaskData(classes=list(data.classes), train_x=wrap(data.train_x), train_y=list(data.train_y),
                    test_x=wrap(data.test_x), test_y=list(data.test_y), fingerprint=fingerprint,
-                   source=data.source, modality=data.modality)
+                   source=data.source, modality=data.modality, dropped=dict(data.dropped))
     out.answers = answers
     return out

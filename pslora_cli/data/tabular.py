@@ -87,6 +87,7 @@ def _labelled_task(train_rows, test_rows, label_names, source: dict, *, seed, wh
     if not classes:
         raise InputError(f"{where}: no labelled rows found")
     label_of = {c: i for i, c in enumerate(classes)}
+    dropped: dict[str, int] = {}
 
     def pools(rows):
         out = [[] for _ in classes]
@@ -94,6 +95,8 @@ def _labelled_task(train_rows, test_rows, label_names, source: dict, *, seed, wh
             i = label_of.get(name(v))
             if i is not None:
                 out[i].append(text)
+            else:
+                dropped[name(v)] = dropped.get(name(v), 0) + 1
         return out
 
     train_pools = pools(train_rows)
@@ -104,8 +107,14 @@ def _labelled_task(train_rows, test_rows, label_names, source: dict, *, seed, wh
     else:
         test_pools = pools(test_rows)
         what = lambda c, side: f" in {train_name if side == 'training' else test_name}"  # noqa: E731
-    return assemble(classes, train_pools, test_pools, source["train_per_class"], source["test_per_class"],
+    if dropped and source.get("unknown_labels") == "error":
+        seen = ", ".join(f"{label!r} ({n})" for label, n in sorted(dropped.items()))
+        raise InputError(f"{where}.unknown_labels: {sum(dropped.values())} rows have labels outside the task's classes "
+                         f"({seen}); list them in classes, or set unknown_labels: drop to leave them out")
+    data = assemble(classes, train_pools, test_pools, source["train_per_class"], source["test_per_class"],
                     seed=seed, where=where, source=description, what=what)
+    data.dropped = dropped
+    return data
 
 
 # ---------------------------------------------------------------------------------------------------------

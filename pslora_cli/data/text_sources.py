@@ -17,6 +17,7 @@ from pslora_cli.data._common import (
     CAPS_OPTIONAL,
     REQUIRED,
     TEXT_TEMPLATE_FIELD,
+    UNKNOWN_LABELS_FIELD,
     TaskData,
     assemble,
     carve_per_class,
@@ -64,6 +65,7 @@ TEXT_SCHEMAS: dict[str, dict[str, tuple]] = {
         "label_column": (str, "label"),
         "classes": ((list, NoneType), None),
         **CAPS_OPTIONAL,
+        "unknown_labels": UNKNOWN_LABELS_FIELD,
     },
 }
 

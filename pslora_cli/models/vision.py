@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,8 +188,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             sd: Any = load_file(str(path))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's advice on a refused file is not for pslora's users
+                warnings.simplefilter("ignore")
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if "weights only" in str(exc).lower() or isinstance(exc, pickle.UnpicklingError):
+            raise InputError(f"{path}: holds Python objects besides tensors (a pickle), which pslora never loads; "
+                             f"save the weights as .safetensors or as a plain dict of tensors") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot read weights ({first[:200]})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
@@ -196,6 +203,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise InputError(f"{path}: not a state dict of tensors")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def check_weights_file(cfg: Backbone) -> None:
+    """Read backbone.weights (safely) when it is set: an unreadable file is refused before anything is written."""
+    file = _weights_file(cfg) if cfg.source == "timm" else None
+    if file is not None:
+        _read_state_dict(file)
 
 
 def load_by_position(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -81,6 +81,11 @@ def train_one(seq: Sequence, store: Store, task_id: str, device, reporter: Repor
         checkpoint.unlink(missing_ok=True)
     reporter.info(f"training task {task_id} ({i + 1}/{len(seq.tasks)}): {len(data.classes)} classes, "
                   f"{len(data.train_x)} train / {len(data.test_x)} test examples, {data.source}")
+    dropped = load(i).dropped
+    if dropped:
+        reporter.info(f"task {task_id}: left out {sum(dropped.values())} rows whose label is not one of its classes ("
+                      + ", ".join(f"{label} {n}" for label, n in sorted(dropped.items())[:10])
+                      + "; data.unknown_labels: error refuses them)")
     main = distributed.world().is_main
     with (store.new_task(task_id) if main else contextlib.nullcontext()) as out:
         with reporter.steps(f"task {task_id}") as progress, stop_on_signals() as stop_requested:
@@ -91,7 +96,7 @@ def train_one(seq: Sequence, store: Store, task_id: str, device, reporter: Repor
             "task": task_id, "index": i, "classes": load(i).classes,
             "num_train": len(data.train_x), "num_test": len(data.test_x),
             "data_fingerprint": data.fingerprint, "data_source": data.source,
-            "seed": seq.seed, "previous_tasks": previous_sha,
+            "seed": seq.seed, "previous_tasks": previous_sha, "dropped_rows": dropped,
             "config": seq.section("backbone", "lora", "method", "training", "scenario")
             | {"task": seq.to_dict()["tasks"][i]},
             "train": metrics, "versions": library_versions(),
