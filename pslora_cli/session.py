@@ -24,6 +24,7 @@ class Session:
     quiet: bool = False
     base_dir: Path | None = None  # where relative data paths resolve (default: the sequence file's folder)
     reporter: Reporter | None = None
+    threads: int | None = None  # torch's CPU threads (None: torch's own default, which OMP_NUM_THREADS sets)
 
     def __post_init__(self):
         if self.reporter is None:
@@ -31,6 +32,12 @@ class Session:
 
     @functools.cached_property
     def device(self):
+        import torch
+
+        if self.threads is not None:
+            if self.threads < 1:
+                raise InputError(f"--threads {self.threads}: must be at least 1")
+            torch.set_num_threads(self.threads)
         return resolve_device(self.device_name)
 
     @property

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (DEFAULT_STORE, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, SetOpt, StoreOpt, comma_list, emit_json,
-                     session)
+from .common import (DEFAULT_STORE, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, SetOpt, StoreOpt, ThreadsOpt, comma_list,
+                     emit_json, session)
 
 
 def analyze_shifts_cmd(
@@ -31,7 +31,7 @@ def analyze_shifts_cmd(
                                                                    "use a seeded subsample of this size.")] = 1 << 21,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the PNG figures.")] = True,
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
-    quiet: QuietOpt = False, set_: SetOpt = None,
+    quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None,
 ):
     """The paper's parameter-shift analysis of the stored adapters (no model load unless --intervene).
 
@@ -43,7 +43,7 @@ def analyze_shifts_cmd(
     """
     from ..analysis import AnalysisOptions, analyze_shifts, parse_ks, parse_rank_by, print_analysis
 
-    s = session(store, device, seed, json_, quiet, set_)
+    s = session(store, device, seed, json_, quiet, set_, threads)
     aopts = AnalysisOptions(rank_by=parse_rank_by(rank_by), ks=parse_ks(ks), bins=bins, max_samples=max_samples,
                             tasks=comma_list(tasks), intervene=intervene, subset=subset, compare=compare, out=out,
                             figures=figures)

@@ -20,6 +20,11 @@ RestartOpt = Annotated[bool, typer.Option("--restart", help="Discard a saved tra
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a sequence field: key.path=value (YAML value); repeatable, e.g. "
                   "--set method.stability_weight=0 --set tasks.t1.data.train_per_class=50.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", envvar="PSLORA_THREADS",
+    help="CPU threads for torch (default: torch's, i.e. OMP_NUM_THREADS or the cores). On a busy machine use 1: a "
+         "thread waiting for a core another process holds stalls every step. Results can differ in the last bits "
+         "between thread counts; a run and its resumption should use the same.")]
 DEFAULT_STORE = Path("pslora-store")
 
 
@@ -28,14 +33,14 @@ def is_main_rank() -> bool:
     return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
-def session(store, device="auto", seed=None, json_=False, quiet=False, set_=None):
+def session(store, device="auto", seed=None, json_=False, quiet=False, set_=None, threads=None):
     """The Session of a command (ranks other than 0 report nothing)."""
     from ..report import Reporter
     from ..session import Session
 
     reporter = Reporter(quiet=quiet, json_mode=json_) if is_main_rank() else Reporter(quiet=True, json_mode=True)
     return Session(store_path=store, device_name=device, seed=seed, overrides=list(set_ or []), json=json_,
-                   quiet=quiet, reporter=reporter)
+                   quiet=quiet, reporter=reporter, threads=threads)
 
 
 def emit_json(obj) -> None:

@@ -10,8 +10,8 @@ import typer
 from ..core.merges import merges_help
 from ..errors import InputError
 from ..methods import methods_help
-from .common import (DEFAULT_STORE, DeviceOpt, JsonOpt, QuietOpt, RestartOpt, SeedOpt, SetOpt, StoreOpt, comma_list,
-                     emit_json, session, show_matrix)
+from .common import (DEFAULT_STORE, DeviceOpt, JsonOpt, QuietOpt, RestartOpt, SeedOpt, SetOpt, StoreOpt, ThreadsOpt,
+                     comma_list, emit_json, session, show_matrix)
 
 METRICS_HELP = """Metrics, from the accuracy matrix R (R[t][i] = accuracy on task i after training task t; row 0 =
 base model; stage t = W0 + merge of tasks 1..t): ACC = mean_i R[T][i]; avg_incremental_accuracy = mean_t
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
 def run_cmd(
     sequence: Annotated[Path, typer.Argument(help="Task sequence YAML file.")],
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
-    quiet: QuietOpt = False, set_: SetOpt = None, restart: RestartOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None, restart: RestartOpt = False,
 ):
     """Train every task of SEQUENCE not yet in the store, evaluating after each; merge; report.
 
@@ -41,7 +41,7 @@ def run_cmd(
     """
     from ..pipeline import run_sequence
 
-    s = session(store, device, seed, json_, quiet, set_)
+    s = session(store, device, seed, json_, quiet, set_, threads)
     result = run_sequence(s, str(sequence), restart=restart)
     if json_:
         emit_json(result)
@@ -57,11 +57,12 @@ def compare_cmd(
     orders: Annotated[int, typer.Option("--orders", help="Task orders: 1 = as written, k > 1 adds seeded shuffles.")] = 1,
     out: Annotated[Path, typer.Option("--out", help="Folder for the per-run stores and the summary.")] = Path("pslora-compare"),
     device: DeviceOpt = "auto", json_: JsonOpt = False, quiet: QuietOpt = False, set_: SetOpt = None,
+    threads: ThreadsOpt = None,
 ):
     """Run SEQUENCE with several methods x seeds x orders (one store each) and compare them."""
     from ..compare import compare, print_summary
 
-    s = session(out, device, None, json_, quiet, set_)
+    s = session(out, device, None, json_, quiet, set_, threads)
     try:
         seed_list = [int(v) for v in seeds.split(",") if v.strip()]
     except ValueError:
@@ -79,7 +80,7 @@ def train_task_cmd(
     sequence: Annotated[Optional[Path], typer.Option("--sequence", help="Sequence YAML (needed for a new store).")] = None,
     eval_: Annotated[bool, typer.Option("--eval/--no-eval", help="Complete the accuracy matrix afterwards.")] = True,
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
-    quiet: QuietOpt = False, set_: SetOpt = None, restart: RestartOpt = False,
+    quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None, restart: RestartOpt = False,
 ):
     """Train one task against the earlier tasks' adapters already in the store (replaces it if present).
 
@@ -87,7 +88,7 @@ def train_task_cmd(
     """
     from ..pipeline import train_and_eval
 
-    s = session(store, device, seed, json_, quiet, set_)
+    s = session(store, device, seed, json_, quiet, set_, threads)
     result = train_and_eval(s, task, str(sequence) if sequence else None, eval_, restart=restart)
     if json_:
         emit_json(result)
@@ -101,7 +102,7 @@ def merge_cmd(
                                                                  f"{merges_help()}.")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task ids (default: all trained).")] = None,
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
-    quiet: QuietOpt = False, set_: SetOpt = None,
+    quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None,
 ):
     """Merge task adapters into one dense update keyed by the base model's parameter names, plus the heads.
 
@@ -109,7 +110,7 @@ def merge_cmd(
     """
     from ..merging import merge_tasks
 
-    s = session(store, device, seed, json_, quiet, set_)
+    s = session(store, device, seed, json_, quiet, set_, threads)
     dev = s.device
     seq, st, _ = s.open()
     if out is not None and out.suffix != ".safetensors":
@@ -125,11 +126,11 @@ def merge_cmd(
 
 def eval_cmd(
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
-    quiet: QuietOpt = False, set_: SetOpt = None,
+    quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None,
 ):
     from ..pipeline import evaluate_store
 
-    s = session(store, device, seed, json_, quiet, set_)
+    s = session(store, device, seed, json_, quiet, set_, threads)
     doc = evaluate_store(s)
     if json_:
         emit_json(doc)

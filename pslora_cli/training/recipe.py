@@ -340,6 +340,7 @@ def task_metrics(run: TaskTraining, seconds: float) -> dict:
         "world_size": world.size,
         "backend": world.backend,  # nccl or gloo under torchrun, None in one plain process
         "precision": "bf16" if autocast(run.seq.training.precision, run.device)[1] else "fp32",
+        "threads": torch.get_num_threads(),
         "alpha_per_module": {k: round(float(v), 6) for k, v in run.regulariser.alphas.items()} or None,
     }
 

@@ -98,3 +98,20 @@ def test_rows_outside_the_classes_can_be_an_error(word_bert, labelled_csv, tmp_p
     assert code == 2 and "tasks[0].data.unknown_labels" not in err  # loaded data names the task, not the YAML key
     assert "data.unknown_labels: 5 rows have labels outside the task's classes ('c2' (5))" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_threads_option(word_bert, labelled_csv, tmp_path, capsys):
+    import torch
+
+    path = tmp_path / "seq.yaml"
+    path.write_text(yaml.safe_dump(sequence(word_bert, labelled_csv)))
+    code, _, err = run_cli(capsys, "train-task", "--task", "t1", "--sequence", path, "--store", tmp_path / "s",
+                           "--threads", "0")
+    assert code == 2 and "--threads 0: must be at least 1" in err and not (tmp_path / "s").exists(), err
+    before = torch.get_num_threads()
+    try:
+        code, doc, err = run_cli(capsys, "train-task", "--task", "t1", "--sequence", path, "--store", tmp_path / "s",
+                                 "--threads", "1", "--json", "--no-eval")
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0 and doc["task"]["train"]["threads"] == 1, err
