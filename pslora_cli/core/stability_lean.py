@@ -1,5 +1,5 @@
 """Memory-lean Parameter Stability Loss: the value and gradients of `stability.parameter_stability_loss` on the
-dense product D = s·B·A, without keeping any d_out x d_in tensor for backward (issue 6).
+dense product D = s·B·A, without keeping any d_out x d_in tensor for backward.
 
     loss = lean_stability_loss(lora_A, lora_B, scale, history, alpha=..., reduction="mean", variant="dir+fro")
 
