@@ -242,6 +242,24 @@ class Store:
             for p in folder.iterdir():
                 if not p.is_symlink() and p.name.startswith("."):
                     done += _recover_entry(folder, p)
+        return done + self._drop_finished_checkpoints()
+
+    def _drop_finished_checkpoints(self) -> list[str]:
+        """A checkpoint older than its task's saved meta.json belongs to the training that saved it (a process
+        killed between saving the task and removing the checkpoint leaves it): remove it. A newer one is an
+        interrupted replacement of that task, and is kept for resuming."""
+        done = []
+        folder = self.root / "checkpoints"
+        if folder.is_symlink() or not folder.is_dir():
+            return done
+        for ckpt in sorted(folder.glob("*.safetensors")):
+            try:
+                meta = self.task_files(ckpt.stem).meta_path
+            except InputError:  # not a task id: store verify reports it
+                continue
+            if meta.is_file() and not ckpt.is_symlink() and meta.stat().st_mtime_ns > ckpt.stat().st_mtime_ns:
+                ckpt.unlink(missing_ok=True)
+                done.append(f"removed {ckpt.name} (its task was saved after it)")
         return done
 
     # -- locking --------------------------------------------------------------------------------------

@@ -127,6 +127,20 @@ def test_recover_restores_an_interrupted_replacement_and_removes_temporaries(sto
     assert store.recover() == []  # nothing left to do
 
 
+def test_recover_drops_a_checkpoint_its_saved_task_outlived_and_keeps_a_newer_one(store):
+    ckpt = store.checkpoint_path("t1")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"state of the training that saved t1")
+    os.utime(ckpt, ns=(1_000_000_000, 1_000_000_000))  # written before the task was saved
+    add_task(store, "t1")  # killed after saving t1, before removing its checkpoint
+    done = store.recover()
+    assert not ckpt.exists() and any("t1.safetensors" in d for d in done), done
+    ckpt.write_bytes(b"state of an interrupted replacement of t1")  # newer than t1's meta.json: resumable
+    later = store.task_files("t1").meta_path.stat().st_mtime_ns + 1_000_000_000
+    os.utime(ckpt, ns=(later, later))
+    assert store.recover() == [] and ckpt.exists()
+
+
 def test_trained_prefix(store):
     ids = ["t1", "t2", "t3"]
     assert store.trained_prefix(ids) == []
