@@ -135,7 +135,7 @@ def _check_matrix(store: Store, ids: list[str], report: dict) -> None:
 
 
 def _check_checkpoints(store: Store, ids: list[str], report: dict) -> None:
-    from ..training.checkpoint import read_checkpoint
+    from .checkpoints import read_checkpoint
 
     if store.checkpoints_dir.is_dir():
         for f in sorted(store.checkpoints_dir.glob("*.safetensors")):
@@ -147,7 +147,7 @@ def _check_checkpoints(store: Store, ids: list[str], report: dict) -> None:
 
 def store_listing(store: Store) -> dict:
     """What `pslora store ls` shows: the sequence, each task's state, the merges, the matrix."""
-    from ..training.checkpoint import checkpoint_step
+    from .checkpoints import checkpoint_step
 
     manifest = store.manifest()
     seq = manifest["sequence"]

@@ -15,12 +15,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..store import atomic_path
-
-FORMAT = "pslora-checkpoint/1"
+from ..store.checkpoints import FORMAT
 
 
 class BatchOrder:
@@ -78,31 +76,6 @@ def save_checkpoint(path: Path, *, key: str, step: int, params: dict[str, torch.
             "data": data_info, "extra": extra}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"pslora": json.dumps(meta)})
-
-
-def checkpoint_step(path: Path) -> int | None:
-    """The step a checkpoint was saved after (read from its header only), or None when absent or unreadable."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["pslora"])
-        return int(meta["step"]) if meta.get("format") == FORMAT else None
-    except Exception:  # noqa: BLE001 - absent or damaged: not resumable
-        return None
-
-
-def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    """(metadata, tensors) of a checkpoint, or None when the file is absent or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["pslora"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception:  # noqa: BLE001 - a damaged checkpoint is not resumed; training starts over
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        return None
-    return meta, tensors
 
 
 def restore_checkpoint(meta: dict, tensors: dict[str, torch.Tensor], *, params: dict[str, torch.Tensor],

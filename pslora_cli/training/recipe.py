@@ -27,7 +27,8 @@ from ..models import load_backbone, target_parameters
 from ..models.adapters import CONFIG_FILE, PEFT_PREFIX, AdapterFile, WeightFolder, merged_deltas
 from ..models.heads import TaskModel, make_head
 from ..store import TaskFiles
-from .checkpoint import BatchOrder, read_checkpoint, restore_checkpoint, save_checkpoint
+from ..store.checkpoints import read_checkpoint
+from .checkpoint import BatchOrder, restore_checkpoint, save_checkpoint
 from .regularisers import Regulariser
 
 ProgressFn = Callable[[int, int, dict], None]

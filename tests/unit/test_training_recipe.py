@@ -17,7 +17,7 @@ from conftest import text_data, unit_sequence
 from pslora_cli.errors import Interrupted
 from pslora_cli.models.adapters import AdapterFile
 from pslora_cli.store import TaskFiles
-from pslora_cli.training.checkpoint import checkpoint_step
+from pslora_cli.store.checkpoints import checkpoint_step
 from pslora_cli.training.recipe import Checkpointing, lora_layers, train_task
 
 CPU = torch.device("cpu")
