@@ -28,7 +28,6 @@ def run_sequence(session: Session, sequence_file: str, restart: bool = False) ->
     """`pslora run`: train every task not yet in the store, evaluating after each; merge; return the result."""
     from .merging import merge_tasks
 
-    session.device  # noqa: B018 - resolve the device first: under torchrun it joins the process group
     seq, store, text = session.open(sequence_file, create=True)
     load = data_loader(seq)
     for i in range(len(seq.tasks)):  # read and validate every task's data before any training
@@ -53,7 +52,6 @@ def run_sequence(session: Session, sequence_file: str, restart: bool = False) ->
 def train_and_eval(session: Session, task_id: str, sequence_file: str | None, evaluate: bool,
                    restart: bool = False) -> dict:
     """`pslora train-task`: one task (replacing it if present), then the matrix."""
-    session.device  # noqa: B018 - resolve the device first: under torchrun it joins the process group
     seq, store, text = session.open(sequence_file, create=True)
     i = check_predecessors(seq, store, task_id)
     load = data_loader(seq)
@@ -67,7 +65,6 @@ def train_and_eval(session: Session, task_id: str, sequence_file: str | None, ev
 
 def evaluate_store(session: Session) -> dict:
     """`pslora eval`: complete the matrix of the store's trained prefix."""
-    session.device  # noqa: B018 - resolve the device first: under torchrun it joins the process group
     seq, store, _ = session.open()
     with writing(store):
         return complete_eval(seq, store, session, data_loader(seq))

@@ -48,7 +48,9 @@ class Session:
         """Resolve the sequence (from the file, else from the store's copy) and check it against the store.
 
         Returns (sequence, store, YAML text when the store still has to be created: see `ensure_created`).
+        The device is resolved first: under torchrun that joins the process group, which decides who writes.
         """
+        self.device  # noqa: B018
         store = Store(self.store_path)
         if sequence_file is not None:
             seq, text = load_sequence(sequence_file, self.all_overrides, base_dir=self.base_dir)

@@ -111,12 +111,11 @@ def merge_cmd(
     from ..merging import merge_tasks
 
     s = session(store, device, seed, json_, quiet, set_, threads)
-    dev = s.device
     seq, st, _ = s.open()
     if out is not None and out.suffix != ".safetensors":
         raise InputError(f"--out {out}: the merged update is written as .safetensors")
     with st.locked():
-        info = merge_tasks(seq, st, method or seq.method.merge, comma_list(tasks), out, dev)
+        info = merge_tasks(seq, st, method or seq.method.merge, comma_list(tasks), out, s.device)
     if json_:
         emit_json(info)
     else:

