@@ -205,7 +205,6 @@ def test_rank_and_exact_match_against_hand_computations():
     table[colon, no] = 5.0  # now "no" is the likelier answer everywhere
     assert rank_hits(lm, examples, labels, ["yes", "no"], "cpu", batch_size=4).tolist() == [False, True]
     assert exact_match_hits(lm, examples, labels, ["yes", "no"], "cpu", batch_size=1).tolist() == [False, True]
-    assert not math.isnan(float(yes_score))
 
 
 def test_normalise_ignores_case_space_and_end_punctuation():
