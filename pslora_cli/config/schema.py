@@ -59,6 +59,11 @@ class Lora:
     dropout: float = setting(0.0, NUMBER)
 
 
+# The stability loss's forms (the same tuples as core/stability.py's, which this torch-free module cannot import).
+SCALED_VARIANTS = ("hinge+ratio", "direction-only", "magnitude-only")
+LITERAL_VARIANTS = ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")
+
+
 @dataclass(frozen=True)
 class Method:
     # The continual-learning method (pslora_cli/methods): it fixes the merge and how earlier tasks enter training,
@@ -70,8 +75,11 @@ class Method:
     # alpha of tanh(alpha*x): a fixed value, or adaptive = alpha_c / median|H| per module.
     alpha_mode: str = setting("adaptive", (str,), choices=("adaptive", "fixed"))
     alpha: float = setting(2.0, NUMBER, minimum=0)
+    # reduction over a module's elements; "sum" applies to the literal variants only.
     reduction: str = setting("mean", (str,), choices=("mean", "sum"))
-    variant: str = setting("dir+fro", (str,), choices=("dir+fro", "weighted-dir+fro", "dir+factor", "deviation"))
+    # the loss's form (core/stability.py): "hinge+ratio" (METHOD.md §1b, averaged over modules), its halves
+    # "direction-only" / "magnitude-only", or the paper's literal "dir+fro" and its relatives (summed over modules).
+    variant: str = setting("hinge+ratio", (str,), choices=SCALED_VARIANTS + LITERAL_VARIANTS)
     # O-LoRA's lambda_1 for sum_{i<t} ||A_i A_t^T||_1.
     orthogonality_weight: float = setting(0.5, NUMBER, minimum=0)
     # choices: the merge registry (core/merges), checked by the validator.

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InputError
 from .backbones import DEFAULT_TARGETS, backbone_kind, backbone_modality
-from .schema import SECTIONS, Backbone, Method, Sequence, Task
+from .schema import LITERAL_VARIANTS, SECTIONS, Backbone, Method, Sequence, Task
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list", dict: "mapping",
@@ -106,6 +106,10 @@ def _check_sections(sections: dict, where: Where) -> None:
         raise where("lora.target_modules", "must be a non-empty list of module names")
     if (training["steps"] is None) == (training["epochs"] is None):
         raise where("training.steps", "set exactly one of training.steps and training.epochs")
+    method = sections["method"]
+    if method["reduction"] != "mean" and method["variant"] not in LITERAL_VARIANTS:
+        raise where("method.reduction", f"variant {method['variant']!r} is a mean over elements by construction; "
+                    f"reduction 'sum' is for the literal variants ({', '.join(LITERAL_VARIANTS)})")
 
 
 def _task(raw: Any, i: int, seen: dict[str, int], where: Where) -> Task:

@@ -1,8 +1,22 @@
-"""Parameter Stability Loss (METHOD.md §1), for one adapted module.
+"""Parameter Stability Loss (METHOD.md §1, §1b), for one adapted module.
 
 Notation: D = ΔW_t = s·B_t A_t is the current task's update (trainable through A_t, B_t), H = Σ_{i<t} ΔW_i is the
-history (detached here: it never receives a gradient), α > 0 is the tanh sharpness.
+history (detached here: it never receives a gradient), α > 0 is the tanh sharpness, N the module's element count,
+rms(X) = ‖X‖_F / sqrt(N).
 
+The default, "hinge+ratio" (METHOD.md §1b: designed from the properties P1-P5, which tests/unit check):
+    direction half  mean(relu(−tanh(αH) ⊙ D)) / rms(H)
+        only entries of D that oppose the history's (soft) sign cost anything, in proportion to their size: the
+        gradient does not fade on large opposite entries, and agreeing entries are neither charged nor rewarded.
+    magnitude half  ‖D‖_F / ‖H‖_F
+        the update's size in units of the history's: a pull toward 0 of constant strength.
+    Both halves are ratios to H's own scale, so they are alike in size (their gradients have norm ≈ 1/‖H‖_F) and
+    the loss is unchanged by tiling D and H, or by scaling both (λ means the same on every module). Where H = 0
+    there is no history to keep: both halves are 0. "direction-only" and "magnitude-only" are its two halves
+    alone (the other half is 0). These variants take reduction "mean" only, and the training total averages them
+    over modules (MODULE_MEAN_VARIANTS).
+
+The literal reconstruction of the paper (METHOD.md §1; it rewards re-applying H, §1b) and its relatives:
     direction term  E = 1 − tanh(α·D) ⊙ tanh(α·H)      (elementwise, in [0, 2])
         ≈ 0 where D agrees in sign with H, ≈ 2 where it opposes H, ≈ 1 where D or H is ≈ 0.
         "weighted-dir+fro" uses E ⊙ |D| instead of E.
@@ -10,9 +24,9 @@ history (detached here: it never receives a gradient), α > 0 is the tanh sharpn
         "dir+fro", "weighted-dir+fro":  ‖D‖_F
         "dir+factor":                   ‖A‖_F + ‖B‖_F     (the LoRA factors, not the product)
         "deviation":                    ‖ |D| − |H| ‖_F
-    loss = reduce(E) + magnitude term
+    loss = reduce(E) + magnitude term; the training total sums them over modules.
 
-Reductions:
+Reductions (of the literal variants):
     "mean": reduce(E) = mean of E over the module's elements, and every Frobenius norm is an RMS norm,
             ‖X‖_F / sqrt(numel(X)), each X divided by its own numel (so "dir+factor" uses
             ‖A‖_F/sqrt(numel A) + ‖B‖_F/sqrt(numel B)). The loss then does not depend on the layer size:
@@ -30,7 +44,11 @@ import math
 import torch
 from torch import Tensor
 
-VARIANTS = ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")
+DEFAULT_VARIANT = "hinge+ratio"
+# Scale-free variants: a mean over a module's elements, in units of H's scale; averaged over modules in training.
+MODULE_MEAN_VARIANTS = ("hinge+ratio", "direction-only", "magnitude-only")
+LITERAL_VARIANTS = ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")
+VARIANTS = MODULE_MEAN_VARIANTS + LITERAL_VARIANTS
 REDUCTIONS = ("mean", "sum")
 
 # Upper bound on adaptive_alpha (used when the history is all zeros, or nearly so).
@@ -79,15 +97,12 @@ def stability_terms(
     *,
     alpha: float | Tensor,
     reduction: str = "mean",
-    variant: str = "dir+fro",
+    variant: str = DEFAULT_VARIANT,
     lora_A: Tensor | None = None,
     lora_B: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(direction term, magnitude term) as two scalars; see the module docstring for the definitions."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    check_variant(variant, reduction)
     if delta.shape != history.shape:
         raise ValueError(f"delta shape {tuple(delta.shape)} != history shape {tuple(history.shape)}")
     if delta.numel() == 0:
@@ -101,6 +116,8 @@ def stability_terms(
         raise ValueError("variant 'dir+factor' needs lora_A and lora_B")
 
     h = history.detach()
+    if variant in MODULE_MEAN_VARIANTS:
+        return _scaled_terms(delta, h, alpha, variant)
     e = 1 - torch.tanh(alpha * delta) * torch.tanh(alpha * h)
     if variant == "weighted-dir+fro":
         e = e * delta.abs()
@@ -115,12 +132,35 @@ def stability_terms(
     return direction, magnitude
 
 
+def check_variant(variant: str, reduction: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    if reduction != "mean" and variant in MODULE_MEAN_VARIANTS:
+        raise ValueError(f"variant {variant!r} is a mean over elements by construction: reduction must be 'mean'")
+
+
+def _scaled_terms(delta: Tensor, h: Tensor, alpha, variant: str) -> tuple[Tensor, Tensor]:
+    """The (direction, magnitude) halves of "hinge+ratio" and its one-half variants; both 0 where H = 0."""
+    h_norm = torch.linalg.vector_norm(h)
+    inv = torch.where(h_norm > 0, 1 / h_norm, torch.zeros_like(h_norm))  # 1/‖H‖_F, or 0 for H = 0
+    zero = delta.sum() * 0  # keeps the graph (and dtype, device) for a half that is switched off
+    direction = magnitude = zero
+    if variant != "magnitude-only":
+        # mean(relu(·)) / rms(H) = sum(relu(·)) / (sqrt(N)·‖H‖_F)
+        direction = torch.relu(-torch.tanh(alpha * h) * delta).sum() * (inv / math.sqrt(delta.numel()))
+    if variant != "direction-only":
+        magnitude = torch.linalg.vector_norm(delta) * inv
+    return direction, magnitude
+
+
 def parameter_stability_loss(delta: Tensor, history: Tensor, **options) -> Tensor:
-    """L_PS(D, H) = reduce(1 − tanh(αD) ⊙ tanh(αH)) + magnitude term, a scalar (module docstring has the details).
+    """L_PS(D, H) = direction half + magnitude half, a scalar (the module docstring defines each variant).
 
     delta: D, differentiable. history: H, same shape, detached inside. alpha: float or 0-dim tensor.
-    options: those of stability_terms (alpha, reduction in REDUCTIONS, variant in VARIANTS; lora_A, lora_B for
-    "dir+factor" only).
+    options: those of stability_terms (alpha, reduction in REDUCTIONS, variant in VARIANTS, default
+    DEFAULT_VARIANT; lora_A, lora_B for "dir+factor" only).
     """
     direction, magnitude = stability_terms(delta, history, **options)
     return direction + magnitude

@@ -70,8 +70,21 @@ class _Source:
     """Row blocks of tanh(αH) and |H| for one module (internal)."""
 
     def __init__(self, *, dense: Tensor | None = None, factors: HistoryFactors | None = None,
-                 tanh_cache: Tensor | None = None, abs_cache: Tensor | None = None):
+                 tanh_cache: Tensor | None = None, abs_cache: Tensor | None = None, norm: Tensor | None = None):
         self.dense, self.factors, self.tanh_cache, self.abs_cache = dense, factors, tanh_cache, abs_cache
+        self._norm = norm
+
+    def norm(self) -> Tensor:
+        """‖H‖_F as a 0-dim tensor (from the factors: sqrt(Σ (BᵀB) ⊙ (AAᵀ)), no dense H), computed once."""
+        if self._norm is None:
+            if self.dense is not None:
+                self._norm = torch.linalg.vector_norm(self.dense)
+            elif self.factors is not None:
+                b, a = self.factors
+                self._norm = ((b.T @ b) * (a @ a.T)).sum().clamp_min(0).sqrt()
+            else:
+                raise ValueError("this history source keeps only tanh(αH): its norm must be given")
+        return self._norm
 
     def rows(self, r0: int, r1: int, alpha, need_tanh: bool, need_abs: bool) -> tuple[Tensor | None, Tensor | None]:
         """(tanh(α·H[r0:r1]), |H[r0:r1]|), each only if asked for. Cached blocks are views: never modify them."""

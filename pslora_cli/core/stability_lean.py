@@ -46,7 +46,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from .stability import REDUCTIONS, VARIANTS, _norm, factor_matrices, lora_delta, stability_terms
+from .stability import (DEFAULT_VARIANT, MODULE_MEAN_VARIANTS, _norm, check_variant, factor_matrices, lora_delta,
+                        stability_terms)
 from .stability_history import (STORES, HistoryFactors, _check_alpha, _finish_tanh_, _Source, _tanh_prescale,
                                 stack_history)
 
@@ -108,9 +109,20 @@ def _block(kind: int, a2: Tensor, b: Tensor, scale, alpha, src: _Source, r0: int
     deviation kind); grads are [(G, c)] with dS_k/dD[rows] = c·G, or None when not wanted.
 
     kind 0: direction Σ(1 − tanh(αD)·tanh(αH)).  kind 1: weighted Σ(1 − tanh·tanh)·|D|.
-    kind 2: kind 0 plus Σ(|D| − |H|)².
+    kind 2: kind 0 plus Σ(|D| − |H|)².  kind 3: the hinge Σ relu(−tanh(αH)·D).
     """
     n = (r1 - r0) * a2.shape[1]
+    if kind == 3:
+        th, _ = src.rows(r0, r1, alpha, True, False)
+        d = torch.mm(b * scale, a2)
+        th = th.to(d.dtype)
+        v = d.mul_(th).neg_()  # −tanh(αH)·D
+        opposing = v > 0 if want_grad else None
+        values = [v.clamp_(min=0).sum()]
+        if not want_grad:
+            return values, None
+        # d relu(−t·D)/dD = −t where −t·D > 0 (the sign goes in c), written over the block
+        return values, [(torch.mul(th, opposing, out=v), -1.0)]
     if kind == 0:
         th, _ = src.rows(r0, r1, alpha, True, False)
         t = _finish_tanh_(torch.mm(b * (alpha * scale * _tanh_prescale(a2.device)), a2))  # tanh(α·D[rows])
@@ -246,6 +258,7 @@ class _BlockwiseTerms(torch.autograd.Function):
                 torch.mm(g_total, a2.T, out=grad_b[r0:r1])
             if grad_a is not None:
                 grad_a.addmm_(b.T, g_total)
+            del grads, g, g_total  # free this block before the next one is computed
         return (grad_a, grad_b) + (None,) * 8
 
 
@@ -263,11 +276,10 @@ class PreparedHistory:
     """
 
     def __init__(self, history: Tensor | HistoryFactors | None = None, *, alpha: float | Tensor,
-                 variant: str = "dir+fro", store: str = "auto", factors: HistoryFactors | None = None):
+                 variant: str = DEFAULT_VARIANT, store: str = "auto", factors: HistoryFactors | None = None):
         if store not in STORES:
             raise ValueError(f"unknown store {store!r}; expected one of {STORES}")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+        check_variant(variant, "mean")
         _check_alpha(alpha)
         if isinstance(history, HistoryFactors):
             history, factors = None, history
@@ -291,7 +303,8 @@ class PreparedHistory:
             h = dense if dense is not None else factors.dense().detach()
             h = h.reshape(h.shape[0], -1)
             self.source = _Source(tanh_cache=torch.tanh(h * self.alpha),
-                                  abs_cache=h.abs() if variant == "deviation" else None)
+                                  abs_cache=h.abs() if variant == "deviation" else None,
+                                  norm=torch.linalg.vector_norm(h) if variant in MODULE_MEAN_VARIANTS else None)
 
     @property
     def nbytes(self) -> int:
@@ -306,13 +319,14 @@ class PreparedHistory:
 
 
 def prepare_history(dense: Tensor | None = None, factors: Iterable[tuple[Tensor, Tensor, float]] | None = None, *,
-                    alpha: float | Tensor, variant: str = "dir+fro", store: str = "auto") -> PreparedHistory:
+                    alpha: float | Tensor, variant: str = DEFAULT_VARIANT, store: str = "auto") -> PreparedHistory:
     """PreparedHistory from a dense H and/or the earlier tasks' [(lora_A, lora_B, scale), ...]."""
     stacked = stack_history(factors) if factors is not None else None
     return PreparedHistory(dense, alpha=alpha, variant=variant, store=store, factors=stacked)
 
 
-_KIND = {"dir+fro": 0, "dir+factor": 0, "weighted-dir+fro": 1, "deviation": 2}
+_KIND = {"dir+fro": 0, "dir+factor": 0, "weighted-dir+fro": 1, "deviation": 2, "hinge+ratio": 3,
+         "direction-only": 3, "magnitude-only": None}  # None: no elementwise term
 
 
 def lean_stability_terms(
@@ -323,7 +337,7 @@ def lean_stability_terms(
     *,
     alpha: float | Tensor | None = None,
     reduction: str = "mean",
-    variant: str = "dir+fro",
+    variant: str = DEFAULT_VARIANT,
     block_rows: int | None = None,
     strategy: str = "fused",
 ) -> tuple[Tensor, Tensor]:
@@ -347,6 +361,8 @@ def lean_stability_terms(
     rows = int(block_rows) if block_rows is not None else default_block_rows(shape[0], shape[1], a2.device)
     if rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    if variant in MODULE_MEAN_VARIANTS:
+        return _scaled_terms(a2, b2, scale, alpha, src, variant, rows, strategy, lora_A, lora_B)
     grad_on = torch.is_grad_enabled()
     s_dir, s_dev = _BlockwiseTerms.apply(a2.contiguous(), b2.contiguous(), _KIND[variant], scale, alpha, src, rows,
                                          strategy, grad_on and lora_A.requires_grad,
@@ -364,12 +380,25 @@ def lean_stability_terms(
     return direction, magnitude
 
 
+def _scaled_terms(a2, b2, scale, alpha, src, variant, rows, strategy, lora_A, lora_B) -> tuple[Tensor, Tensor]:
+    """The halves of "hinge+ratio" (and its one-half variants), as stability._scaled_terms defines them."""
+    h_norm = src.norm().to(a2.dtype)
+    inv = torch.where(h_norm > 0, 1 / h_norm, torch.zeros_like(h_norm))
+    zero = (a2.sum() + b2.sum()) * 0
+    direction = magnitude = zero
+    if variant != "magnitude-only":
+        grad_on = torch.is_grad_enabled()
+        s_dir, _ = _BlockwiseTerms.apply(a2.contiguous(), b2.contiguous(), 3, scale, alpha, src, rows, strategy,
+                                         grad_on and lora_A.requires_grad, grad_on and lora_B.requires_grad)
+        direction = s_dir * (inv / math.sqrt(a2.shape[1] * b2.shape[0]))
+    if variant != "direction-only":
+        magnitude = _fro_factored(a2, b2, scale) * inv
+    return direction, magnitude
+
+
 def _checked_options(history, alpha, reduction: str, variant: str, strategy: str):
     """Check the options against each other and the history; returns alpha (a PreparedHistory's own if None)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    check_variant(variant, reduction)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     if strategy == "triton" and _KIND[variant] != 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..config import Method
-from ..core.stability import adaptive_alpha
+from ..core.stability import MODULE_MEAN_VARIANTS, adaptive_alpha
 from ..core.stability_lean import prepare_history
 
 
@@ -33,7 +33,8 @@ class Regulariser:
         return self.use_stability or self.use_orthogonality
 
     def terms(self, layers: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Σ_m L_PS(s·B_t A_t, H_m), Σ_m Σ_{i<t} ‖A_i A_tᵀ‖₁) for the current factors."""
+        """(L_PS over modules: their mean for the scale-free variants, else their sum; Σ_m Σ_{i<t} ‖A_i A_tᵀ‖₁),
+        for the current factors."""
         ps_loss = torch.zeros((), device=device)
         orth_loss = torch.zeros((), device=device)
         if not self.active:
@@ -47,6 +48,8 @@ class Regulariser:
                 a_t = a.flatten(1)
                 for a_i in self.prev_factors_a[name]:
                     orth_loss = orth_loss + (a_i @ a_t.T).abs().sum()
+        if self.use_stability and self.method.variant in MODULE_MEAN_VARIANTS:
+            ps_loss = ps_loss / len(layers)  # a mean over modules: λ means the same on every model (P5)
         return ps_loss, orth_loss
 
     def weighted(self, ps_loss: torch.Tensor, orth_loss: torch.Tensor) -> torch.Tensor:

@@ -134,3 +134,14 @@ def test_exponent_numbers_read_as_numbers():
     assert parse_yaml("lr: 2E+2\nsteps: 3\n", "x") == {"lr": 200.0, "steps": 3}
     with pytest.raises(InputError):  # still the safe loader: no Python objects
         parse_yaml("x: !!python/object/apply:os.system [echo hi]", "x")
+
+
+def test_stability_variants_and_reductions():
+    from pslora_cli.config.schema import LITERAL_VARIANTS, SCALED_VARIANTS
+    from pslora_cli.core import stability
+
+    assert (SCALED_VARIANTS, LITERAL_VARIANTS) == (stability.MODULE_MEAN_VARIANTS, stability.LITERAL_VARIANTS)
+    assert parse(GOOD).method.variant == stability.DEFAULT_VARIANT
+    assert parse(GOOD, ["method.variant=dir+fro", "method.reduction=sum"]).method.reduction == "sum"
+    msg = error(GOOD, ["method.reduction=sum"])
+    assert msg.startswith("seq.yaml: method.reduction: variant 'hinge+ratio' is a mean over elements by construction")

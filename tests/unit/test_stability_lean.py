@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pslora_cli.core.stability import (
+    LITERAL_VARIANTS,
     REDUCTIONS,
     VARIANTS,
     adaptive_alpha,
@@ -25,6 +26,8 @@ from pslora_cli.core.stability_lean import (
 )
 
 F64 = torch.float64
+# (variant, reduction) pairs that exist: the scale-free variants are means by construction.
+COMBINATIONS = [(v, r) for v in VARIANTS for r in REDUCTIONS if r == "mean" or v in LITERAL_VARIANTS]
 
 
 def _inputs(seed, d_out=9, d_in=13, r=3, tasks=2, scale_h=0.7, zero_b=False, conv=None):
@@ -61,8 +64,7 @@ def _assert_same(a, b, loss, ref, rel=1e-11):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("variant,reduction", COMBINATIONS)
 def test_equals_reference_dense_history(variant, reduction, strategy):
     for seed, block_rows in ((0, 1), (1, 4), (2, 7), (3, None)):  # odd blocks: 9 rows = 4+4+1, 7+2
         a, b, h, _ = _inputs(seed)
@@ -73,8 +75,7 @@ def test_equals_reference_dense_history(variant, reduction, strategy):
         _assert_same(a, b, loss, ref)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("variant,reduction", COMBINATIONS)
 def test_equals_reference_factored_and_prepared_history(variant, reduction):
     a, b, h, prev = _inputs(10, d_out=11, d_in=6, r=2, tasks=3)
     alpha = adaptive_alpha(h, c=2.0)  # a 0-dim tensor, as train.py passes it
@@ -104,8 +105,7 @@ def test_prepared_history_store_choice():
     assert prepare_history(h, alpha=1.0, variant="deviation").nbytes == 2 * h.numel() * 8
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("variant,reduction", COMBINATIONS)
 def test_first_step_b_zero(variant, reduction):
     # B = 0 at a task's first step: D = 0, ‖D‖ has gradient 0 there (not NaN), as in the reference.
     a, b, h, prev = _inputs(4, zero_b=True)
@@ -126,7 +126,7 @@ def test_conv_shaped_factors(variant):
     # 1x1 conv (conv_pw) and a kxk lora_A (lora_B is always 1x1): D is (d_out, d_in·kh·kw)
     for conv in ((1, 1), (3, 3)):
         a, b, h, prev = _inputs(5, d_out=6, d_in=4, r=2, conv=conv)
-        for reduction in REDUCTIONS:
+        for reduction in REDUCTIONS if variant in LITERAL_VARIANTS else ("mean",):
             ref = _reference(a, b, 0.5, h, 1.0, reduction, variant)
             for hist in (h, h.reshape(6, 4, *conv) if conv == (3, 3) else h, stack_history(prev)):
                 loss = lean_stability_loss(a, b, 0.5, hist, alpha=1.0, reduction=reduction, variant=variant,
@@ -276,7 +276,7 @@ def test_no_dense_tensor_saved_for_backward(variant, strategy):
     # the reference keeps several dense tensors
     _, ref_total, ref_largest = _saved_bytes(
         lambda: parameter_stability_loss(lora_delta(a, b, 1.0), h, alpha=1.0, variant=variant, lora_A=a, lora_B=b))
-    assert ref_largest == dense_bytes and ref_total >= 2 * dense_bytes
+    assert ref_largest == dense_bytes and ref_total >= (1 if variant == "magnitude-only" else 2) * dense_bytes
 
 
 def test_backward_transient_memory_is_blockwise():

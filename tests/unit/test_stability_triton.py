@@ -54,22 +54,24 @@ def test_triton_kernel_equals_the_reference(d_out, d_in, r, tasks, history, vari
 def test_triton_kernel_sum_reduction_no_grad_and_float32():
     a, b, h, prev = _case(5, 70, 90, 8, 2)
     alpha = 2.0
-    ref = parameter_stability_loss(lora_delta(a, b, 0.5), h, alpha=alpha, reduction="sum")
+    ref = parameter_stability_loss(lora_delta(a, b, 0.5), h, alpha=alpha, reduction="sum", variant="dir+fro")
     hist = HistoryFactors(*[torch.cat(x, dim=d) for x, d in
                             (([pb * s for _, pb, s in prev], 1), ([pa for pa, _, _ in prev], 0))])
     with torch.no_grad():
-        got = lean_stability_loss(a, b, 0.5, hist, alpha=alpha, reduction="sum", strategy="triton")
+        got = lean_stability_loss(a, b, 0.5, hist, alpha=alpha, reduction="sum", variant="dir+fro",
+                                  strategy="triton")
     assert got.item() == pytest.approx(ref.item(), rel=1e-11)
     a32, b32 = a.detach().float().requires_grad_(True), b.detach().float().requires_grad_(True)
-    ref32 = _grads(parameter_stability_loss(lora_delta(a32, b32, 0.5), h.float(), alpha=alpha, reduction="mean",
-                                            lora_A=a32, lora_B=b32), a32, b32)
-    got32 = _grads(lean_stability_loss(a32, b32, 0.5, h.float(), alpha=alpha, strategy="triton"), a32, b32)
+    ref32 = _grads(parameter_stability_loss(lora_delta(a32, b32, 0.5), h.float(), alpha=alpha, variant="dir+fro"),
+                   a32, b32)
+    got32 = _grads(lean_stability_loss(a32, b32, 0.5, h.float(), alpha=alpha, variant="dir+fro", strategy="triton"),
+                   a32, b32)
     for x, y in zip(got32, ref32):
         torch.testing.assert_close(x, y, rtol=2e-5, atol=1e-6)
 
 
 def test_triton_strategy_refuses_the_other_variants():
     a, b, h, _ = _case(1, 9, 13, 3, 1)
-    for variant in ("weighted-dir+fro", "deviation"):
+    for variant in ("weighted-dir+fro", "deviation", "hinge+ratio", "direction-only", "magnitude-only"):
         with pytest.raises(ValueError, match="strategy 'triton' covers the variants dir\\+fro and dir\\+factor"):
             lean_stability_loss(a, b, 1.0, h, alpha=1.0, variant=variant, strategy="triton")
