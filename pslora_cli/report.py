@@ -61,6 +61,8 @@ class Reporter:
 
 
 def _stats_text(stats: dict) -> str:
+    if "loss" not in stats:  # progress without training statistics (e.g. predict)
+        return ""
     parts = [f"loss {stats['loss']:.4f}"]
     if stats.get("stability_loss"):
         parts.append(f"ps {stats['stability_loss']:.4f}")

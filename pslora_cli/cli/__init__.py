@@ -14,7 +14,7 @@ import warnings
 import typer
 
 from ..errors import InputError, Interrupted, WorkError
-from . import analyze, store, work
+from . import analyze, store, use, work
 
 app = typer.Typer(
     name="pslora",
@@ -26,6 +26,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 work.register(app)
+use.register(app)
 app.command("analyze-shifts")(analyze.analyze_shifts_cmd)
 app.add_typer(store.store_app, name="store")
 DISTRIBUTED = ("run", "train-task", "eval")  # the commands that run under torchrun (several processes)

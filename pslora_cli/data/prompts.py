@@ -106,13 +106,18 @@ def answer_texts(classes: list[str], spec: dict, where: str) -> list[str]:
     return texts
 
 
-def prompted(data: TaskData, spec: dict, source_type: str, where: str) -> TaskData:
-    """The task's examples as Prompted (x) with `answers` (the answer text of each class)."""
-    answers = answer_texts(list(data.classes), spec, where)
+def prompt_parts(classes: list[str], spec: dict, source_type: str, where: str) -> tuple[str, str, list[str]]:
+    """(prefix, suffix, answer texts) of a task's prompts: every prompt is prefix + text + suffix."""
+    answers = answer_texts(list(classes), spec, where)
     instruction = spec["instruction"] or DEFAULT_INSTRUCTIONS.get(source_type, GENERIC_INSTRUCTION)
     before, _, after = spec["template"].partition("{text}")
     fill = {"instruction": instruction, "options": ", ".join(answers)}
-    prefix, suffix = before.format(**fill, text=""), after.format(**fill, text="")
+    return before.format(**fill, text=""), after.format(**fill, text=""), answers
+
+
+def prompted(data: TaskData, spec: dict, source_type: str, where: str) -> TaskData:
+    """The task's examples as Prompted (x) with `answers` (the answer text of each class)."""
+    prefix, suffix, answers = prompt_parts(list(data.classes), spec, source_type, where)
 
     def wrap(xs):
         return [Prompted(prefix, str(x), suffix) for x in xs]

@@ -1,7 +1,9 @@
 """The on-disk adapter store (layout.py), its atomic file writes (files.py, stream_write.py), and `store verify` /
 `store ls` (verify.py). No path inside a store is spelled anywhere else."""
 
-from .files import atomic_path, read_json, sha256_file, write_json_atomic, write_text_atomic
+from .files import (atomic_folder, atomic_path, check_output_folder, read_json, sha256_file, write_json_atomic,
+                    write_text_atomic)
 from .layout import Store, TaskFiles
 
-__all__ = ["Store", "TaskFiles", "atomic_path", "read_json", "sha256_file", "write_json_atomic", "write_text_atomic"]
+__all__ = ["Store", "TaskFiles", "atomic_folder", "atomic_path", "check_output_folder", "read_json", "sha256_file",
+           "write_json_atomic", "write_text_atomic"]

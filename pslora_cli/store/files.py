@@ -54,6 +54,37 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_output_folder(final: Path, force: bool) -> None:
+    """Refuse (InputError) an output folder that is a file, or a folder with files in it unless `force`."""
+    if final.exists() and not final.is_dir():
+        raise InputError(f"--out {final}: exists and is not a folder")
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise InputError(f"--out {final}: folder is not empty (use --force to replace it)")
+
+
+@contextlib.contextmanager
+def atomic_folder(final: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success it replaces `final` (an empty folder, or with `force` a
+    full one) in one rename, so that `final` never holds half an export."""
+    check_output_folder(final, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    old = None
+    try:
+        yield tmp
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / "x")
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def write_text_atomic(final: Path, text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,181 @@
+"""`pslora export`: the store's continual model (serving.py) written as a folder that the field's stock library
+opens with no pslora installed:
+
+- a language model: a transformers folder (config, safetensors weights, tokenizer, generation config) that
+  `transformers.pipeline("text-generation" | "text2text-generation", model=DIR)` answers with, and `prompts.json`
+  with each task's prompt (prefix + text + suffix) and answer texts;
+- a timm model: `model.safetensors` with a classifier over every class seen, and a timm `config.json` (architecture,
+  preprocessing, class names) that `timm.create_model("local-dir:DIR", pretrained=True)` reads;
+- a text encoder: the merged encoder as a transformers folder (`AutoModel.from_pretrained(DIR)`), plus
+  `classifier.safetensors` (every task's head side by side, on the pooled features) and `labels.json`;
+- always a `README.md` model card: base model, tasks, method, merge, the accuracy matrix, the command.
+
+The folder is written under a temporary name and renamed into place whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .serving import ContinualModel, continual_model
+from .store import Store, atomic_folder, check_output_folder
+
+
+def export_model(seq, store: Store, device: torch.device, out: Path, task: str | None = None,
+                 merge: str | None = None, force: bool = False, command: str = "") -> dict:
+    """Write the continual model to `out`; returns what was written."""
+    check_output_folder(out, force)  # before any model is loaded
+    model = continual_model(seq, store, device, task, merge)
+    kind = "image" if getattr(model.backbone, "modality", "text") == "image" else (
+        model.backbone.kind if seq.generative else "encoder")
+    with atomic_folder(out, force) as tmp:
+        if seq.generative:
+            loading = _write_language_model(model, tmp)
+        elif kind == "image":
+            loading = _write_timm(model, tmp)
+        else:
+            loading = _write_encoder(model, tmp)
+        (tmp / "README.md").write_text(_model_card(model, store, kind, loading, command), encoding="utf-8")
+        files = sorted(p.name for p in tmp.iterdir())
+    return {"out": str(out), "kind": kind, "tasks": model.tasks, "merge": model.merge, "files": files}
+
+
+def _write_language_model(model: ContinualModel, folder: Path) -> str:
+    lm = model.backbone
+    longest = max(len(lm.answer_ids(a)) for p in model.prompts for a in p.answers)
+    config = lm.model.generation_config
+    # What `pslora eval`'s exact match does: greedy, at most the longest answer (with its end token).
+    config.do_sample, config.max_new_tokens = False, longest
+    config.pad_token_id, config.eos_token_id = lm.pad_id, lm.eos_id
+    for unused in ("temperature", "top_p", "top_k"):  # sampling settings contradict greedy decoding
+        if hasattr(config, unused):
+            setattr(config, unused, None)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    prompts = {"how": "prompt = prefix + text + suffix; the model answers with one of the task's answer texts",
+               "tasks": {p.task: {"prefix": p.prefix, "suffix": p.suffix,
+                                  "answers": dict(zip(p.classes, p.answers))} for p in model.prompts}}
+    (folder / "prompts.json").write_text(json.dumps(prompts, indent=2) + "\n", encoding="utf-8")
+    pipe = "text2text-generation" if lm.kind == "seq2seq-lm" else "text-generation"
+    first = model.prompts[0]
+    extra = "" if lm.kind == "seq2seq-lm" else ", return_full_text=False"
+    return (f'import json\nfrom transformers import pipeline\n\npipe = pipeline("{pipe}", model="DIR")\n'
+            f'task = json.load(open("DIR/prompts.json"))["tasks"]["{first.task}"]\n'
+            f'prompt = task["prefix"] + "your text here" + task["suffix"]\n'
+            f'print(pipe(prompt{extra})[0]["generated_text"].strip())')
+
+
+def _write_timm(model: ContinualModel, folder: Path) -> str:
+    from safetensors.torch import save_file
+
+    from .models import target_parameters
+    from .models.adapters import WeightFolder
+    from .models.vision import _architecture, build_model
+
+    cfg, vision = model.seq.backbone, model.backbone
+    # A fresh timm model (plain BatchNorm, not pslora's frozen copy) with the update folded in, and one classifier
+    # over every class: the heads side by side, as task-agnostic scoring concatenates them.
+    net = build_model(cfg)
+    WeightFolder(target_parameters(net, model.seq.lora.target_modules)).fold(model.updates)
+    weight = torch.cat([h.weight for h in model.heads]).cpu()
+    bias = torch.cat([h.bias for h in model.heads]).cpu()
+    net.reset_classifier(weight.shape[0])
+    classifier = net.get_classifier()
+    if not isinstance(classifier, torch.nn.Linear) or classifier.weight.shape != weight.shape:
+        raise InputError(f"backbone.name: timm {cfg.name!r} has no linear classifier on its pooled features to "
+                         f"hold the heads")
+    with torch.no_grad():
+        classifier.weight.copy_(weight)
+        classifier.bias.copy_(bias)
+    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
+    labels = model.labels
+    config = {"architecture": _architecture(cfg), "num_classes": len(labels), "num_features": vision.feature_dim,
+              "model_args": dict(cfg.model_kwargs or {}), "label_names": labels,
+              "pretrained_cfg": {"input_size": [vision.channels, *vision.image_size], "mean": list(vision.mean),
+                                 "std": list(vision.std), "interpolation": vision.interpolation, "crop_pct": 1.0,
+                                 "crop_mode": "center", "num_classes": len(labels),
+                                 "classifier": _classifier_name(net)}}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return ('import timm\n\nmodel = timm.create_model("local-dir:DIR", pretrained=True).eval()\n'
+            'labels = model.pretrained_cfg["label_names"]\n'
+            '# preprocessing: resize to input_size, scale to [0, 1], normalise with mean/std (config.json)')
+
+
+def _classifier_name(net: torch.nn.Module) -> str:
+    classifier = net.get_classifier()
+    return next(name for name, module in net.named_modules() if module is classifier)
+
+
+def _write_encoder(model: ContinualModel, folder: Path) -> str:
+    from safetensors.torch import save_file
+
+    text = model.backbone
+    text.model.save_pretrained(folder)
+    text.tokenizer.save_pretrained(folder)
+    save_file({"weight": torch.cat([h.weight for h in model.heads]).cpu().contiguous(),
+               "bias": torch.cat([h.bias for h in model.heads]).cpu().contiguous()},
+              str(folder / "classifier.safetensors"))
+    start, tasks = 0, {}
+    for h in model.heads:
+        tasks[h.task] = {"classes": h.classes, "outputs": [start, start + len(h.classes)]}
+        start += len(h.classes)
+    labels = {"labels": model.labels, "tasks": tasks, "pooling": text.pooling, "max_length": text.max_length}
+    (folder / "labels.json").write_text(json.dumps(labels, indent=2) + "\n", encoding="utf-8")
+    pool = ("hidden[:, 0]" if text.pooling == "cls" else
+            "(hidden * mask).sum(1) / mask.sum(1)  # mean over the tokens")
+    return ("import json, torch\nfrom safetensors.torch import load_file\n"
+            "from transformers import AutoModel, AutoTokenizer\n\n"
+            'encoder, tokenizer = AutoModel.from_pretrained("DIR").eval(), AutoTokenizer.from_pretrained("DIR")\n'
+            'head, info = load_file("DIR/classifier.safetensors"), json.load(open("DIR/labels.json"))\n'
+            'batch = tokenizer(["your text here"], padding=True, truncation=True, max_length=info["max_length"], '
+            'return_tensors="pt")\n'
+            "hidden = encoder(**batch).last_hidden_state\nmask = batch[\"attention_mask\"].unsqueeze(-1).float()\n"
+            f"features = {pool}\n"
+            'logits = features @ head["weight"].T + head["bias"]  # info["tasks"][t]["outputs"]: task t\'s slice\n'
+            'print(info["labels"][logits.argmax(-1).item()])')
+
+
+def _model_card(model: ContinualModel, store: Store, kind: str, loading: str, command: str) -> str:
+    seq = model.seq
+    what = (f"the merge ({model.merge}) of the updates of {len(model.tasks)} tasks" if model.merge
+            else f"task {model.tasks[0]}'s own update")
+    lines = [f"# {seq.name}: continual model exported by pslora", "",
+             f"Base model `{seq.backbone.name}` ({seq.backbone.source}) with {what} folded into its weights "
+             f"(LoRA r {seq.lora.rank}, alpha {seq.lora.alpha:g} on {', '.join(seq.lora.target_modules)}).", "",
+             f"- method: `{seq.method.name}` (stability weight {seq.method.stability_weight:g}, variant "
+             f"`{seq.method.variant}`); scenario: {seq.scenario}",
+             f"- tasks, in training order: " + "; ".join(
+                 f"{t} ({', '.join(c)})" for t, c in _task_classes(model, store)), ""]
+    lines += _matrix_lines(store, model)
+    lines += ["## Loading it (no pslora needed)", "", "```python", loading.replace("DIR", "."), "```", ""]
+    if command:
+        lines += ["## Made with", "", "```", command, "```", ""]
+    return "\n".join(lines)
+
+
+def _task_classes(model: ContinualModel, store: Store) -> list[tuple[str, list[str]]]:
+    return [(t, list(store.task_meta(t)["classes"])) for t in model.tasks]
+
+
+def _matrix_lines(store: Store, model: ContinualModel) -> list[str]:
+    """The accuracy matrix pslora eval recorded for this model's stage (when it is in the store)."""
+    path = store.matrix_path
+    if model.merge is None or model.merge != model.seq.method.merge or not path.is_file():
+        return ["(No accuracy matrix recorded for exactly this model: run `pslora eval`.)", ""]
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    key = doc.get("primary", "task_aware")
+    rows = doc.get(key) or []
+    k = len(model.tasks)
+    if len(rows) <= k or any(v is None for v in rows[k][:k]):
+        return ["(The accuracy matrix of this stage is not complete: run `pslora eval`.)", ""]
+    header = "| after task | " + " | ".join(doc["tasks"][:k]) + " |"
+    out = [f"## Accuracy ({key.replace('_', '-')}, %, from pslora eval)", "", header,
+           "|" + " --- |" * (k + 1)]
+    for t in range(1, k + 1):
+        out.append(f"| {doc['tasks'][t - 1]} | " + " | ".join(
+            "" if v is None else f"{100 * v:.1f}" for v in rows[t][:k]) + " |")
+    out.append("")
+    return out
