@@ -139,3 +139,38 @@ def test_prompts_are_refused_on_an_encoder(tiny_bert, write_sequence, tmp_path, 
     seq["tasks"][0]["prompt"] = {"instruction": "x"}
     code, _, err = run_cli(capsys, "run", write_sequence(seq), "--store", tmp_path / "s")
     assert code == 2 and "tasks[0].prompt" in err, err
+
+
+def test_export_answers_through_the_transformers_pipeline_as_eval_scores(tiny_llama, write_sequence, tmp_path,
+                                                                         capsys, monkeypatch):
+    import io
+
+    from transformers import pipeline
+
+    from pslora_cli.models.lm import normalise
+    from pslora_cli.session import Session, data_loader
+
+    store, out = tmp_path / "store", tmp_path / "model"
+    assert run_cli(capsys, "run", write_sequence(sequence(tiny_llama)), "--store", store, "--quiet")[0] == 0
+    code, info, err = run_cli(capsys, "export", "--store", store, "--out", out, "--json")
+    assert code == 0 and info["kind"] == "causal-lm", err
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "prompts.json",
+            "README.md"} <= set(info["files"])
+    prompts = json.loads((out / "prompts.json").read_text())["tasks"]
+    assert prompts["t1"]["answers"] == {"animal": "yes", "plant": "no"}
+    pipe = pipeline("text-generation", model=str(out), device="cpu")
+    matrix = json.loads((store / "eval" / "matrix.json").read_text())
+    seq, _, _ = Session(store_path=store, device_name="cpu", quiet=True).open()
+    load = data_loader(seq)
+    for i, task in enumerate(("t1", "t2")):
+        data = load(i)
+        answers = [pipe(prompts[task]["prefix"] + x.text + prompts[task]["suffix"], return_full_text=False)
+                   [0]["generated_text"] for x in data.test_x]
+        hits = [normalise(a) == normalise(data.answers[y]) for a, y in zip(answers, data.test_y)]
+        assert sum(hits) / len(hits) == pytest.approx(matrix["task_aware"][2][i], abs=1e-9)
+        # predict --task gives the same answers, from stdin
+        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(x.text for x in data.test_x)))
+        code, doc, err = run_cli(capsys, "predict", "--store", store, "--input", "-", "--task", task, "--json")
+        assert code == 0, err
+        assert [p["label"] for p in doc["predictions"]] == [a.strip() for a in answers]
+        assert all(0 < p["score"] <= 1 for p in doc["predictions"])
