@@ -28,15 +28,21 @@ def training_minutes(store: Path) -> float:
     return seconds / 60
 
 
+SPLIT = [("bwt_backbone", "BWT backbone (task-aware)"), ("bwt_heads", "BWT heads")]
+
+
 def main(out: str) -> int:
     doc = json.loads((Path(out) / "compare.json").read_text())
+    split = any((row.get("bwt_heads") or {}).get("mean") is not None for row in doc["summary"].values())
+    columns = COLUMNS + (SPLIT if split else [])
     print(f"`{doc['sequence']}`, seeds {', '.join(map(str, doc['seeds']))}, {doc['orders']} order(s)\n")
-    print("| method | runs | " + " | ".join(h for _, h in COLUMNS) + " | training per store (min) |")
-    print("| --- " * (len(COLUMNS) + 3) + "|")
+    print("| method | runs | " + " | ".join(h for _, h in columns) + " | training per store (min) |")
+    print("| --- " * (len(columns) + 3) + "|")
     for method, row in doc["summary"].items():
         stores = [Path(r["store"]) for r in doc["runs"] if r["method"] == method]
         minutes = statistics.mean(training_minutes(s) for s in stores)
-        print(f"| {method} | {row['runs']} | " + " | ".join(cell(row[k]) for k, _ in COLUMNS) + f" | {minutes:.1f} |")
+        name = f"{method} (oracle: told the task)" if split and method == "per-task" else method
+        print(f"| {name} | {row['runs']} | " + " | ".join(cell(row[k]) for k, _ in columns) + f" | {minutes:.1f} |")
     return 0
 
 

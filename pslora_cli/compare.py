@@ -22,6 +22,7 @@ from .session import Session
 from .store import atomic_path, write_json_atomic, write_text_atomic
 
 SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_accuracy", "avg_incremental_accuracy")
+SPLIT_METRICS = ("bwt_backbone", "bwt_heads")  # core.metrics.forgetting_split
 
 
 def order_files(sequence_file: Path, orders: int, out_dir: Path) -> list[Path]:
@@ -79,7 +80,8 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
                              "wall_seconds": round(time.perf_counter() - started, 1),
                              "trained": result["trained"], "tasks": doc["tasks"],
                              "matrix": doc[doc["primary"]], "metrics": doc["metrics"].get("primary", {}),
-                             "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt")})
+                             "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt"),
+                             "forgetting_split": doc["metrics"].get("forgetting_split")})
     summary = {}
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
@@ -88,6 +90,9 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
             values = [r["metrics"].get(metric) for r in mine]
             summary[method][metric] = dict(zip(("mean", "std"), _mean_std(values)))
         summary[method]["fwt_task_aware"] = dict(zip(("mean", "std"), _mean_std([r["fwt_task_aware"] for r in mine])))
+        for part in SPLIT_METRICS:  # class-incremental only: where the forgetting sits
+            values = [(r["forgetting_split"] or {}).get(part) for r in mine]
+            summary[method][part] = dict(zip(("mean", "std"), _mean_std(values)))
     doc = {"sequence": str(sequence_file), "methods": methods, "seeds": seeds, "orders": orders,
            "primary": "task_agnostic or task_aware per the sequence's scenario", "summary": summary, "runs": runs}
     write_json_atomic(out_dir / "compare.json", doc)
@@ -171,12 +176,25 @@ def print_summary(reporter, doc: dict) -> None:
     table = Table(title=f"{doc['sequence']}: {len(doc['seeds'])} seed(s) x {doc['orders']} order(s); accuracy "
                         f"points, mean ± std (BWT < 0 = forgetting)", title_justify="left")
     table.add_column("method", style="bold", no_wrap=True)
-    for header in ("ACC", "BWT", "FWT (task-aware)", "forgetting", "learning acc."):
+    columns = [("acc", "ACC"), ("bwt", "BWT"), ("fwt_task_aware", "FWT (task-aware)"), ("forgetting", "forgetting"),
+               ("learning_accuracy", "learning acc.")]
+    # class-incremental: the BWT split into the backbone's part (task-aware) and the heads' part
+    split = any((row.get("bwt_heads") or {}).get("mean") is not None for row in doc["summary"].values())
+    if split:
+        columns += [("bwt_backbone", "BWT backbone"), ("bwt_heads", "BWT heads")]
+    for _, header in columns:
         table.add_column(header, justify="right", no_wrap=True)
     for method, row in doc["summary"].items():
         cells = []
-        for m in ("acc", "bwt", "fwt_task_aware", "forgetting", "learning_accuracy"):
-            mean, std = row[m]["mean"], row[m]["std"]
+        for m, _ in columns:
+            stat = row.get(m) or {}
+            mean, std = stat.get("mean"), stat.get("std")
             cells.append("—" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}")
-        table.add_row(method, *cells)
+        table.add_row(_display_name(method, split), *cells)
     reporter.out.print(table)
+
+
+def _display_name(method: str, class_incremental: bool) -> str:
+    """per-task picks each test example's adapter by its task: on a class-incremental sequence that is an oracle
+    told the task, not a competitor."""
+    return f"{method} (oracle: told the task)" if class_incremental and method == "per-task" else method

@@ -113,6 +113,11 @@ def print_matrix(reporter: Reporter, doc: dict, k: int) -> None:
             reporter.out.print(matrix_table(doc, name, k))
     if doc.get("metrics"):
         reporter.out.print(metrics_table(doc["metrics"], doc["primary"]))
+        split = doc["metrics"].get("forgetting_split") or {}
+        if split.get("mostly"):
+            reporter.out.print(f"Forgetting (task-agnostic BWT {100 * (split['bwt_backbone'] + split['bwt_heads']):+.1f}): "
+                               f"backbone {100 * split['bwt_backbone']:+.1f} (task-aware BWT), heads "
+                               f"{100 * split['bwt_heads']:+.1f}; mostly in the {split['mostly']}.")
 
 
 def plot_matrix(doc: dict, k: int, out_dir: Path) -> list[Path]:

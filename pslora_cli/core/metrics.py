@@ -139,3 +139,18 @@ def cl_metrics(
         "learning_accuracy": learning_accuracy,
         "num_tasks": T,
     }
+
+
+def forgetting_split(agnostic: dict, aware: dict) -> dict[str, float | str | None]:
+    """Where class-incremental forgetting sits, from the metrics of the two matrices of one store.
+
+    bwt_backbone: BWT of the task-aware matrix (each task still scored with its own head: what the adapted weights
+    forgot). bwt_heads: the rest of the task-agnostic BWT (later tasks' heads winning the argmax over every class
+    seen, which no loss on the weights can prevent). mostly: the larger of the two parts (None when undefined).
+    """
+    total, backbone = agnostic.get("bwt"), aware.get("bwt")
+    if total is None or backbone is None:
+        return {"bwt_backbone": None, "bwt_heads": None, "mostly": None}
+    heads = total - backbone
+    return {"bwt_backbone": backbone, "bwt_heads": heads,
+            "mostly": "heads" if abs(heads) > abs(backbone) else "backbone"}

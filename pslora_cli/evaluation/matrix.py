@@ -17,7 +17,7 @@ from typing import Callable
 
 from .. import distributed
 from ..config import Sequence, canonical_hash
-from ..core.metrics import cl_metrics
+from ..core.metrics import cl_metrics, forgetting_split
 from ..store import Store, read_json, write_json_atomic, write_text_atomic
 from .scoring import Evaluator
 
@@ -130,6 +130,7 @@ def matrix_metrics(doc: dict, k: int) -> dict:
     out = {"task_aware": cl_metrics(_prefix(doc["task_aware"], k), counts)}
     if doc["task_agnostic"] is not None:
         out["task_agnostic"] = cl_metrics(_prefix(doc["task_agnostic"], k), counts)
+        out["forgetting_split"] = forgetting_split(out["task_agnostic"], out["task_aware"])
     out["primary"] = out[doc["primary"]]
     return out
 

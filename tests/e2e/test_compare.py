@@ -36,7 +36,14 @@ def test_compare_runs_methods_seeds_orders(tiny_bert, write_sequence, tmp_path, 
     assert orders == {("t1", "t2"), ("t2", "t1")}
     assert (out / "compare.csv").read_text().startswith("method,runs,acc_mean")
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    # Re-running finds every store complete and trains nothing.
+    # class-incremental: each run's BWT split into the backbone's (task-aware) and the heads' part
+    for r in doc["runs"]:
+        split = r["forgetting_split"]
+        assert split["bwt_backbone"] + split["bwt_heads"] == pytest.approx(r["metrics"]["bwt"], abs=1e-12)
+    assert doc["summary"]["ps-lora"]["bwt_heads"]["mean"] is not None
+    # Re-running finds every store complete and trains nothing; the table shows the split.
+    code = main(["compare", str(seq), "--methods", "inc-lora", "--seeds", "0", "--out", str(out), "--quiet"])
+    assert code == 0 and "BWT heads" in capsys.readouterr().out
     code = main(["compare", str(seq), "--methods", "inc-lora", "--seeds", "0", "--out", str(out), "--json", "--quiet"])
     assert code == 0 and json.loads(capsys.readouterr().out)["runs"][0]["trained"] == []
 

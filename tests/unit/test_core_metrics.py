@@ -133,3 +133,18 @@ def test_validation_errors(matrix, match):
 def test_sample_count_errors(counts):
     with pytest.raises(ValueError, match="sample_counts"):
         cl_metrics([[0.1, 0.2], [0.9, 0.3], [0.5, 0.8]], sample_counts=counts)
+
+
+def test_forgetting_split_hand_computed():
+    from pslora_cli.core.metrics import cl_metrics, forgetting_split
+
+    # two tasks; task 1: 0.9 -> 0.5 task-agnostic (later head wins), 0.95 -> 0.9 task-aware (backbone)
+    agnostic = cl_metrics([[None, None], [0.9, None], [0.5, 0.8]])
+    aware = cl_metrics([[0.5, 0.5], [0.95, 0.6], [0.9, 0.85]])
+    split = forgetting_split(agnostic, aware)
+    assert split["bwt_backbone"] == pytest.approx(-0.05)
+    assert split["bwt_heads"] == pytest.approx(-0.4 + 0.05)
+    assert split["mostly"] == "heads"
+    assert forgetting_split(cl_metrics([[None], [0.9]]), cl_metrics([[0.5], [0.9]]))["mostly"] is None  # one task
+    mostly_backbone = forgetting_split(agnostic, cl_metrics([[0.5, 0.5], [0.95, 0.6], [0.6, 0.85]]))
+    assert mostly_backbone["mostly"] == "backbone"
