@@ -2,8 +2,9 @@
 opens with no pslora installed:
 
 - a language model: a transformers folder (config, safetensors weights, tokenizer, generation config) that
-  `transformers.pipeline("text-generation" | "text2text-generation", model=DIR)` answers with, and `prompts.json`
-  with each task's prompt (prefix + text + suffix) and answer texts;
+  `transformers.pipeline("text-generation", model=DIR)` answers with (an encoder-decoder such as T5:
+  `AutoModelForSeq2SeqLM.from_pretrained(DIR).generate`, since transformers 5 has no text2text pipeline), and
+  `prompts.json` with each task's prompt (prefix + text + suffix) and answer texts;
 - a timm model: `model.safetensors` with a classifier over every class seen, and a timm `config.json` (architecture,
   preprocessing, class names) that `timm.create_model("local-dir:DIR", pretrained=True)` reads;
 - a text encoder: the merged encoder as a transformers folder (`AutoModel.from_pretrained(DIR)`), plus
@@ -47,7 +48,8 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
     lm = model.backbone
     longest = max(len(lm.answer_ids(a)) for p in model.prompts for a in p.answers)
     config = lm.model.generation_config
-    # What `pslora eval`'s exact match does: greedy, at most the longest answer (with its end token).
+    # What `pslora eval`'s exact match does: greedy, at most the longest answer (with its end token); each task's
+    # own limit is in prompts.json.
     config.do_sample, config.max_new_tokens = False, longest
     config.pad_token_id, config.eos_token_id = lm.pad_id, lm.eos_id
     for unused in ("temperature", "top_p", "top_k"):  # sampling settings contradict greedy decoding
@@ -55,17 +57,23 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
             setattr(config, unused, None)
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
-    prompts = {"how": "prompt = prefix + text + suffix; the model answers with one of the task's answer texts",
-               "tasks": {p.task: {"prefix": p.prefix, "suffix": p.suffix,
-                                  "answers": dict(zip(p.classes, p.answers))} for p in model.prompts}}
+    prompts = {"how": "prompt = prefix + text + suffix; the model answers with one of the task's answer texts, "
+                      "greedily, in at most max_new_tokens tokens (what pslora eval's exact match generates)",
+               "tasks": {p.task: {"prefix": p.prefix, "suffix": p.suffix, "answers": dict(zip(p.classes, p.answers)),
+                                  "max_new_tokens": max(len(lm.answer_ids(a)) for a in p.answers)}
+                         for p in model.prompts}}
     (folder / "prompts.json").write_text(json.dumps(prompts, indent=2) + "\n", encoding="utf-8")
-    pipe = "text2text-generation" if lm.kind == "seq2seq-lm" else "text-generation"
-    first = model.prompts[0]
-    extra = "" if lm.kind == "seq2seq-lm" else ", return_full_text=False"
-    return (f'import json\nfrom transformers import pipeline\n\npipe = pipeline("{pipe}", model="DIR")\n'
-            f'task = json.load(open("DIR/prompts.json"))["tasks"]["{first.task}"]\n'
-            f'prompt = task["prefix"] + "your text here" + task["suffix"]\n'
-            f'print(pipe(prompt{extra})[0]["generated_text"].strip())')
+    prompt = (f'task = json.load(open("DIR/prompts.json"))["tasks"]["{model.prompts[0].task}"]\n'
+              f'prompt = task["prefix"] + "your text here" + task["suffix"]\n')
+    if lm.kind == "seq2seq-lm":  # transformers 5 has no text2text pipeline: generate() reads generation_config.json
+        return ("import json\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
+                'model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained("DIR"), AutoTokenizer.from_pretrained("DIR")\n'
+                + prompt + 'answer = model.generate(**tokenizer(prompt, return_tensors="pt"), '
+                'max_new_tokens=task["max_new_tokens"])\n'
+                "print(tokenizer.decode(answer[0], skip_special_tokens=True))")
+    return ('import json\nfrom transformers import pipeline\n\npipe = pipeline("text-generation", model="DIR")\n'
+            + prompt + 'print(pipe(prompt, max_new_tokens=task["max_new_tokens"], return_full_text=False)'
+            '[0]["generated_text"].strip())')
 
 
 def _write_timm(model: ContinualModel, folder: Path) -> str:
