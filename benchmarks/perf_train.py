@@ -6,8 +6,10 @@
     ps-lean-tc   the same with store "dense": tanh(αH) cached densely (faster, H-sized buffer per module)
     naive        PS-LoRA with the dense reference: parameter_stability_loss(lora_delta(A, B, s), H)
 
-on the same model, batch, rank (8) and history (3 earlier tasks of rank 8), at three sizes: the real MiniLM-L6
-(query, value: 384x384), synthetic T5-large-sized layers (1024x1024) and LLaMA-7B-sized layers (4096x4096).
+on the same model, batch, rank (8) and history (3 earlier tasks of rank 8), at four sizes: the real MiniLM-L6
+(query, value: 384x384), the real SmolLM2-135M-Instruct (q_proj, v_proj; the generative track's answer-only loss),
+synthetic T5-large-sized layers (1024x1024) and LLaMA-7B-sized layers (4096x4096). The loss is the tool's default
+variant (core/stability.py DEFAULT_VARIANT).
 
 Time: median wall time of a step, the implementations interleaved (A B C D A B C D ...) so that load on the
 machine hits them alike; "time / lora" is the median of the per-round ratios (each step over the plain LoRA step of
@@ -151,6 +153,39 @@ def _minilm(batch_size: int, seq: int):
     return base, ["query", "value"], batch, Head, f"MiniLM-L6 (12 modules 384x384), batch {batch_size}x{seq} tokens"
 
 
+def _smollm2(batch_size: int, seq: int):
+    """The generative track's real workload: SmolLM2-135M-Instruct (built in), LoRA on every q_proj/v_proj (60
+    modules), the answer-only loss as pslora trains it (vocabulary projection at the answer positions only)."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    from pslora_cli.config import Backbone
+    from pslora_cli.models import quiet_transformers as _quiet_transformers, resolve_model_path
+    from pslora_cli.models.lm import answer_logits
+
+    _quiet_transformers()
+    path = resolve_model_path(Backbone(source="builtin", name="smollm2-135m-instruct"))
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    base.eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(1)
+    answer = 2  # answer tokens per example ("yes" + end token)
+    rows = torch.arange(batch_size).repeat_interleave(answer)
+    cols = torch.arange(seq - answer - 1, seq - 1).repeat(batch_size)
+    batch = {"input_ids": torch.randint(1000, base.config.vocab_size, (batch_size, seq), generator=g),
+             "attention_mask": torch.ones(batch_size, seq, dtype=torch.long), "rows": rows, "cols": cols}
+    batch["targets"] = batch["input_ids"][rows, cols + 1]
+
+    class AnswerLoss(nn.Module):
+        def forward(self, model, b):
+            return nn.functional.cross_entropy(answer_logits(model.get_base_model(), b), b["targets"])
+
+    return (base, ["q_proj", "v_proj"], batch, AnswerLoss,
+            f"SmolLM2-135M-Instruct (60 modules: q_proj 576x576, v_proj 192x576), batch {batch_size}x{seq} tokens")
+
+
 def _layers(d: int, layers: int, tokens: int, label: str):
     import torch
     from torch import nn
@@ -166,19 +201,22 @@ def _layers(d: int, layers: int, tokens: int, label: str):
     return base, ["q", "v"], batch, Mse, f"{label}: {2 * layers} modules {d}x{d}, {tokens} tokens"
 
 
-def run(quick: bool, log=print) -> list[dict]:
+def run(quick: bool, log=print, sizes: list[str] | None = None) -> list[dict]:
     import torch
 
     if quick:
         plan = [("minilm", lambda: _minilm(8, 32), 2),
+                ("smollm2", lambda: _smollm2(2, 64), 2),
                 ("t5-large", lambda: _layers(1024, 1, 256, "T5-large-sized layers"), 2),
                 ("llama-7b", lambda: _layers(4096, 1, 256, "LLaMA-7B-sized layers"), 1)]
         impls = ("lora", "ps-lean", "naive")
     else:
         plan = [("minilm", lambda: _minilm(16, 48), 5),
+                ("smollm2", lambda: _smollm2(8, 128), 7),
                 ("t5-large", lambda: _layers(1024, 4, 1024, "T5-large-sized layers"), 5),
                 ("llama-7b", lambda: _layers(4096, 1, 2048, "LLaMA-7B-sized layers"), 5)]
         impls = IMPLS
+    plan = [p for p in plan if sizes is None or p[0] in sizes]
     results = []
     for size, make, reps in plan:
         base, targets, batch, loss_cls, label = make()

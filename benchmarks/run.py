@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared machine, several threads make every parallel "
                          "region wait for a descheduled thread, and the step times swing by 10x; 0: torch's default)")
+    ap.add_argument("--sizes", default=None, help="train: comma-separated subset of minilm,smollm2,t5-large,llama-7b")
     ap.add_argument("--record", action="store_true", help=f"write the results into {RESULTS}")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = ap.parse_args(argv)
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
     if "train" in parts:
         import perf_train
 
-        out["train"] = perf_train.run(args.quick, log)
+        out["train"] = perf_train.run(args.quick, log, [x.strip() for x in args.sizes.split(",")] if args.sizes else None)
     if "eval" in parts:
         import perf_eval
 

@@ -153,8 +153,7 @@ def _model_card(model: ContinualModel, store: Store, kind: str, loading: str, co
     lines = [f"# {seq.name}: continual model exported by pslora", "",
              f"Base model `{seq.backbone.name}` ({seq.backbone.source}) with {what} folded into its weights "
              f"(LoRA r {seq.lora.rank}, alpha {seq.lora.alpha:g} on {', '.join(seq.lora.target_modules)}).", "",
-             f"- method: `{seq.method.name}` (stability weight {seq.method.stability_weight:g}, variant "
-             f"`{seq.method.variant}`); scenario: {seq.scenario}",
+             f"- method: `{seq.method.name}` ({_loss_text(seq.method)}); scenario: {seq.scenario}",
              f"- tasks, in training order: " + "; ".join(
                  f"{t} ({', '.join(c)})" for t, c in _task_classes(model, store)), ""]
     lines += _matrix_lines(store, model)
@@ -162,6 +161,12 @@ def _model_card(model: ContinualModel, store: Store, kind: str, loading: str, co
     if command:
         lines += ["## Made with", "", "```", command, "```", ""]
     return "\n".join(lines)
+
+
+def _loss_text(method) -> str:
+    if not method.stability_weight:
+        return "no stability loss"
+    return f"stability loss `{method.variant}`, weight {method.stability_weight:g}"
 
 
 def _task_classes(model: ContinualModel, store: Store) -> list[tuple[str, list[str]]]:
@@ -183,7 +188,7 @@ def _matrix_lines(store: Store, model: ContinualModel) -> list[str]:
     out = [f"## Accuracy ({key.replace('_', '-')}, %, from pslora eval)", "", header,
            "|" + " --- |" * (k + 1)]
     for t in range(1, k + 1):
-        out.append(f"| {doc['tasks'][t - 1]} | " + " | ".join(
-            "" if v is None else f"{100 * v:.1f}" for v in rows[t][:k]) + " |")
+        out.append(f"| {doc['tasks'][t - 1]} | " + " | ".join(  # the tasks seen by stage t
+            "" if v is None or j >= t else f"{100 * v:.1f}" for j, v in enumerate(rows[t][:k])) + " |")
     out.append("")
     return out
