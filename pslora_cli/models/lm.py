@@ -235,25 +235,78 @@ def exact_match_hits(lm: LanguageModel, examples: list, labels: list[int], answe
 @torch.inference_mode()
 def rank_hits(lm: LanguageModel, examples: list, labels: list[int], answers: list[str], device,
               batch_size: int) -> torch.Tensor:
-    """The option with the highest log-likelihood (answer tokens and the end token) against the gold class."""
+    """The option with the highest log-likelihood (answer tokens and the end token) against the gold class.
+
+    Each prompt is read once for all options: a causal LM's last prompt position scores every option's first
+    token, and the options' later tokens are read against the prompt's cache, repeated per option; an
+    encoder-decoder encodes the prompt once and decodes every option against it."""
     options = [lm.answer_ids(a) for a in answers]
-    scores = torch.empty(len(examples), len(options), dtype=torch.float64)
-    pairs = [(i, k) for i in range(len(examples)) for k in range(len(options))]
     reserve = max(len(o) for o in options)
-    prompts = [lm.prompt_ids(ex, reserve) for ex in examples]
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        batch_pairs = [(prompts[i], options[k]) for i, k in chunk]
-        if lm.kind == "seq2seq-lm":
-            batch, targets = _seq2seq_batch(batch_pairs, lm.pad_id, device)
-            logits = lm.model(**batch).logits[batch["labels"] != IGNORE]
-            owner = torch.arange(len(chunk), device=device).repeat_interleave((batch["labels"] != IGNORE).sum(1))
-        else:
-            batch, targets = _causal_batch(batch_pairs, lm.pad_id, device)
-            logits = answer_logits(lm.model, batch)
-            owner = batch["rows"]
-        token_lp = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None])[:, 0].double()
-        sums = torch.zeros(len(chunk), dtype=torch.float64, device=device).index_add_(0, owner, token_lp)
-        for (i, k), s in zip(chunk, sums.cpu()):
-            scores[i, k] = s
-    return (scores.argmax(1) == torch.tensor(labels)).to(device)
+    score = _option_scores_seq2seq if lm.kind == "seq2seq-lm" else _option_scores_causal
+    scores = []
+    for start in range(0, len(examples), batch_size):
+        prompts = [lm.prompt_ids(ex, reserve) for ex in examples[start:start + batch_size]]
+        scores.append(score(lm, prompts, options, device).cpu())
+    return (torch.cat(scores).argmax(1) == torch.tensor(labels)).to(device)
+
+
+def _option_tokens(options: list[list[int]], rows: int, pad_id: int, drop_last: bool) -> tuple[torch.Tensor, ...]:
+    """(ids, mask) of `rows` prompts x K options, row b*K + k holding option k (without its last token when
+    `drop_last`: the inputs that predict tokens 1..n-1), right-padded."""
+    seqs = [o[:-1] if drop_last else o for o in options]
+    width = max(1, max(len(q) for q in seqs))
+    ids = torch.full((rows * len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows * len(seqs), width), dtype=torch.long)
+    for k, q in enumerate(seqs):
+        if q:
+            ids[k::len(seqs), :len(q)] = torch.tensor(q)
+            mask[k::len(seqs), :len(q)] = 1
+    return ids, mask
+
+
+def _option_scores_causal(lm: LanguageModel, prompts: list[list[int]], options: list[list[int]], device):
+    """(prompts x options) log-likelihoods of a causal LM, the prompt read once."""
+    k = len(options)
+    enc = _left_padded(prompts, lm.pad_id, device)
+    mask = enc["attention_mask"]
+    positions = (mask.cumsum(1) - 1).clamp_min(0)  # left padding: the real tokens start at position 0
+    out = lm.model.base_model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True)
+    head = lm.model.get_output_embeddings()
+    first = torch.log_softmax(head(out.last_hidden_state[:, -1]).float(), -1)  # every option's first token
+    scores = torch.stack([first[:, o[0]].double() for o in options], 1)
+    if max(len(o) for o in options) == 1:
+        return scores
+    ids, opt_mask = (t.to(device) for t in _option_tokens(options, len(prompts), lm.pad_id, drop_last=True))
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)  # row b*K + k: prompt b for option k
+    full_mask = torch.cat([mask.repeat_interleave(k, 0), opt_mask], 1)
+    pos = mask.sum(1).repeat_interleave(k)[:, None] + torch.arange(ids.shape[1], device=device)[None]
+    hidden = lm.model.base_model(input_ids=ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache,
+                                 use_cache=False).last_hidden_state
+    rows, cols, targets = [], [], []
+    for j, o in enumerate(options):
+        for t in range(1, len(o)):
+            rows += list(range(j, len(prompts) * k, k))
+            cols += [t - 1] * len(prompts)
+            targets += [o[t]] * len(prompts)
+    rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+    lp = torch.log_softmax(head(hidden[rows_t, cols_t]).float(), -1)
+    token_lp = lp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0].double()
+    later = torch.zeros(len(prompts) * k, dtype=torch.float64, device=device).index_add_(0, rows_t, token_lp)
+    return scores + later.view(len(prompts), k)
+
+
+def _option_scores_seq2seq(lm: LanguageModel, prompts: list[list[int]], options: list[list[int]], device):
+    """(prompts x options) log-likelihoods of an encoder-decoder, the prompt encoded once."""
+    k = len(options)
+    enc = _left_padded(prompts, lm.pad_id, device, left=False)
+    hidden = lm.model.get_encoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    hidden = hidden.last_hidden_state.repeat_interleave(k, 0)
+    ids, opt_mask = (t.to(device) for t in _option_tokens(options, len(prompts), lm.pad_id, drop_last=False))
+    labels = ids.masked_fill(opt_mask == 0, IGNORE)
+    from transformers.modeling_outputs import BaseModelOutput
+
+    logits = lm.model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), labels=labels,
+                      attention_mask=enc["attention_mask"].repeat_interleave(k, 0)).logits
+    lp = torch.log_softmax(logits.float(), -1).gather(2, ids[..., None])[..., 0].double()
+    return (lp * opt_mask).sum(1).view(len(prompts), k)

@@ -159,10 +159,14 @@ class LastTokenLM(torch.nn.Module):
         self.table = table
         outer = self
 
+        class NoCache:  # the next token depends on the current one only: nothing to cache
+            def batch_repeat_interleave(self, repeats):
+                pass
+
         class Decoder(torch.nn.Module):
-            def forward(self, input_ids, attention_mask):
+            def forward(self, input_ids, attention_mask, **_):
                 return type("Out", (), {"last_hidden_state": torch.nn.functional.one_hot(
-                    input_ids, outer.table.shape[0]).float()})()
+                    input_ids, outer.table.shape[0]).float(), "past_key_values": NoCache()})()
 
         class Head(torch.nn.Module):
             def forward(self, hidden):
@@ -242,3 +246,32 @@ tasks: [{{id: t1, data: {{type: files, train: x.csv}}}}]
     metrics = train_task(seq, 0, data, [], TaskFiles(out), torch.device("cpu"))
     assert metrics["steps"] == 8 and metrics["final"]["task_loss"] < math.log(len(tok))
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]  # no head
+
+
+@pytest.mark.parametrize("kind", ["causal-lm", "seq2seq-lm"])
+def test_rank_reads_each_prompt_once_and_scores_as_full_passes(kind):
+    """The shared-prompt option scores equal the log-likelihoods of each prompt + option read whole, one example
+    at a time (options of different lengths, prompts of different lengths in one batch)."""
+    from pslora_cli.models.lm import _option_scores_causal, _option_scores_seq2seq
+
+    tok = word_tokenizer()
+    model = tiny_llama(tok) if kind == "causal-lm" else tiny_t5(tok)
+    lm = LanguageModel(model=model, tokenizer=tok, kind=kind, max_length=64, path="")
+    answers = ["yes", "no", "a good film"]
+    options = [lm.answer_ids(a) for a in answers]
+    examples = [example("a good film"), example("bad"), example("a film good bad film")]
+    prompts = [lm.prompt_ids(ex, max(len(o) for o in options)) for ex in examples]
+    score = _option_scores_causal if kind == "causal-lm" else _option_scores_seq2seq
+    with torch.inference_mode():
+        got = score(lm, prompts, options, "cpu")
+        want = torch.empty(len(prompts), len(options), dtype=torch.float64)
+        for i, p in enumerate(prompts):
+            for k, o in enumerate(options):
+                if kind == "causal-lm":
+                    logits = model(input_ids=torch.tensor([p + o])).logits[0, len(p) - 1:-1]
+                else:
+                    logits = model(input_ids=torch.tensor([p]), labels=torch.tensor([o])).logits[0]
+                want[i, k] = torch.log_softmax(logits.double(), -1).gather(1, torch.tensor(o)[:, None]).sum()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert rank_hits(lm, examples, [0, 1, 2], answers, "cpu", batch_size=2).tolist() == \
+        (want.argmax(1) == torch.tensor([0, 1, 2])).tolist()
