@@ -53,7 +53,7 @@ def test_every_method_validates_with_its_fixed_settings(name):
     assert method.merge == (spec.merge or DEFAULT_MERGE) and method.merge in MERGES
     assert method.previous == (spec.previous or "merge")
     # stability / orthogonality: forced off (0), on (the default weight, > 0), or as the sequence gives it
-    for weight, on, default in (("stability_weight", spec.stability, 0.01),
+    for weight, on, default in (("stability_weight", spec.stability, 1.0),
                                 ("orthogonality_weight", spec.orthogonality, 0.5)):
         assert getattr(method, weight) == (0.0 if on is False else default), weight
     assert method.stage_rule == ("own" if spec.own_adapters else method.merge)

@@ -85,7 +85,7 @@ def test_method_presets():
     olora = parse(GOOD, ["method.name=o-lora"]).method
     assert olora.orthogonality_weight == 0.5 and olora.stability_weight == 0 and olora.merge == "sum"
     ps = parse(GOOD).method
-    assert ps.name == "ps-lora" and ps.stability_weight == 0.01 and ps.orthogonality_weight == 0
+    assert ps.name == "ps-lora" and ps.stability_weight == 1.0 and ps.orthogonality_weight == 0
     assert ps.merge == "magnitude" and ps.spec.init == "new"
     seq_lora = parse(GOOD, ["method.name=seq-lora"]).method
     assert (seq_lora.merge, seq_lora.previous, seq_lora.spec.init) == ("last", "none", "previous")
@@ -93,7 +93,7 @@ def test_method_presets():
     assert "needs stability_weight > 0" in error(GOOD, ["method.stability_weight=0"])
     assert "must be one of" in error(GOOD, ["method.name=ewc"])
     custom = parse(GOOD, ["method.name=custom", "method.merge=ties", "method.previous=sum"]).method
-    assert custom.merge == "ties" and custom.stability_weight == 0.01
+    assert custom.merge == "ties" and custom.stability_weight == 1.0
 
 
 def test_set_overrides():
