@@ -1,0 +1,69 @@
+"""Paired differences of two methods over the same seeds, from finished stores: per seed the primary ACC and BWT
+of A and B, the mean ± sample std of each, and of A − B the mean with a two-sided 95 % t interval (n − 1 degrees of
+freedom; with 2 seeds the interval is wide by construction). Stores are paired by the seed in their manifest.
+
+    .venv/bin/python benchmarks/paired.py --a STORE [STORE ...] --b STORE [STORE ...] [--names A,B]
+        [--b-recorded SEED=ACC,BWT ...]     (a result recorded in RESULTS.md whose store is gone, in %)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def metrics(store: Path) -> tuple[int, dict]:
+    seed = json.loads((store / "manifest.json").read_text())["sequence"]["seed"]
+    doc = json.loads((store / "eval" / "matrix.json").read_text())
+    return seed, doc["metrics"]["primary"]
+
+
+def recorded(text: str) -> tuple[int, dict]:
+    seed, _, values = text.partition("=")
+    acc, bwt = (float(v) / 100 for v in values.split(","))
+    return int(seed), {"acc": acc, "bwt": bwt}
+
+
+def summary(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def interval(diffs: list[float]) -> str:
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return f"{100 * mean:+.1f} (one seed: no interval)"
+    half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--a", nargs="*", type=Path, default=[])
+    ap.add_argument("--b", nargs="*", type=Path, default=[])
+    ap.add_argument("--names", default="A,B")
+    ap.add_argument("--a-recorded", nargs="*", default=[])
+    ap.add_argument("--b-recorded", nargs="*", default=[])
+    args = ap.parse_args()
+    name_a, name_b = args.names.split(",")
+    a = dict(metrics(s) for s in args.a) | dict(recorded(r) for r in args.a_recorded)
+    b = dict(metrics(s) for s in args.b) | dict(recorded(r) for r in args.b_recorded)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise SystemExit("no seed in common")
+    for key, label in (("acc", "ACC"), ("bwt", "BWT")):
+        va, vb = [a[s][key] for s in seeds], [b[s][key] for s in seeds]
+        per_seed = ", ".join(f"{100 * x:.1f} vs {100 * y:.1f}" for x, y in zip(va, vb))
+        print(f"| {label} | {name_a} − {name_b} | seeds {','.join(map(str, seeds))} | {summary(va)} | {summary(vb)} | "
+              f"{interval([x - y for x, y in zip(va, vb)])} | {per_seed} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
