@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ class Session:
     quiet: bool = False
     base_dir: Path | None = None  # where relative data paths resolve (default: the sequence file's folder)
     reporter: Reporter | None = None
-    threads: int | None = None  # torch's CPU threads (None: torch's own default, which OMP_NUM_THREADS sets)
+    threads: int | None = None  # torch's CPU threads (None: default_threads())
 
     def __post_init__(self):
         if self.reporter is None:
@@ -34,10 +35,9 @@ class Session:
     def device(self):
         import torch
 
-        if self.threads is not None:
-            if self.threads < 1:
-                raise InputError(f"--threads {self.threads}: must be at least 1")
-            torch.set_num_threads(self.threads)
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads {self.threads}: must be at least 1")
+        torch.set_num_threads(self.threads or default_threads())
         return resolve_device(self.device_name)
 
     @property
@@ -86,6 +86,19 @@ class Session:
                          backbone_identity(seq.backbone) | {"files": weights_stamp(seq.backbone)})
             self.reporter.info(f"created store {store.root} for sequence {seq.name!r} ({len(seq.tasks)} tasks)")
         distributed.barrier()
+
+
+def default_threads() -> int:
+    """OMP_NUM_THREADS when set, else half the cores this process may use (at least 1). Half, because all of them
+    collapse when other jobs hold some (measured on a busy 2-core VM: 2 threads 2.7x slower than 1, while on the
+    idle VM 2 threads were 1.3x faster; benchmarks/RESULTS.md), and a fixed number rather than one read from the
+    load, so that a run and its resumption use the same count (results can differ in the last bits between
+    counts)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // 2)
 
 
 def _check_same_identity(seq: Sequence, store: Store, sequence_file) -> None:

@@ -22,9 +22,9 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
                   "--set method.stability_weight=0 --set tasks.t1.data.train_per_class=50.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", envvar="PSLORA_THREADS",
-    help="CPU threads for torch (default: torch's, i.e. OMP_NUM_THREADS or the cores). On a busy machine use 1: a "
-         "thread waiting for a core another process holds stalls every step. Results can differ in the last bits "
-         "between thread counts; a run and its resumption should use the same.")]
+    help="CPU threads for torch (default: OMP_NUM_THREADS, else half the cores: a thread waiting for a core another "
+         "process holds stalls every step, so using every core collapses on a busy machine). Results can differ in "
+         "the last bits between thread counts; a run and its resumption should use the same.")]
 DEFAULT_STORE = Path("pslora-store")
 
 

@@ -47,3 +47,17 @@ def test_no_pickle_loading_in_the_package():
         assert not re.search(r"^\s*(import|from)\s+(pickle|dill|joblib|cloudpickle)\b", text, re.M), path
         for call in re.finditer(r"torch\.load\([^\n]*", text):
             assert "weights_only=True" in call.group(0), (path, call.group(0))
+
+
+def test_default_threads_half_the_cores_unless_omp_says(monkeypatch):
+    import os
+
+    from pslora_cli.session import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert default_threads() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert default_threads() == 1
