@@ -116,13 +116,13 @@ def _block(kind: int, a2: Tensor, b: Tensor, scale, alpha, src: _Source, r0: int
         th, _ = src.rows(r0, r1, alpha, True, False)
         d = torch.mm(b * scale, a2)
         th = th.to(d.dtype)
-        v = d.mul_(th).neg_()  # −tanh(αH)·D
-        opposing = v > 0 if want_grad else None
-        values = [v.clamp_(min=0).sum()]
+        hinge = d.mul_(th).neg_().clamp_(min=0)  # relu(−tanh(αH)·D), over the block
+        values = [hinge.sum()]
         if not want_grad:
             return values, None
-        # d relu(−t·D)/dD = −t where −t·D > 0 (the sign goes in c), written over the block
-        return values, [(torch.mul(th, opposing, out=v), -1.0)]
+        # d relu(−t·D)/dD = −t where −t·D > 0 (the sign goes in c): sign(relu) is that 0/1 mask, as floats (no
+        # bool tensor, whose conversion costs more than the arithmetic on the CPU), written over the block
+        return values, [(hinge.sign_().mul_(th), -1.0)]
     if kind == 0:
         th, _ = src.rows(r0, r1, alpha, True, False)
         t = _finish_tanh_(torch.mm(b * (alpha * scale * _tanh_prescale(a2.device)), a2))  # tanh(α·D[rows])
