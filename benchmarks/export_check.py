@@ -57,13 +57,15 @@ def _language_model(out: Path, sets, answers, kind: str) -> list[float]:
         model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
 
         def answer(prompt: str, limit: int) -> str:
-            return tokenizer.decode(model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=limit)[0],
+            ids = tokenizer(prompt, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            return tokenizer.decode(model.generate(torch.tensor([ids]), max_new_tokens=limit)[0],
                                     skip_special_tokens=True)
     else:
         pipe = pipeline("text-generation", model=str(out), device="cpu")
 
         def answer(prompt: str, limit: int) -> str:
-            return pipe(prompt, max_new_tokens=limit, return_full_text=False)[0]["generated_text"]
+            return pipe(prompt, add_special_tokens=False, max_new_tokens=limit, return_full_text=False)[0][
+                "generated_text"]
     prompts = json.loads((out / "prompts.json").read_text())["tasks"]
     accs = []
     for (examples, ys), task_answers, task in zip(sets, answers, prompts):

@@ -28,6 +28,7 @@ from .store import Store, atomic_folder, check_output_folder
 def export_model(seq, store: Store, device: torch.device, out: Path, task: str | None = None,
                  merge: str | None = None, force: bool = False, command: str = "") -> dict:
     """Write the continual model to `out`; returns what was written."""
+    _check_not_the_store(out, store)
     check_output_folder(out, force)  # before any model is loaded
     model = continual_model(seq, store, device, task, merge)
     kind = "image" if getattr(model.backbone, "modality", "text") == "image" else (
@@ -44,6 +45,14 @@ def export_model(seq, store: Store, device: torch.device, out: Path, task: str |
     return {"out": str(out), "kind": kind, "tasks": model.tasks, "merge": model.merge, "files": files}
 
 
+def _check_not_the_store(out: Path, store: Store) -> None:
+    """--force replaces the folder: refuse one that is, or holds, the store or the working folder."""
+    target, root, here = out.resolve(), store.root.resolve(), Path.cwd().resolve()
+    for protected, what in ((root, "the store"), (here, "the working folder")):
+        if target == protected or target in protected.parents:
+            raise InputError(f"--out {out}: is or holds {what}; export into a folder of its own")
+
+
 def _write_language_model(model: ContinualModel, folder: Path) -> str:
     lm = model.backbone
     longest = max(len(lm.answer_ids(a)) for p in model.prompts for a in p.answers)
@@ -57,8 +66,12 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
             setattr(config, unused, None)
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
-    prompts = {"how": "prompt = prefix + text + suffix; the model answers with one of the task's answer texts, "
+    prompts = {"how": "prompt = prefix + text + suffix, tokenized without special tokens (an encoder-decoder's "
+                      "prompt then ends with the end token); the model answers with one of the task's answer texts, "
                       "greedily, in at most max_new_tokens tokens (what pslora eval's exact match generates)",
+               "max_length": lm.max_length,
+               "long_inputs": "pslora cuts the text (never the prefix or suffix) so that the prompt and the answer "
+                              "fit in max_length tokens",
                "tasks": {p.task: {"prefix": p.prefix, "suffix": p.suffix, "answers": dict(zip(p.classes, p.answers)),
                                   "max_new_tokens": max(len(lm.answer_ids(a)) for a in p.answers)}
                          for p in model.prompts}}
@@ -66,14 +79,14 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
     prompt = (f'task = json.load(open("DIR/prompts.json"))["tasks"]["{model.prompts[0].task}"]\n'
               f'prompt = task["prefix"] + "your text here" + task["suffix"]\n')
     if lm.kind == "seq2seq-lm":  # transformers 5 has no text2text pipeline: generate() reads generation_config.json
-        return ("import json\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
+        return ("import json, torch\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
                 'model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained("DIR"), AutoTokenizer.from_pretrained("DIR")\n'
-                + prompt + 'answer = model.generate(**tokenizer(prompt, return_tensors="pt"), '
-                'max_new_tokens=task["max_new_tokens"])\n'
+                + prompt + "ids = tokenizer(prompt, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]\n"
+                'answer = model.generate(torch.tensor([ids]), max_new_tokens=task["max_new_tokens"])\n'
                 "print(tokenizer.decode(answer[0], skip_special_tokens=True))")
     return ('import json\nfrom transformers import pipeline\n\npipe = pipeline("text-generation", model="DIR")\n'
-            + prompt + 'print(pipe(prompt, max_new_tokens=task["max_new_tokens"], return_full_text=False)'
-            '[0]["generated_text"].strip())')
+            + prompt + 'print(pipe(prompt, add_special_tokens=False, max_new_tokens=task["max_new_tokens"], '
+            'return_full_text=False)[0]["generated_text"].strip())')
 
 
 def _write_timm(model: ContinualModel, folder: Path) -> str:
@@ -100,11 +113,12 @@ def _write_timm(model: ContinualModel, folder: Path) -> str:
         classifier.bias.copy_(bias)
     save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
     labels = model.labels
-    config = {"architecture": _architecture(cfg), "num_classes": len(labels), "num_features": vision.feature_dim,
+    arch = net.pretrained_cfg.get("architecture") or _architecture(cfg)  # a timm name, also for hf-hub: backbones
+    config = {"architecture": arch, "num_classes": len(labels), "num_features": vision.feature_dim,
               "model_args": dict(cfg.model_kwargs or {}), "label_names": labels,
               "pretrained_cfg": {"input_size": [vision.channels, *vision.image_size], "mean": list(vision.mean),
                                  "std": list(vision.std), "interpolation": vision.interpolation, "crop_pct": 1.0,
-                                 "crop_mode": "center", "num_classes": len(labels),
+                                 "crop_mode": "squash", "num_classes": len(labels),  # pslora resizes, never crops
                                  "classifier": _classifier_name(net)}}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return ('import timm\n\nmodel = timm.create_model("local-dir:DIR", pretrained=True).eval()\n'

@@ -25,11 +25,13 @@ def read_texts(source: str) -> list[str]:
     """The texts of a file or of stdin ("-"): one per non-blank line, or a JSON object's "text" field."""
     name = "stdin" if source == "-" else source
     try:
-        raw = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        raw = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"--input {name}: cannot read it ({exc.__class__.__name__}: {exc})") from None
     texts = []
-    for number, line in enumerate(raw.splitlines(), 1):
+    # "\n" only: str.splitlines would also split on U+2028 and the like, which JSON strings may hold raw
+    for number, line in enumerate(raw.removeprefix("\ufeff").split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -37,8 +39,8 @@ def read_texts(source: str) -> list[str]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{name}: line {number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj.get("text"), str):
-                raise InputError(f"{name}: line {number}: a JSON line needs a \"text\" string field")
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+                raise InputError(f"{name}: line {number}: a JSON line needs a non-empty \"text\" string field")
             line = obj["text"]
         texts.append(line)
     if not texts:

@@ -66,4 +66,9 @@ def predict_cmd(
         emit_json(doc)
         return
     for p in doc["predictions"]:  # tab-separated, for shell pipelines (rich would turn the tabs into spaces)
-        print(f"{p['label']}\t{p['score']:.4f}\t{p['input']}")
+        print(f"{_field(p['label'])}\t{p['score']:.4f}\t{_field(p['input'])}")
+
+
+def _field(text) -> str:
+    """One TSV field: tabs, newlines and backslashes escaped, so that every prediction stays one line."""
+    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")

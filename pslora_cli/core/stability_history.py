@@ -16,7 +16,6 @@ from .stability import conv_to_matrix
 STORES = ("auto", "dense", "factors")
 
 
-
 class HistoryFactors(NamedTuple):
     """H = B @ A with B (d_out, R) and A (R, d_in): the earlier tasks' factors stacked, their scales folded into B."""
 

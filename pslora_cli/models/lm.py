@@ -244,8 +244,9 @@ def rank_hits(lm: LanguageModel, examples: list, labels: list[int], answers: lis
     reserve = max(len(o) for o in options)
     score = _option_scores_seq2seq if lm.kind == "seq2seq-lm" else _option_scores_causal
     scores = []
-    for start in range(0, len(examples), batch_size):
-        prompts = [lm.prompt_ids(ex, reserve) for ex in examples[start:start + batch_size]]
+    step = max(1, batch_size // len(options))  # each prompt's cache is repeated per option: batch_size rows a step
+    for start in range(0, len(examples), step):
+        prompts = [lm.prompt_ids(ex, reserve) for ex in examples[start:start + step]]
         scores.append(score(lm, prompts, options, device).cpu())
     return (torch.cat(scores).argmax(1) == torch.tensor(labels)).to(device)
 

@@ -64,25 +64,35 @@ def check_output_folder(final: Path, force: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_folder(final: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `final`; on success it replaces `final` (an empty folder, or with `force` a
-    full one) in one rename, so that `final` never holds half an export."""
+    """Yield a temporary folder beside `final`; on success it takes `final`'s name in one rename (rename(2) replaces
+    an empty folder and refuses a full one, so a folder filled meanwhile is never lost). With `force` a full `final`
+    is first moved aside and deleted only once the new folder is in place (put back if the rename fails)."""
     check_output_folder(final, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    old = None
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
+    aside = None
     try:
         yield tmp
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            os.replace(final, old / "x")
-        os.replace(tmp, final)
+        if force and final.is_dir() and any(final.iterdir()):
+            aside = final.with_name(f".{final.name}.{os.getpid()}.old")
+            os.replace(final, aside)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if aside is not None:
+                os.replace(aside, final)
+                aside = None
+            raise
         fsync_dir(final.parent)
     finally:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_text_atomic(final: Path, text: str) -> None:

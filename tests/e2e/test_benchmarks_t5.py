@@ -357,6 +357,7 @@ def test_each_file_runs_end_to_end_offline(name, offline, tmp_path, capsys):
 def check_export(store: Path, out: Path, matrix: dict, capsys) -> None:
     """The exported T5 folder answers through stock transformers (generate with the folder's generation config;
     transformers 5 has no text2text pipeline) as `pslora eval` scored it."""
+    import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from pslora_cli.models.lm import normalise
@@ -371,9 +372,10 @@ def check_export(store: Path, out: Path, matrix: dict, capsys) -> None:
     for i, task in enumerate(seq.task_ids):
         data = load(i)
         p = prompts[task]
-        answers = [tokenizer.decode(model.generate(**tokenizer(p["prefix"] + x.text + p["suffix"], return_tensors="pt"),
-                                                   max_new_tokens=p["max_new_tokens"])[0], skip_special_tokens=True)
-                   for x in data.test_x]
+        ids = [tokenizer(p["prefix"] + x.text + p["suffix"], add_special_tokens=False).input_ids
+               + [tokenizer.eos_token_id] for x in data.test_x]  # as prompts.json says
+        answers = [tokenizer.decode(model.generate(torch.tensor([i]), max_new_tokens=p["max_new_tokens"])[0],
+                                    skip_special_tokens=True) for i in ids]
         hits = [normalise(a) == normalise(data.answers[y]) for a, y in zip(answers, data.test_y)]
         assert sum(hits) / len(hits) == pytest.approx(matrix["task_aware"][-1][i], abs=1e-9), task
         inputs = out.parent / f"{task}.jsonl"

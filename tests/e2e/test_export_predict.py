@@ -98,8 +98,9 @@ def test_export_refuses_a_full_folder_and_bad_options(text_store, tmp_path, caps
         (("--task", "t9"), "unknown task 't9'"),
         (("--merge", "nope"), "--merge 'nope': expected one of"),
         (("--task", "t1", "--merge", "sum"), "one task's own model has no merge"),
+        (("--force",), "is or holds the store"),
     ]:
-        target = out if not args else tmp_path / "new"
+        target = out if not args else text_store if args == ("--force",) else tmp_path / "new"
         code, _, err = run_cli(capsys, "export", "--store", text_store, "--out", target, "--device", "cpu", *args)
         assert code == 2 and message in err and err.count("\n") == 1, err
         assert tree_state(tmp_path) == before  # nothing written, no temporary folder left
@@ -130,12 +131,13 @@ def test_predict_plain_output_and_bad_inputs(text_store, tmp_path, capsys):
     from pslora_cli.cli import main
 
     good = tmp_path / "in.txt"
-    good.write_text("a small furry animal\nbread baked in an oven\n")
+    good.write_text("\ufeffa small furry animal\r\nbread\tbaked in an oven\r\n")  # BOM, CRLF, a tab
     assert main(["predict", "--store", str(text_store), "--input", str(good), "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[0].split("\t")[2] == "a small furry animal" and float(out[0].split("\t")[1]) > 0
+    assert out[1].split("\t")[2] == "bread\\tbaked in an oven"  # one line per input, the tab escaped
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine"}\n{"text": 3}\n')
+    bad.write_text('{"text": "fine"}\n{"text": ""}\n')
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "fine"}\n{"text": \n')
     empty = tmp_path / "empty.txt"

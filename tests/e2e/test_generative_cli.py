@@ -165,7 +165,8 @@ def test_export_answers_through_the_transformers_pipeline_as_eval_scores(tiny_ll
     for i, task in enumerate(("t1", "t2")):
         data = load(i)
         answers = [pipe(prompts[task]["prefix"] + x.text + prompts[task]["suffix"], return_full_text=False,
-                        max_new_tokens=prompts[task]["max_new_tokens"])[0]["generated_text"] for x in data.test_x]
+                        add_special_tokens=False, max_new_tokens=prompts[task]["max_new_tokens"])[0]["generated_text"]
+                   for x in data.test_x]
         hits = [normalise(a) == normalise(data.answers[y]) for a, y in zip(answers, data.test_y)]
         assert sum(hits) / len(hits) == pytest.approx(matrix["task_aware"][2][i], abs=1e-9)
         # predict --task gives the same answers, from stdin

@@ -176,3 +176,28 @@ def test_task_ids_cannot_escape_the_store(tmp_path):
     for bad in ("../x", "..", "a/b", "/etc", ""):
         with pytest.raises(InputError):
             store.task_dir(bad)
+
+
+def test_atomic_folder(tmp_path):
+    import pytest
+
+    from pslora_cli.errors import InputError
+    from pslora_cli.store import atomic_folder
+
+    out = tmp_path / "out"
+    with atomic_folder(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not out.exists()  # nothing under the final name until it is complete
+    assert (out / "a.txt").read_text() == "1" and oct(out.stat().st_mode & 0o777) != "0o700"
+    with pytest.raises(InputError, match="not empty"):
+        with atomic_folder(out):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_folder(out, force=True) as tmp:
+            (tmp / "b.txt").write_text("2")
+            raise RuntimeError("killed half-way")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]  # the old folder is untouched
+    with atomic_folder(out, force=True) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or set-aside folder left
