@@ -43,6 +43,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes it private; the file is an ordinary one
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -52,6 +53,12 @@ def atomic_path(final: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_output_folder(final: Path, force: bool) -> None:
@@ -70,9 +77,7 @@ def atomic_folder(final: Path, force: bool = False) -> Iterator[Path]:
     check_output_folder(final, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is an ordinary folder
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an export is an ordinary folder
     aside = None
     try:
         yield tmp
