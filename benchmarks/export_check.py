@@ -92,14 +92,14 @@ def check(store: Path, out: Path) -> dict:
         elif (out / "labels.json").is_file():
             accs = _encoder(out, sets, primary == "task_aware")
         else:
-            accs = _timm(out, sets, store)
+            accs = _timm(out, sets, seq, st)
     recorded = matrix[primary][k][:k]
     return {"store": str(store), "primary": primary, "stock": accs, "eval": recorded,
             "equal": all(abs(a - b) < 1e-9 for a, b in zip(accs, recorded)),
             "export_seconds": round(export_seconds, 1), "check_seconds": round(time.perf_counter() - started, 1)}
 
 
-def _timm(out: Path, sets, store: Path) -> list[float]:
+def _timm(out: Path, sets, seq, st) -> list[float]:
     """timm's one classifier holds every task's classes side by side: task i's labels start after the earlier
     tasks' class counts."""
     import timm
@@ -107,7 +107,6 @@ def _timm(out: Path, sets, store: Path) -> list[float]:
     from pslora_cli.models import load_backbone
 
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
-    seq, st, _ = Session(store_path=store, device_name="cpu", quiet=True).open()
     pixels = load_backbone(seq.backbone, torch.device("cpu"))  # preprocessing only: resize + normalise
     accs, start = [], 0
     for (images, ys), task in zip(sets, seq.task_ids):

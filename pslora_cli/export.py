@@ -169,7 +169,7 @@ def _model_card(model: ContinualModel, store: Store, kind: str, loading: str, co
              f"(LoRA r {seq.lora.rank}, alpha {seq.lora.alpha:g} on {', '.join(seq.lora.target_modules)}).", "",
              f"- method: `{seq.method.name}` ({_loss_text(seq.method)}); scenario: {seq.scenario}",
              f"- tasks, in training order: " + "; ".join(
-                 f"{t} ({', '.join(c)})" for t, c in _task_classes(model, store)), ""]
+                 f"{t} ({', '.join(c)})" for t, c in _task_classes(model)), ""]
     lines += _matrix_lines(store, model)
     lines += ["## Loading it (no pslora needed)", "", "```python", loading.replace("DIR", "."), "```", ""]
     if command:
@@ -183,8 +183,9 @@ def _loss_text(method) -> str:
     return f"stability loss `{method.variant}`, weight {method.stability_weight:g}"
 
 
-def _task_classes(model: ContinualModel, store: Store) -> list[tuple[str, list[str]]]:
-    return [(t, list(store.task_meta(t)["classes"])) for t in model.tasks]
+def _task_classes(model: ContinualModel) -> list[tuple[str, list[str]]]:
+    """Each exported task with its classes, as the model holds them (heads or prompts)."""
+    return [(p.task, p.classes) for p in model.heads or model.prompts]
 
 
 def _matrix_lines(store: Store, model: ContinualModel) -> list[str]:
