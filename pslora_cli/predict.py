@@ -48,11 +48,10 @@ def read_texts(source: str) -> list[str]:
     return texts
 
 
-def read_images(source: str) -> tuple[list[str], list]:
-    """(paths, images as arrays) of an image file, a folder of images, or stdin's list of paths ("-")."""
+def read_images(source: str) -> list[Path]:
+    """The image paths of an image file, a folder of images, or stdin's list of paths ("-"), each checked readable
+    (without decoding: a large folder is decoded batch by batch, by `load_images`)."""
     from PIL import Image
-
-    from .data.image_sources import pil_to_array
 
     if source == "-":
         paths = [Path(line.strip()) for line in sys.stdin.read().splitlines() if line.strip()]
@@ -64,6 +63,21 @@ def read_images(source: str) -> tuple[list[str], list]:
                  if root.is_dir() else [root])
     if not paths:
         raise InputError(f"--input {source}: holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+    return paths
+
+
+def load_images(paths: list[Path]) -> list:
+    """The images of `paths` as arrays."""
+    from PIL import Image
+
+    from .data.image_sources import pil_to_array
+
     images = []
     for path in paths:
         try:
@@ -71,7 +85,7 @@ def read_images(source: str) -> tuple[list[str], list]:
                 images.append(pil_to_array(img))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise InputError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-    return [str(p) for p in paths], images
+    return images
 
 
 def predict(seq, store, device: torch.device, source: str, task: str | None = None, merge: str | None = None,
@@ -79,7 +93,8 @@ def predict(seq, store, device: torch.device, source: str, task: str | None = No
     """Predictions for every input of `source`, in order: {"predictions": [{"label", "score", ...}], ...}."""
     if task is not None:
         seq.index(task)
-    names, inputs = read_images(source) if _is_image(seq) else (None, read_texts(source))  # before any model is loaded
+    image = _is_image(seq)
+    inputs = read_images(source) if image else read_texts(source)  # before any model is loaded
     own = task if seq.method.spec.own_adapters else None
     model = continual_model(seq, store, device, own, merge)
     if task is not None and task not in model.tasks:
@@ -89,9 +104,9 @@ def predict(seq, store, device: torch.device, source: str, task: str | None = No
         if seq.generative:
             predictions = _generate(model, inputs, task, batch, progress)
         else:
-            predictions = _classify(model, inputs, task, batch, progress)
-    for i, p in enumerate(predictions):
-        p["input"] = names[i] if names else inputs[i]
+            predictions = _classify(model, inputs, task, batch, progress, load_images if image else list)
+    for p, given in zip(predictions, inputs):
+        p["input"] = str(given)
     return {"store": str(store.root), "tasks": model.tasks, "merge": model.merge, "task": task,
             "predictions": predictions}
 
@@ -102,13 +117,13 @@ def _is_image(seq) -> bool:
     return backbone_modality(seq.backbone) == "image"
 
 
-def _classify(model: ContinualModel, inputs: list, task: str | None, batch: int, progress) -> list[dict]:
+def _classify(model: ContinualModel, inputs: list, task: str | None, batch: int, progress, load) -> list[dict]:
     heads = [h for h in model.heads if task is None or h.task == task]
     owners = [(h.task, c) for h in heads for c in h.classes]
     labels = model.labels if task is None else [c for h in heads for c in h.classes]
     backbone, out = model.backbone, []
     for start in range(0, len(inputs), batch):
-        features = backbone.features(backbone.model, backbone.collate(inputs[start:start + batch],
+        features = backbone.features(backbone.model, backbone.collate(load(inputs[start:start + batch]),
                                                                       model.device)).float()
         probs = torch.cat([features @ h.weight.T + h.bias for h in heads], dim=1).softmax(-1)
         score, best = probs.max(-1)

@@ -97,8 +97,26 @@ def default_threads() -> int:
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
+    return max(1, usable_cores() // 2)
+
+
+def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container limited to 2
+    CPUs on a 64-core host sees 64 in its affinity)."""
+    import math
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2)
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = Path(cgroup_root, quota_file).read_text().split()
+            if period_file:
+                fields.append(Path(cgroup_root, period_file).read_text().strip())
+            quota, period = int(fields[0]), int(fields[1])  # "max" (v2) raises: no quota
+        except (OSError, ValueError, IndexError):
+            continue
+        if quota > 0 and period > 0:
+            return max(1, min(cores, math.ceil(quota / period)))
+    return cores
 
 
 def _check_same_identity(seq: Sequence, store: Store, sequence_file) -> None:

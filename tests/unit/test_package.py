@@ -61,3 +61,23 @@ def test_default_threads_half_the_cores_unless_omp_says(monkeypatch):
     assert default_threads() == 8
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     assert default_threads() == 1
+
+
+def test_usable_cores_reads_cgroup_quotas(monkeypatch, tmp_path):
+    import os
+
+    from pslora_cli.session import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert usable_cores(str(tmp_path)) == 64  # no cgroup files: the affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(str(tmp_path)) == 64  # v2 without a quota
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert usable_cores(str(tmp_path)) == 3  # v2: 2.5 CPUs, rounded up
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(str(tmp_path)) == 64  # v1 without a quota
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    assert usable_cores(str(tmp_path)) == 2  # v1: 2 CPUs
