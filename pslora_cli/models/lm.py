@@ -223,13 +223,67 @@ def exact_match_hits(lm: LanguageModel, examples: list, labels: list[int], answe
     gold = [normalise(answers[y]) for y in labels]
     hits = []
     for start in range(0, len(examples), batch_size):
-        batch = lm.collate_prompts(examples[start:start + batch_size], longest, device)
-        out = lm.model.generate(**batch, max_new_tokens=longest, do_sample=False, pad_token_id=lm.pad_id,
-                                eos_token_id=lm.eos_id)
-        new = out if lm.kind == "seq2seq-lm" else out[:, batch["input_ids"].shape[1]:]
+        chunk = examples[start:start + batch_size]
+        if lm.kind == "causal-lm":
+            new = greedy_causal(lm, [lm.prompt_ids(ex, longest) for ex in chunk], longest, device)
+        else:
+            batch = lm.collate_prompts(chunk, longest, device)
+            new = lm.model.generate(**batch, max_new_tokens=longest, do_sample=False, pad_token_id=lm.pad_id,
+                                    eos_token_id=lm.eos_id).tolist()
         texts = lm.tokenizer.batch_decode(new, skip_special_tokens=True)
         hits += [normalise(t) == g for t, g in zip(texts, gold[start:start + batch_size])]
     return torch.tensor(hits, dtype=torch.bool, device=device)
+
+
+@torch.inference_mode()
+def greedy_causal(lm: LanguageModel, prompts: list[list[int]], steps: int, device) -> list[list[int]]:
+    """Each prompt's greedy continuation, at most `steps` tokens and ending at the end token: the tokens
+    `generate(do_sample=False)` writes (the prompts read as `_read_prompts` does)."""
+    hidden, cache, mask = _read_prompts(lm, prompts, device)
+    head, written = lm.model.get_output_embeddings(), []
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    for step in range(steps):
+        token = head(hidden).argmax(-1)
+        written.append(token.masked_fill(done, lm.pad_id))
+        done |= token == lm.eos_id
+        if bool(done.all()) or step == steps - 1:
+            break
+        position = mask.sum(1, keepdim=True)  # the real tokens so far
+        mask = torch.cat([mask, torch.ones_like(position)], 1)
+        out = lm.model.base_model(input_ids=token[:, None], attention_mask=mask, position_ids=position,
+                                  past_key_values=cache, use_cache=True)
+        hidden, cache = out.last_hidden_state[:, -1], out.past_key_values
+    answers = []
+    for row in torch.stack(written, 1).tolist():
+        answers.append(row[:row.index(lm.eos_id) + 1] if lm.eos_id in row else row)
+    return answers
+
+
+def _read_prompts(lm: LanguageModel, prompts: list[list[int]], device) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """(each prompt's last hidden state, the cache, its attention mask) of a causal LM reading the prompts. Their
+    common first tokens (a task's instruction and options, about a third of each prompt) are read once and that
+    cache is shared by every row; the rest is left-padded after it (padding between prefix and text)."""
+    rows = len(prompts)
+    shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)  # each row keeps a token to read
+    cache = None
+    if shared > 0:
+        ids = torch.tensor([prompts[0][:shared]], device=device)
+        cache = lm.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(rows)
+    rest = _left_padded([p[shared:] for p in prompts], lm.pad_id, device)
+    mask = torch.cat([torch.ones((rows, shared), dtype=torch.long, device=device), rest["attention_mask"]], 1)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)[:, shared:]
+    out = lm.model.base_model(input_ids=rest["input_ids"], attention_mask=mask, position_ids=positions,
+                              past_key_values=cache, use_cache=True)
+    return out.last_hidden_state[:, -1], out.past_key_values, mask
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return i
+    return n
 
 
 @torch.inference_mode()
@@ -237,9 +291,10 @@ def rank_hits(lm: LanguageModel, examples: list, labels: list[int], answers: lis
               batch_size: int) -> torch.Tensor:
     """The option with the highest log-likelihood (answer tokens and the end token) against the gold class.
 
-    Each prompt is read once for all options: a causal LM's last prompt position scores every option's first
-    token, and the options' later tokens are read against the prompt's cache, repeated per option; an
-    encoder-decoder encodes the prompt once and decodes every option against it."""
+    Each prompt is read once for all options (and a causal LM reads the batch's common prefix once): a causal
+    LM's last prompt position scores every option's first token, and the options' later tokens are read against
+    the prompt's cache, repeated per option; an encoder-decoder encodes the prompt once and decodes every option
+    against it."""
     options = [lm.answer_ids(a) for a in answers]
     reserve = max(len(o) for o in options)
     score = _option_scores_seq2seq if lm.kind == "seq2seq-lm" else _option_scores_causal
@@ -268,17 +323,13 @@ def _option_tokens(options: list[list[int]], rows: int, pad_id: int, drop_last: 
 def _option_scores_causal(lm: LanguageModel, prompts: list[list[int]], options: list[list[int]], device):
     """(prompts x options) log-likelihoods of a causal LM, the prompt read once."""
     k = len(options)
-    enc = _left_padded(prompts, lm.pad_id, device)
-    mask = enc["attention_mask"]
-    positions = (mask.cumsum(1) - 1).clamp_min(0)  # left padding: the real tokens start at position 0
-    out = lm.model.base_model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True)
+    last, cache, mask = _read_prompts(lm, prompts, device)
     head = lm.model.get_output_embeddings()
-    first = torch.log_softmax(head(out.last_hidden_state[:, -1]).float(), -1)  # every option's first token
+    first = torch.log_softmax(head(last).float(), -1)  # every option's first token
     scores = torch.stack([first[:, o[0]].double() for o in options], 1)
     if max(len(o) for o in options) == 1:
         return scores
     ids, opt_mask = (t.to(device) for t in _option_tokens(options, len(prompts), lm.pad_id, drop_last=True))
-    cache = out.past_key_values
     cache.batch_repeat_interleave(k)  # row b*K + k: prompt b for option k
     full_mask = torch.cat([mask.repeat_interleave(k, 0), opt_mask], 1)
     pos = mask.sum(1).repeat_interleave(k)[:, None] + torch.arange(ids.shape[1], device=device)[None]

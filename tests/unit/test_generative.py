@@ -40,6 +40,16 @@ def tiny_llama(tokenizer):
     return LlamaForCausalLM(config).eval()
 
 
+def sensitive(model):
+    """The model with larger weights than its init's, so that its outputs depend visibly on the prompt and on the
+    positions (the init's are nearly the same whatever the input)."""
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(0, 0.6)
+    return model
+
+
 def tiny_t5(tokenizer):
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -211,6 +221,27 @@ def test_rank_and_exact_match_against_hand_computations():
     assert exact_match_hits(lm, examples, labels, ["yes", "no"], "cpu", batch_size=1).tolist() == [False, True]
 
 
+def test_greedy_decoding_with_a_shared_prefix_writes_what_generate_writes():
+    """exact-match's decoder (the prompts' common prefix read once, its cache shared by the batch) against
+    `generate` on each prompt alone, on a random float64 model: prompts of different lengths, with a long common
+    prefix, with none, and one prompt that is the others' prefix."""
+    from pslora_cli.models.lm import greedy_causal
+
+    tok = word_tokenizer()
+    model = sensitive(tiny_llama(tok)).double()
+    lm = LanguageModel(model=model, tokenizer=tok, kind="causal-lm", max_length=64, path="")
+    shared = [lm.prompt_ids(example(t), 5) for t in ("a good film", "bad", "a film good bad film very long")]
+    unshared = [tok("good film")["input_ids"], tok("a bad plot")["input_ids"], tok("fun")["input_ids"]]
+    nested = [tok("a good film")["input_ids"], tok("a good film very long story")["input_ids"]]
+    for prompts in (shared, unshared, nested):
+        with torch.inference_mode():
+            want = [model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                   max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=1)[0, len(p):]
+                    .tolist() for p in prompts]
+        assert len({tuple(w) for w in want}) == len(want)  # the prompts' continuations differ
+        assert greedy_causal(lm, prompts, 5, "cpu") == want
+
+
 def test_normalise_ignores_case_space_and_end_punctuation():
     assert normalise("  Positive. ") == normalise("positive") == "positive"
     assert normalise("very  good") == "very good" and normalise("no") != normalise("not")
@@ -255,7 +286,7 @@ def test_rank_reads_each_prompt_once_and_scores_as_full_passes(kind):
     from pslora_cli.models.lm import _option_scores_causal, _option_scores_seq2seq
 
     tok = word_tokenizer()
-    model = tiny_llama(tok) if kind == "causal-lm" else tiny_t5(tok)
+    model = sensitive(tiny_llama(tok) if kind == "causal-lm" else tiny_t5(tok))
     lm = LanguageModel(model=model, tokenizer=tok, kind=kind, max_length=64, path="")
     answers = ["yes", "no", "a good film"]
     options = [lm.answer_ids(a) for a in answers]
