@@ -43,7 +43,21 @@ def main(out: str) -> int:
         minutes = statistics.mean(training_minutes(s) for s in stores)
         name = f"{method} (oracle: told the task)" if split and method == "per-task" else method
         print(f"| {name} | {row['runs']} | " + " | ".join(cell(row[k]) for k, _ in columns) + f" | {minutes:.1f} |")
+    paired = doc.get("paired")  # compare.json from before session 7 has none
+    if paired and paired["methods"]:
+        print(f"\nPaired differences from {paired['baseline']} (same seed and order), mean [95 % t interval]:\n")
+        print("| method | pairs | Δ ACC | Δ BWT |\n| --- | --- | --- | --- |")
+        for method, row in paired["methods"].items():
+            print(f"| {method} − {paired['baseline']} | {row['acc']['n']} | " +
+                  " | ".join(interval(row[k]) for k in ("acc", "bwt")) + " |")
     return 0
+
+
+def interval(d: dict) -> str:
+    if d["mean"] is None:
+        return "—"
+    text = f"{100 * d['mean']:+.1f}" + ("" if d["low"] is None else f" [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+    return text.replace("-", "−")
 
 
 if __name__ == "__main__":

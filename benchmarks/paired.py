@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
+import sys
 from pathlib import Path
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pslora_cli.core.metrics import paired_interval  # noqa: E402
 
 
 def metrics(store: Path) -> tuple[int, dict]:
@@ -36,11 +37,10 @@ def summary(values: list[float]) -> str:
 
 
 def interval(diffs: list[float]) -> str:
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return f"{100 * mean:+.1f} (one seed: no interval)"
-    half = T95.get(len(diffs) - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]"
+    d = paired_interval(diffs)  # the interval `pslora compare` reports
+    if d["low"] is None:
+        return f"{100 * d['mean']:+.1f} (one seed: no interval)"
+    return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
 def main() -> int:

@@ -1,5 +1,6 @@
 """`pslora compare`: run one sequence with several methods, seeds and task orders, each into its own store,
-and summarise ACC, BWT, FWT, forgetting and learning accuracy as mean ± std.
+and summarise ACC, BWT, FWT, forgetting and learning accuracy as mean ± std, and each method's paired difference
+from a baseline (same seed, same order) with its 95 % interval.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .config import parse_yaml
+from .core.metrics import paired_interval
 from .errors import InputError
 from .methods import METHODS
 from .pipeline import run_sequence
@@ -52,11 +54,24 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+PAIRED_METRICS = ("acc", "bwt")
+
+
+def default_baseline(methods: list[str]) -> str:
+    """inc-lora when compared (the plain continual LoRA every method should beat), else the first method."""
+    return "inc-lora" if "inc-lora" in methods else methods[0]
+
+
 def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: int, out_dir: Path,
-            base: Session) -> dict:
+            base: Session, baseline: str | None = None) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+    if not methods:
+        raise InputError("--methods: give at least one method")
+    baseline = baseline or default_baseline(methods)
+    if baseline not in methods:
+        raise InputError(f"--baseline {baseline!r}: not one of --methods ({', '.join(methods)})")
     if not seeds:
         raise InputError("--seeds: give at least one seed")
     if orders < 1:
@@ -94,11 +109,31 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
             values = [(r["forgetting_split"] or {}).get(part) for r in mine]
             summary[method][part] = dict(zip(("mean", "std"), _mean_std(values)))
     doc = {"sequence": str(sequence_file), "methods": methods, "seeds": seeds, "orders": orders,
-           "primary": "task_agnostic or task_aware per the sequence's scenario", "summary": summary, "runs": runs}
+           "primary": "task_agnostic or task_aware per the sequence's scenario", "summary": summary,
+           "paired": paired_differences(runs, methods, baseline), "runs": runs}
     write_json_atomic(out_dir / "compare.json", doc)
     write_text_atomic(out_dir / "compare.csv", summary_csv(summary))
     doc["figure"] = str(plot_curves(runs, methods, out_dir / "curves.png"))
     return doc
+
+
+def paired_differences(runs: list[dict], methods: list[str], baseline: str) -> dict:
+    """Each other method minus the baseline on the same (order, seed): mean and 95 % t interval per metric."""
+    def by_run(method):
+        return {(r["order"], r["seed"]): r["metrics"] for r in runs if r["method"] == method}
+
+    base = by_run(baseline)
+    out = {"baseline": baseline, "methods": {}}
+    for method in methods:
+        if method == baseline:
+            continue
+        mine = by_run(method)
+        keys = sorted(set(mine) & set(base))
+        out["methods"][method] = {
+            metric: paired_interval([mine[k][metric] - base[k][metric] for k in keys
+                                     if mine[k].get(metric) is not None and base[k].get(metric) is not None])
+            for metric in PAIRED_METRICS}
+    return out
 
 
 def summary_csv(summary: dict) -> str:
@@ -192,6 +227,29 @@ def print_summary(reporter, doc: dict) -> None:
             cells.append("—" if mean is None else f"{100 * mean:.1f} ± {100 * std:.1f}")
         table.add_row(_display_name(method, split), *cells)
     reporter.out.print(table)
+    paired = doc.get("paired") or {}
+    if paired.get("methods"):
+        reporter.out.print(_paired_table(paired, split))
+
+
+def _paired_table(paired: dict, class_incremental: bool):
+    from rich.table import Table
+
+    table = Table(title=f"paired differences from {paired['baseline']} (same seed and order): mean [95 % t interval], "
+                        "points", title_justify="left")
+    table.add_column("method", style="bold", no_wrap=True)
+    table.add_column("pairs", justify="right")
+    for metric in PAIRED_METRICS:
+        table.add_column(f"Δ {metric.upper()}", justify="right", no_wrap=True)
+    for method, row in paired["methods"].items():
+        cells = []
+        for metric in PAIRED_METRICS:
+            d = row[metric]
+            cells.append("—" if d["mean"] is None else f"{100 * d['mean']:+.1f}" if d["low"] is None else
+                         f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+        table.add_row(f"{_display_name(method, class_incremental)} − {paired['baseline']}", str(row["acc"]["n"]),
+                      *cells)
+    return table
 
 
 def _display_name(method: str, class_incremental: bool) -> str:

@@ -56,6 +56,9 @@ def compare_cmd(
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
     orders: Annotated[int, typer.Option("--orders", help="Task orders: 1 = as written, k > 1 adds seeded shuffles.")] = 1,
     out: Annotated[Path, typer.Option("--out", help="Folder for the per-run stores and the summary.")] = Path("pslora-compare"),
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="The method the others are paired against (default: inc-lora if compared, else the "
+                           "first).")] = None,
     device: DeviceOpt = "auto", json_: JsonOpt = False, quiet: QuietOpt = False, set_: SetOpt = None,
     threads: ThreadsOpt = None,
 ):
@@ -67,7 +70,7 @@ def compare_cmd(
         seed_list = [int(v) for v in seeds.split(",") if v.strip()]
     except ValueError:
         raise InputError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    doc = compare(sequence, comma_list(methods) or [], seed_list, orders, out, s)
+    doc = compare(sequence, comma_list(methods) or [], seed_list, orders, out, s, baseline)
     if json_:
         emit_json(doc)
     else:

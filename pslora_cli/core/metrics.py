@@ -154,3 +154,27 @@ def forgetting_split(agnostic: dict, aware: dict) -> dict[str, float | str | Non
     heads = total - backbone
     return {"bwt_backbone": backbone, "bwt_heads": heads,
             "mostly": "heads" if abs(heads) > abs(backbone) else "backbone"}
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom; a df between tabled values takes the next smaller
+# one (a slightly wider interval, never a narrower one).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+         29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def paired_interval(differences: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean of paired differences (A − B on the same seed and order) with its two-sided 95 % t interval
+    (n − 1 degrees of freedom); low/high are None with fewer than two pairs. Pairs with a None are skipped."""
+    diffs = [float(d) for d in differences if d is not None]
+    if not diffs:
+        return {"n": 0, "mean": None, "low": None, "high": None}
+    mean = _mean(diffs)
+    if len(diffs) < 2:
+        return {"n": 1, "mean": mean, "low": None, "high": None}
+    std = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    df = len(diffs) - 1
+    t = _T975[max(k for k in _T975 if k <= df)]
+    half = t * std / math.sqrt(len(diffs))
+    return {"n": len(diffs), "mean": mean, "low": mean - half, "high": mean + half}

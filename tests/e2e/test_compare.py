@@ -41,9 +41,18 @@ def test_compare_runs_methods_seeds_orders(tiny_bert, write_sequence, tmp_path, 
         split = r["forgetting_split"]
         assert split["bwt_backbone"] + split["bwt_heads"] == pytest.approx(r["metrics"]["bwt"], abs=1e-12)
     assert doc["summary"]["ps-lora"]["bwt_heads"]["mean"] is not None
+    # paired against inc-lora (the default baseline) on the same order and seed: 4 pairs
+    paired = doc["paired"]
+    assert paired["baseline"] == "inc-lora" and list(paired["methods"]) == ["ps-lora"]
+    diffs = [a["metrics"]["acc"] - b["metrics"]["acc"] for a in doc["runs"] for b in doc["runs"]
+             if a["method"] == "ps-lora" and b["method"] == "inc-lora" and (a["order"], a["seed"]) == (b["order"], b["seed"])]
+    acc = paired["methods"]["ps-lora"]["acc"]
+    assert acc["n"] == 4 and acc["mean"] == pytest.approx(sum(diffs) / 4, abs=1e-12) and acc["low"] <= acc["high"]
     # Re-running finds every store complete and trains nothing; the table shows the split.
-    code = main(["compare", str(seq), "--methods", "inc-lora", "--seeds", "0", "--out", str(out), "--quiet"])
-    assert code == 0 and "BWT heads" in capsys.readouterr().out
+    code = main(["compare", str(seq), "--methods", "inc-lora,ps-lora", "--seeds", "0,1", "--out", str(out),
+                 "--baseline", "ps-lora", "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "BWT heads" in printed and "inc-lora − ps-lora" in printed and "[" in printed
     code = main(["compare", str(seq), "--methods", "inc-lora", "--seeds", "0", "--out", str(out), "--json", "--quiet"])
     assert code == 0 and json.loads(capsys.readouterr().out)["runs"][0]["trained"] == []
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pslora_cli.core.metrics import METRIC_DOCS, cl_metrics
+from pslora_cli.core.metrics import METRIC_DOCS, cl_metrics, paired_interval
 
 # R[t][i] = matrix[t][i-1]; row 0 = base model
 M3 = [
@@ -148,3 +148,19 @@ def test_forgetting_split_hand_computed():
     assert forgetting_split(cl_metrics([[None], [0.9]]), cl_metrics([[0.5], [0.9]]))["mostly"] is None  # one task
     mostly_backbone = forgetting_split(agnostic, cl_metrics([[0.5, 0.5], [0.95, 0.6], [0.6, 0.85]]))
     assert mostly_backbone["mostly"] == "backbone"
+
+
+def test_paired_interval_hand_computed():
+    # diffs 1, 2, 3: mean 2, sample std 1, t(0.975, 2) = 4.303, half-width 4.303 / sqrt(3)
+    d = paired_interval([0.01, 0.02, 0.03])
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.02)
+    assert d["high"] - d["mean"] == pytest.approx(0.01 * 4.303 / math.sqrt(3))
+    assert d["mean"] - d["low"] == pytest.approx(0.01 * 4.303 / math.sqrt(3))
+    # a df between tabled values takes the next smaller df's (wider) quantile: 35 pairs -> df 34 -> t(30)
+    many = paired_interval([0.0, 1.0] * 17 + [0.5])
+    std = math.sqrt(sum((x - 0.5) ** 2 for x in [0.0, 1.0] * 17 + [0.5]) / 34)
+    assert many["high"] - 0.5 == pytest.approx(2.042 * std / math.sqrt(35))
+    assert paired_interval([0.05, None]) == {"n": 1, "mean": 0.05, "low": None, "high": None}
+    assert paired_interval([]) == {"n": 0, "mean": None, "low": None, "high": None}
+    same = paired_interval([0.1, 0.1, 0.1])
+    assert same["low"] == pytest.approx(0.1) and same["high"] == pytest.approx(0.1)

@@ -113,6 +113,10 @@ def test_compare_refuses_an_unknown_method(tmp_path, capsys):
     code, _, err = run_cli(capsys, "compare", seq, "--methods", "ewc", "--out", tmp_path / "c")
     assert code == 2 and "unknown method 'ewc'" in err
     assert not (tmp_path / "c").exists()
+    code, _, err = run_cli(capsys, "compare", seq, "--methods", "ps-lora,o-lora", "--baseline", "inc-lora",
+                           "--out", tmp_path / "c")
+    assert code == 2 and "--baseline 'inc-lora': not one of --methods (ps-lora, o-lora)" in err
+    assert not (tmp_path / "c").exists()
 
 
 # -- merges -----------------------------------------------------------------------------------------------------
