@@ -224,7 +224,7 @@ def exact_match_hits(lm: LanguageModel, examples: list, labels: list[int], answe
     hits = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        if lm.kind == "causal-lm":
+        if lm.kind == "causal-lm" and argmax_is_generate(lm.model):
             new = greedy_causal(lm, [lm.prompt_ids(ex, longest) for ex in chunk], longest, device)
         else:
             batch = lm.collate_prompts(chunk, longest, device)
@@ -259,12 +259,44 @@ def greedy_causal(lm: LanguageModel, prompts: list[list[int]], steps: int, devic
     return answers
 
 
+# Generation settings under which generate(do_sample=False) is more than the argmax of the logits, with their
+# neutral values (the others are neutral only when unset or empty).
+_NEUTRAL = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+            "encoder_no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0, "guidance_scale": 1.0}
+_PROCESSORS = tuple(_NEUTRAL) + ("bad_words_ids", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+                                 "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
+                                 "watermarking_config")
+
+
+def argmax_is_generate(model) -> bool:
+    """Whether the model's generation config leaves greedy `generate` a plain argmax (no repetition penalty,
+    suppressed or forced tokens and the like), so that `greedy_causal` writes what `generate` writes."""
+    config = getattr(model, "generation_config", None)
+    for key in _PROCESSORS:
+        value = getattr(config, key, None)
+        if value not in (None, [], {}, ()) and value != _NEUTRAL.get(key, object()):
+            return False
+    return True
+
+
+def shares_prefix(model) -> bool:
+    """Whether a prompt prefix's cache can be shared with padding after it: only with full attention in every
+    layer (a sliding window counts cache slots, padding included; a recurrent state would run through the
+    padding)."""
+    config = getattr(model, "config", None)
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    return layer_types == {"full_attention"} and not getattr(config, "sliding_window", None)
+
+
 def _read_prompts(lm: LanguageModel, prompts: list[list[int]], device) -> tuple[torch.Tensor, Any, torch.Tensor]:
     """(each prompt's last hidden state, the cache, its attention mask) of a causal LM reading the prompts. Their
     common first tokens (a task's instruction and options, about a third of each prompt) are read once and that
-    cache is shared by every row; the rest is left-padded after it (padding between prefix and text)."""
+    cache is shared by every row, the rest left-padded after it (padding between prefix and text), when
+    `shares_prefix`; otherwise each prompt is read whole, left-padded."""
     rows = len(prompts)
     shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)  # each row keeps a token to read
+    if not shares_prefix(lm.model):
+        shared = 0
     cache = None
     if shared > 0:
         ids = torch.tensor([prompts[0][:shared]], device=device)

@@ -224,7 +224,8 @@ def test_rank_and_exact_match_against_hand_computations():
 def test_greedy_decoding_with_a_shared_prefix_writes_what_generate_writes():
     """exact-match's decoder (the prompts' common prefix read once, its cache shared by the batch) against
     `generate` on each prompt alone, on a random float64 model: prompts of different lengths, with a long common
-    prefix, with none, and one prompt that is the others' prefix."""
+    prefix, with none, one prompt that is the others' prefix, a batch of one; then with an end token that ends
+    some rows before others, and with it equal to the padding token."""
     from pslora_cli.models.lm import greedy_causal
 
     tok = word_tokenizer()
@@ -233,13 +234,57 @@ def test_greedy_decoding_with_a_shared_prefix_writes_what_generate_writes():
     shared = [lm.prompt_ids(example(t), 5) for t in ("a good film", "bad", "a film good bad film very long")]
     unshared = [tok("good film")["input_ids"], tok("a bad plot")["input_ids"], tok("fun")["input_ids"]]
     nested = [tok("a good film")["input_ids"], tok("a good film very long story")["input_ids"]]
-    for prompts in (shared, unshared, nested):
+
+    def generated(prompts, eos, pad):
+        out = []
         with torch.inference_mode():
-            want = [model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                   max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=1)[0, len(p):]
-                    .tolist() for p in prompts]
+            for p in prompts:
+                row = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                     max_new_tokens=5, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+                row = row[0, len(p):].tolist()
+                out.append(row[:row.index(eos) + 1] if eos in row else row)
+        return out
+
+    for prompts in (shared, unshared, nested, shared[1:2]):
+        want = generated(prompts, eos=1, pad=0)
         assert len({tuple(w) for w in want}) == len(want)  # the prompts' continuations differ
         assert greedy_causal(lm, prompts, 5, "cpu") == want
+    # an end token that the second row writes at its second step: rows end at different steps
+    eos = generated(shared, eos=1, pad=0)[1][1]
+    want = generated(shared, eos=eos, pad=0)
+    assert len({len(w) for w in want}) > 1 and any(w[-1] == eos for w in want)
+    tok.eos_token = tok.convert_ids_to_tokens(eos)
+    assert lm.eos_id == eos and greedy_causal(lm, shared, 5, "cpu") == want
+    tok.pad_token = tok.eos_token  # pad == eos, as in SmolLM2
+    assert lm.pad_id == eos and greedy_causal(lm, shared, 5, "cpu") == generated(shared, eos=eos, pad=eos)
+
+
+def test_exact_match_leaves_generation_settings_and_windows_to_generate(monkeypatch):
+    """A generation config that makes greedy `generate` more than an argmax (a repetition penalty, suppressed
+    tokens) sends exact match back to `generate`; a sliding window or non-attention layers stop the prefix sharing."""
+    import pslora_cli.models.lm as lm_module
+    from pslora_cli.models.lm import argmax_is_generate, shares_prefix
+
+    tok = word_tokenizer()
+    model = sensitive(tiny_llama(tok)).double()
+    assert argmax_is_generate(model) and shares_prefix(model)
+    model.generation_config.repetition_penalty = 1.0
+    model.generation_config.no_repeat_ngram_size = 0
+    assert argmax_is_generate(model)
+    model.generation_config.repetition_penalty = 1.3
+    assert not argmax_is_generate(model)
+    model.generation_config.repetition_penalty = None
+    model.generation_config.suppress_tokens = [5]
+    assert not argmax_is_generate(model)
+    lm = LanguageModel(model=model, tokenizer=tok, kind="causal-lm", max_length=64, path="")
+    monkeypatch.setattr(lm_module, "greedy_causal", lambda *a: pytest.fail("greedy_causal used"))
+    hits = exact_match_hits(lm, [example("a good film"), example("bad")], [0, 1], ["yes", "no"], "cpu", 2)
+    assert hits.shape == (2,)
+    model.config.sliding_window = 4
+    assert not shares_prefix(model)
+    model.config.sliding_window = None
+    model.config.layer_types = ["full_attention", "linear_attention"]
+    assert not shares_prefix(model)
 
 
 def test_normalise_ignores_case_space_and_end_punctuation():

@@ -50,16 +50,15 @@ def test_no_pickle_loading_in_the_package():
 
 
 def test_default_threads_half_the_cores_unless_omp_says(monkeypatch):
-    import os
-
+    import pslora_cli.session as session
     from pslora_cli.session import default_threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(session, "usable_cores", lambda: 16)  # not this machine's cgroup quota
     assert default_threads() == 8
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(session, "usable_cores", lambda: 1)
     assert default_threads() == 1
 
 
