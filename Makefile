@@ -1,5 +1,5 @@
 # make demo     - set everything up and run the default sequence offline
-# make demo-lm  - the same for the generative track (SmolLM2, labels as text; 40-55 min measured on a 2-core CPU shared with another run)
+# make demo-lm  - the same for the generative track (SmolLM2, labels as text; 25 min measured on a 2-core CPU beside another run at 1 thread each, 55 min on a busier one)
 # make test       - set everything up and run the tests (tests/unit, tests/e2e and the rest of tests/)
 # make test-unit  - only tests/unit: tiny random models and synthetic data, no data packages (under a minute)
 PYTHON ?= python3
