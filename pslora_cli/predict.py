@@ -50,7 +50,9 @@ def read_texts(source: str) -> list[str]:
 
 def read_images(source: str) -> list[Path]:
     """The image paths of an image file, a folder of images, or stdin's list of paths ("-"), each checked readable
-    (without decoding: a large folder is decoded batch by batch, by `load_images`)."""
+    (without decoding: a large folder is decoded batch by batch, by `load_images`). PIL's check reads headers
+    and, for some formats, not the pixel data: a truncated JPEG is reported when its batch is decoded, still
+    before anything is printed."""
     from PIL import Image
 
     if source == "-":
