@@ -1,7 +1,7 @@
 """A tried and rejected alternative to the magnitude merge's fold (issue 19, item 2): per row block, all T products
 into one (T, rows, d) buffer, then |.| on the bit patterns, argmax over the task dimension (ties to the earlier
 task) and a gather. Fewer passes over memory than folding task by task, but torch's argmax over a non-last
-dimension is not vectorised on the CPU. Times against the shipped merge and the products alone (the floor), same
+dimension is not vectorised on the CPU. Times against the shipped merge and merge_floor.py's floor (the T products), same
 factors, rounds interleaved, medians; the result is checked equal to the shipped merge.
 
     .venv/bin/python benchmarks/merge_argmax_trial.py [--cases 1024x4,2048x15,2048x50] [--rounds 3]
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from merge_floor import factors  # noqa: E402
+from merge_floor import factors, floor  # noqa: E402
 
 
 def argmax_merge(pairs, block_elements: int = 1 << 18):
@@ -35,18 +35,6 @@ def argmax_merge(pairs, block_elements: int = 1 << 18):
         winner = magnitudes[:, :k].argmax(0, keepdim=True)
         torch.gather(products[:, :k], 0, winner, out=out[r0:r0 + k][None])
     return out
-
-
-def products_only(pairs, block_elements: int = 1 << 18):
-    import torch
-
-    d_out, d_in = pairs[0][0].shape[0], pairs[0][1].shape[1]
-    rows = max(16, block_elements // d_in // 16 * 16)
-    buffer = torch.empty(rows, d_in)
-    for r0 in range(0, d_out, rows):
-        k = min(r0 + rows, d_out) - r0
-        for b, a in pairs:
-            torch.matmul(b[r0:r0 + k], a, out=buffer[:k])
 
 
 def main() -> int:
@@ -68,7 +56,7 @@ def main() -> int:
         equal = torch.equal(magnitude_merge_factors(pairs), argmax_merge(pairs))
         times = {"shipped": [], "trial": [], "floor": []}
         for _ in range(args.rounds):
-            for name, fn in (("shipped", magnitude_merge_factors), ("trial", argmax_merge), ("floor", products_only)):
+            for name, fn in (("shipped", magnitude_merge_factors), ("trial", argmax_merge), ("floor", floor)):
                 t0 = time.perf_counter()
                 fn(pairs)
                 times[name].append(time.perf_counter() - t0)
