@@ -100,23 +100,45 @@ def default_threads() -> int:
     return max(1, usable_cores() // 2)
 
 
-def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container limited to 2
-    CPUs on a 64-core host sees 64 in its affinity)."""
+def usable_cores(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
+    """The cores this process may use: its CPU affinity, capped by the tightest CPU quota on its cgroup's path
+    (a container limited to 2 CPUs on a 64-core host sees 64 in its affinity; a Slurm job or systemd slice sets
+    its quota on a nested cgroup, not the root)."""
     import math
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
-        try:
-            fields = Path(cgroup_root, quota_file).read_text().split()
-            if period_file:
-                fields.append(Path(cgroup_root, period_file).read_text().strip())
-            quota, period = int(fields[0]), int(fields[1])  # "max" (v2) raises: no quota
-        except (OSError, ValueError, IndexError):
-            continue
-        if quota > 0 and period > 0:
-            return max(1, min(cores, math.ceil(quota / period)))
-    return cores
+    quotas = [q for d in _own_cgroup_dirs(cgroup_root, proc_cgroup) if (q := _cpu_quota(d)) is not None]
+    return max(1, min([cores] + [math.ceil(q) for q in quotas]))
+
+
+def _own_cgroup_dirs(cgroup_root: str, proc_cgroup: str) -> list:
+    """The cgroup directories from this process's own cgroup up to the root, for v2 and for v1's cpu controller."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        lines = []
+    dirs = [Path(cgroup_root), Path(cgroup_root, "cpu")]
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" or "cpu" in controllers.split(","):
+            base = Path(cgroup_root) if controllers == "" else Path(cgroup_root, "cpu")
+            own = base / path.strip("/")
+            dirs += [own, *[p for p in own.parents if base in p.parents or p == base]]
+    return list(dict.fromkeys(dirs))
+
+
+def _cpu_quota(directory: Path):
+    """The CPU count a cgroup directory's quota allows (v2 cpu.max or v1 cfs quota/period), or None."""
+    try:
+        if (directory / "cpu.max").exists():
+            quota, period = (directory / "cpu.max").read_text().split()[:2]  # "max" (v2) means no quota
+        else:
+            quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+            period = (directory / "cpu.cfs_period_us").read_text().strip()
+        quota, period = int(quota), int(period)
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def _check_same_identity(seq: Sequence, store: Store, sequence_file) -> None:

@@ -68,15 +68,42 @@ def test_usable_cores_reads_cgroup_quotas(monkeypatch, tmp_path):
     from pslora_cli.session import usable_cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
-    assert usable_cores(str(tmp_path)) == 64  # no cgroup files: the affinity
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert usable_cores(str(tmp_path)) == 64  # v2 without a quota
-    (tmp_path / "cpu.max").write_text("250000 100000\n")
-    assert usable_cores(str(tmp_path)) == 3  # v2: 2.5 CPUs, rounded up
-    (tmp_path / "cpu.max").unlink()
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert usable_cores(str(tmp_path)) == 64  # v1 without a quota
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
-    assert usable_cores(str(tmp_path)) == 2  # v1: 2 CPUs
+    root, proc = tmp_path / "cg", tmp_path / "proc-self-cgroup"
+    root.mkdir()
+    cores = lambda: usable_cores(str(root), str(proc))  # noqa: E731
+    assert cores() == 64  # no cgroup files: the affinity
+    (root / "cpu.max").write_text("max 100000\n")
+    assert cores() == 64  # v2 without a quota
+    (root / "cpu.max").write_text("250000 100000\n")
+    assert cores() == 3  # v2: 2.5 CPUs, rounded up
+    (root / "cpu.max").unlink()
+    (root / "cpu").mkdir()
+    (root / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (root / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cores() == 64  # v1 without a quota
+    (root / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    assert cores() == 2  # v1: 2 CPUs
+
+
+def test_usable_cores_reads_the_quota_of_a_nested_cgroup(monkeypatch, tmp_path):
+    """A Slurm job or a systemd slice sets its quota on the process's own cgroup or a parent, not on the root."""
+    import os
+
+    from pslora_cli.session import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    root, proc = tmp_path / "cg", tmp_path / "proc-self-cgroup"
+    job = root / "slurm" / "job_7" / "step_0"
+    job.mkdir(parents=True)
+    proc.write_text("0::/slurm/job_7/step_0\n")
+    (root / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(str(root), str(proc)) == 64
+    (root / "slurm" / "job_7" / "cpu.max").write_text("400000 100000\n")  # the parent's quota applies
+    assert usable_cores(str(root), str(proc)) == 4
+    (job / "cpu.max").write_text("100000 100000\n")  # the tightest on the path wins
+    assert usable_cores(str(root), str(proc)) == 1
+    proc.write_text("12:cpu,cpuacct:/user.slice/app\n")  # v1: under the cpu controller's hierarchy
+    (root / "cpu" / "user.slice" / "app").mkdir(parents=True)
+    (root / "cpu" / "user.slice" / "cpu.cfs_quota_us").write_text("300000\n")
+    (root / "cpu" / "user.slice" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(str(root), str(proc)) == 3
