@@ -14,11 +14,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from paired import metrics  # benchmarks/paired.py: a store's seed and primary metrics
+
 
 def store_point(store: Path) -> tuple[str, float, float, float]:
     method = json.loads((store / "manifest.json").read_text())["sequence"]["method"]
-    m = json.loads((store / "eval" / "matrix.json").read_text())
-    primary = m["metrics"]["primary"]
+    _, primary = metrics(store)
     return method["variant"], float(method["stability_weight"]), 100 * primary["acc"], 100 * primary["bwt"]
 
 

@@ -111,7 +111,7 @@ def usable_cores(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/
     return max(1, min([cores] + [math.ceil(q) for q in quotas]))
 
 
-def _own_cgroup_dirs(cgroup_root: str, proc_cgroup: str) -> list:
+def _own_cgroup_dirs(cgroup_root: str, proc_cgroup: str) -> list[Path]:
     """The cgroup directories from this process's own cgroup up to the root, for v2 and for v1's cpu controller."""
     try:
         lines = Path(proc_cgroup).read_text().splitlines()
@@ -119,15 +119,15 @@ def _own_cgroup_dirs(cgroup_root: str, proc_cgroup: str) -> list:
         lines = []
     dirs = [Path(cgroup_root), Path(cgroup_root, "cpu")]
     for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "" or "cpu" in controllers.split(","):
-            base = Path(cgroup_root) if controllers == "" else Path(cgroup_root, "cpu")
-            own = base / path.strip("/")
-            dirs += [own, *[p for p in own.parents if base in p.parents or p == base]]
+        fields = line.split(":", 2)
+        if len(fields) == 3 and (fields[1] == "" or "cpu" in fields[1].split(",")):
+            base = Path(cgroup_root) if fields[1] == "" else Path(cgroup_root, "cpu")
+            own = Path(fields[2].strip("/"))
+            dirs += [base / own, *(base / parent for parent in own.parents)]
     return list(dict.fromkeys(dirs))
 
 
-def _cpu_quota(directory: Path):
+def _cpu_quota(directory: Path) -> float | None:
     """The CPU count a cgroup directory's quota allows (v2 cpu.max or v1 cfs quota/period), or None."""
     try:
         if (directory / "cpu.max").exists():

@@ -95,7 +95,7 @@ def test_usable_cores_reads_the_quota_of_a_nested_cgroup(monkeypatch, tmp_path):
     root, proc = tmp_path / "cg", tmp_path / "proc-self-cgroup"
     job = root / "slurm" / "job_7" / "step_0"
     job.mkdir(parents=True)
-    proc.write_text("0::/slurm/job_7/step_0\n")
+    proc.write_text("not a cgroup line\n0::/slurm/job_7/step_0\n")  # a line it cannot read is passed over
     (root / "cpu.max").write_text("max 100000\n")
     assert usable_cores(str(root), str(proc)) == 64
     (root / "slurm" / "job_7" / "cpu.max").write_text("400000 100000\n")  # the parent's quota applies
