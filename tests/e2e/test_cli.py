@@ -102,6 +102,27 @@ def test_merge_out_equals_recomputed_magnitude_merge(finished_store, capsys, tmp
     assert code == 0 and info["tasks"] == ["t1", "t2"] and info["method"] == "sum"
 
 
+def test_merge_ties_equals_peft_ties_on_the_three_task_store(finished_store, capsys, tmp_path):
+    from peft.utils.merge_utils import ties
+
+    _, store = finished_store
+    out = tmp_path / "ties.safetensors"
+    # density 0.25 keeps exactly 256 of a 32x32 module's entries, where PEFT's int() and the trim's round() agree
+    code, info, _ = run_cli(capsys, "merge", "--store", store, "--method", "ties", "--out", out, "--json",
+                            "--device", "cpu", "--set", "method.name=custom", "--set", "method.merge_density=0.25")
+    assert code == 0 and info["method"] == "ties"
+    merged = load_file(str(out))
+    for prefix in ("encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"):
+        deltas = []
+        for task in ("t1", "t2", "t3"):
+            w = load_file(str(store / "tasks" / task / "adapter_model.safetensors"))
+            cfg = json.loads((store / "tasks" / task / "adapter_config.json").read_text())
+            key = "base_model.model." + prefix
+            deltas.append(cfg["lora_alpha"] / cfg["r"] * w[key + ".lora_B.weight"] @ w[key + ".lora_A.weight"])
+        expected = ties(torch.stack(deltas), torch.ones(3), 0.25)
+        assert torch.allclose(merged[prefix + ".weight"], expected, atol=1e-7), prefix
+
+
 def test_store_ls_and_verify(finished_store, capsys):
     _, store = finished_store
     code, doc, _ = run_cli(capsys, "store", "ls", "--store", store, "--json")

@@ -186,6 +186,24 @@ def test_ties_hand_computed():
     assert torch.allclose(out, torch.tensor([[-3.0, -1.5, 0.0, 3.0]]))
 
 
+def test_ties_elects_the_sign_of_the_trimmed_sum_not_of_the_largest_entry():
+    # 0.5 + 0.5 - 0.9 = +0.1: TIES elects +, and the disjoint mean of the agreeing entries is +0.5.
+    tasks = [torch.tensor([0.5]), torch.tensor([0.5]), torch.tensor([-0.9])]
+    assert ties_merge(lambda: tasks, density=1.0).tolist() == [0.5]
+
+
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.25])
+@pytest.mark.parametrize("n_tasks", [3, 4, 6])
+def test_ties_equals_peft_ties_on_dense_updates(density, n_tasks):
+    from peft.utils.merge_utils import ties
+
+    gen = torch.Generator().manual_seed(n_tasks * 10 + int(density * 4))
+    tasks = [torch.randn(8, 16, generator=gen, dtype=torch.float64) for _ in range(n_tasks)]
+    reference = ties(torch.stack(tasks), torch.ones(n_tasks, dtype=torch.float64), density)
+    out = ties_merge(lambda: tasks, density=density)
+    assert torch.allclose(out, reference, atol=1e-12)
+
+
 def test_merge_module_dispatch():
     a, b = torch.tensor([1.0, -4.0]), torch.tensor([-2.0, 1.0])
     assert torch.equal(merge_module(lambda: [a, b], "magnitude"), torch.tensor([-2.0, -4.0]))

@@ -24,7 +24,9 @@ def ties_merge(make_deltas, density: float = 0.2) -> Tensor:
     as the sign of the trimmed sum, then average the trimmed entries that agree with the elected sign
     ("disjoint mean"; 0 where none agrees). Two streaming passes over the tasks.
     """
-    elected = merge_deltas(d * trim_mask(d, density) for d in make_deltas()).sign()
+    # The elected sign is that of the trimmed tasks' sum (TIES's "total" rule, PEFT's default), not the sign of the
+    # largest entry: 0.5, 0.5, -0.9 elects +.
+    elected = merge_deltas((d * trim_mask(d, density) for d in make_deltas()), "sum").sign()
     total: Tensor | None = None
     count: Tensor | None = None
     for d in make_deltas():
