@@ -139,18 +139,18 @@ def _classify(model: ContinualModel, inputs: list, task: str | None, batch: int,
 def _generate(model: ContinualModel, inputs: list[str], task: str | None, batch: int, progress) -> list[dict]:
     """Greedy answers, as exact-match scoring generates them; score = the answer's probability under the model."""
     from .data.prompts import Prompted
-    from .models.lm import normalise
+    from .models.lm import generation_budget, normalise
 
     lm = model.backbone
     prompts = [p for p in model.prompts if p.task == task] if task is not None else []
     prompt = prompts[0] if prompts else None
     answers = prompt.answers if prompt else [a for p in model.prompts for a in p.answers]
-    longest = max(len(lm.answer_ids(a)) for a in answers)
+    budget = generation_budget(answers, lm)  # the budget exact-match scoring gives
     examples = [Prompted(prompt.prefix if prompt else "", text, prompt.suffix if prompt else "") for text in inputs]
     out = []
     for start in range(0, len(examples), batch):
-        enc = lm.collate_prompts(examples[start:start + batch], longest, model.device)
-        gen = lm.model.generate(**enc, max_new_tokens=longest, do_sample=False, pad_token_id=lm.pad_id,
+        enc = lm.collate_prompts(examples[start:start + batch], budget, model.device)
+        gen = lm.model.generate(**enc, max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_id,
                                 eos_token_id=lm.eos_id, output_scores=True, return_dict_in_generate=True)
         new = gen.sequences if lm.kind == "seq2seq-lm" else gen.sequences[:, enc["input_ids"].shape[1]:]
         logprobs = lm.model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)

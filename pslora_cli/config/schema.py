@@ -146,6 +146,9 @@ class Evaluation:
     # (the paper's metric); rank: the option with the highest likelihood. auto: heads for encoders, exact-match
     # for language models.
     scorer: str = setting("auto", (str,), choices=("auto", "heads", "exact-match", "rank"))
+    # exact-match: the most tokens the model may write before its end token (null: the longest answer's tokens + 16,
+    # room for a sentence, so that an answer that runs on past the label is seen and scored wrong).
+    max_new_tokens: int | None = setting(None, (int, type(None)), positive=True, legacy=None)
 
 
 # Parts of the sequence that define what a store holds; the rest (training, method, seed) may be overridden per

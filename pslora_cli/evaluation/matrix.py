@@ -35,11 +35,23 @@ def matrix_keys(seq: Sequence, store: Store, k: int) -> tuple[list[str], list[st
     ids = seq.task_ids[:k]
     merge = [seq.method.stage_rule, seq.method.merge_density, seq.method.merge_scale]
     if seq.generative:  # the scorer decides the cells of a language model's matrix
-        merge.append(seq.scorer)
+        merge.append(scorer_detail(seq))
     adapters = [store.adapter_sha256(t) for t in ids]
     row_keys = ["base"] + [canonical_hash(merge + adapters[:t]) for t in range(1, k + 1)]
     col_keys = [canonical_hash([store.head_sha256(t), store.task_meta(t)["data_fingerprint"]]) for t in ids]
     return row_keys, col_keys
+
+
+def scorer_detail(seq: Sequence) -> str:
+    """What the scorer compares, as recorded in the matrix and its row keys: exact match reads the whole answer the
+    model writes, up to its end token or the budget (a matrix scored by the earlier 2-token prefix match has
+    other row keys, so its cells are scored again)."""
+    if seq.scorer != "exact-match":
+        return seq.scorer
+    from ..models.lm import ANSWER_SLACK
+
+    budget = seq.evaluation.max_new_tokens
+    return f"exact-match: whole answer, up to the end token or {budget or f'longest answer + {ANSWER_SLACK}'} tokens"
 
 
 def needed_cells(k: int, class_incremental: bool) -> list[tuple[int, int, str]]:
@@ -57,6 +69,7 @@ def empty_doc(seq: Sequence) -> dict:
     grid = lambda: [[None] * n for _ in range(n + 1)]  # noqa: E731
     ci = seq.agnostic_scoring
     return {"tasks": seq.task_ids, "scenario": seq.scenario, "merge": seq.method.stage_rule, "scorer": seq.scorer,
+            "scorer_detail": scorer_detail(seq) if seq.generative else seq.scorer,
             "primary": "task_agnostic" if ci else "task_aware",
             "task_aware": grid(), "task_agnostic": grid() if ci else None,
             "sample_counts": [None] * n, "row_keys": [None] * (n + 1), "col_keys": [None] * n}
@@ -69,7 +82,7 @@ def load_doc(seq: Sequence, store: Store) -> dict:
     if not doc or any(doc.get(key) != fresh[key] for key in ("tasks", "merge", "scenario")) \
             or doc.get("scorer", "heads") != fresh["scorer"]:
         return fresh
-    doc["scorer"] = fresh["scorer"]
+    doc["scorer"], doc["scorer_detail"] = fresh["scorer"], fresh["scorer_detail"]
     return doc
 
 

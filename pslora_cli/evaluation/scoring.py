@@ -77,10 +77,13 @@ class Evaluator:
         xs, ys = list(data.test_x), list(data.test_y)
         if distributed.world().active:
             xs, ys = distributed.shard(xs), distributed.shard(ys)
-        score = rank_hits if self.seq.scorer == "rank" else exact_match_hits
         if not xs:
             return torch.zeros(0, dtype=torch.bool, device=self.device)
-        return score(self.backbone, xs, ys, data.answers, self.device, self.seq.training.eval_batch_size)
+        bs = self.seq.training.eval_batch_size
+        if self.seq.scorer == "rank":
+            return rank_hits(self.backbone, xs, ys, data.answers, self.device, bs)
+        return exact_match_hits(self.backbone, xs, ys, data.answers, self.device, bs,
+                                max_new_tokens=self.seq.evaluation.max_new_tokens)
 
     def adapters(self, t: int) -> list[AdapterFile]:
         return [AdapterFile(self.store.task_files(task.id).adapter_dir) for task in self.seq.tasks[:t]]

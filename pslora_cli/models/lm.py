@@ -215,24 +215,44 @@ def load_language_model(cfg: Backbone, path: str, kind: str, device: torch.devic
                          identity=backbone_identity(cfg))
 
 
+# What exact match leaves the model beyond the longest answer (its tokens and end token), when
+# evaluation.max_new_tokens is not set: room for a sentence, so that "yes, bad film" is read whole and scored wrong.
+ANSWER_SLACK = 16
+
+
+def generation_budget(answers: list[str], lm: LanguageModel, max_new_tokens: int | None = None) -> int:
+    """The most tokens exact match lets the model write: `max_new_tokens`, else the longest answer + ANSWER_SLACK."""
+    return max_new_tokens or max(len(lm.answer_ids(a)) for a in answers) + ANSWER_SLACK
+
+
 @torch.inference_mode()
 def exact_match_hits(lm: LanguageModel, examples: list, labels: list[int], answers: list[str], device,
-                     batch_size: int) -> torch.Tensor:
-    """Greedy generation from each prompt, compared with the gold answer after `normalise`."""
-    longest = max(len(lm.answer_ids(a)) for a in answers)
+                     batch_size: int, max_new_tokens: int | None = None) -> torch.Tensor:
+    """Greedy generation from each prompt up to the end token (or the budget of `generation_budget`), the whole
+    answer the model writes compared with the gold answer after `normalise`."""
+    budget = generation_budget(answers, lm, max_new_tokens)
     gold = [normalise(answers[y]) for y in labels]
     hits = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        if lm.kind == "causal-lm" and argmax_is_generate(lm.model):
-            new = greedy_causal(lm, [lm.prompt_ids(ex, longest) for ex in chunk], longest, device)
-        else:
-            batch = lm.collate_prompts(chunk, longest, device)
-            new = lm.model.generate(**batch, max_new_tokens=longest, do_sample=False, pad_token_id=lm.pad_id,
-                                    eos_token_id=lm.eos_id).tolist()
-        texts = lm.tokenizer.batch_decode(new, skip_special_tokens=True)
+        texts = generated_answers(lm, chunk, budget, device)
         hits += [normalise(t) == g for t, g in zip(texts, gold[start:start + batch_size])]
     return torch.tensor(hits, dtype=torch.bool, device=device)
+
+
+def generated_answers(lm: LanguageModel, examples: list, budget: int, device) -> list[str]:
+    """The text each prompt's greedy continuation holds, up to the end token: `greedy_causal` where it writes what
+    `generate` writes, else `generate`, whose output for a decoder-only model starts with the prompt (cut off here)."""
+    if lm.kind == "causal-lm" and argmax_is_generate(lm.model):
+        new = greedy_causal(lm, [lm.prompt_ids(ex, budget) for ex in examples], budget, device)
+    else:
+        batch = lm.collate_prompts(examples, budget, device)
+        out = lm.model.generate(**batch, max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_id,
+                                eos_token_id=lm.eos_id)
+        # a decoder-only model's output starts with the (padded) prompt, an encoder-decoder's with the start token
+        out = out[:, batch["input_ids"].shape[1]:] if lm.kind == "causal-lm" else out[:, 1:]
+        new = [row[:row.index(lm.eos_id)] if lm.eos_id in row else row for row in out.tolist()]
+    return lm.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
 @torch.inference_mode()

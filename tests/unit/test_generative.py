@@ -287,6 +287,75 @@ def test_exact_match_leaves_generation_settings_and_windows_to_generate(monkeypa
     assert not shares_prefix(model)
 
 
+def _running_on_table(tok):
+    """A LastTokenLM table that answers "yes" after "Answer:" and then runs on: "yes , bad film <eos>"."""
+    ids = dict(zip(["yes", ",", "bad", "film", "<eos>", ":", "no"],
+                   tok.convert_tokens_to_ids(["yes", ",", "bad", "film", "<eos>", ":", "no"])))
+    table = torch.zeros(len(tok), len(tok))
+    for a, b in ((":", "yes"), ("yes", ","), (",", "bad"), ("bad", "film"), ("film", "<eos>")):
+        table[ids[a], ids[b]] = 3.0
+    return table
+
+
+def _full_greedy_answer(model, prompt: list[int], eos: int, steps: int = 40) -> list[int]:
+    """The reference: the model's argmax continuation of one prompt, token by token, to its end token."""
+    seq = list(prompt)
+    for _ in range(steps):
+        token = int(model.table[seq[-1]].argmax())
+        if token == eos:
+            break
+        seq.append(token)
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("through_generate", [False, True])
+def test_exact_match_compares_the_whole_answer_the_model_writes(through_generate):
+    """The model writes "yes, bad film": exact match against "yes" is a miss (a 2-token budget read it as "yes"),
+    against the whole sentence a hit; the same through `generate` (a generation config with a repetition penalty),
+    whose output starts with the prompt."""
+    from transformers import GenerationConfig
+
+    tok = word_tokenizer()
+    model = LastTokenLM(_running_on_table(tok))
+    if through_generate:
+        model.generation_config = GenerationConfig(repetition_penalty=1.3)
+    lm = LanguageModel(model=model, tokenizer=tok, kind="causal-lm", max_length=64, path="")
+    examples = [example("a good film"), example("a bad film")]
+    written = tok.decode(_full_greedy_answer(model, lm.prompt_ids(examples[0], 0), lm.eos_id))
+    assert normalise(written) == "yes, bad film"
+    assert exact_match_hits(lm, examples, [0, 0], ["yes", "no"], "cpu", 2).tolist() == [False, False]
+    assert exact_match_hits(lm, examples, [0, 1], [written, "no"], "cpu", 2).tolist() == [True, False]
+    # a budget of the label's length cuts the sentence to "yes,": the prefix match the budget must not be
+    assert exact_match_hits(lm, examples, [0, 0], ["yes", "no"], "cpu", 2, max_new_tokens=2).tolist() == [True, True]
+
+
+def test_exact_match_through_generate_equals_the_generated_answers_of_a_real_llama():
+    """A tiny LLaMA whose generation config has a repetition penalty: exact match goes through `generate` and
+    scores what `generate` writes after each prompt (alone, unpadded), up to the end token."""
+    from pslora_cli.models.lm import argmax_is_generate
+
+    tok = word_tokenizer()
+    model = sensitive(tiny_llama(tok)).double()
+    model.generation_config.repetition_penalty = 1.3
+    assert not argmax_is_generate(model)
+    lm = LanguageModel(model=model, tokenizer=tok, kind="causal-lm", max_length=64, path="")
+    examples = [example(t) for t in ("a good film", "bad", "a film good bad film very long", "fun")]
+    budget = 6
+    written = []
+    for ex in examples:
+        p = lm.prompt_ids(ex, budget)
+        row = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                             max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_id,
+                             eos_token_id=lm.eos_id)[0, len(p):].tolist()
+        written.append(normalise(tok.decode(row[:row.index(lm.eos_id)] if lm.eos_id in row else row)))
+    answers = list(dict.fromkeys(written))
+    assert len(answers) >= 2, written  # the prompts' answers differ: hits and misses both occur below
+    labels = [0] * len(examples)
+    want = [w == answers[0] for w in written]
+    got = exact_match_hits(lm, examples, labels, answers, "cpu", batch_size=3, max_new_tokens=budget).tolist()
+    assert got == want and True in want and False in want
+
+
 def test_normalise_ignores_case_space_and_end_punctuation():
     assert normalise("  Positive. ") == normalise("positive") == "positive"
     assert normalise("very  good") == "very good" and normalise("no") != normalise("not")
