@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from dataclasses import dataclass, field
 
@@ -27,6 +28,12 @@ DEFAULT_INSTRUCTIONS = {
                            "Choose one from the option.",
 }
 GENERIC_INSTRUCTION = "What is the label of the following text? Choose one from the option."
+
+
+def normalise(text: str) -> str:
+    """How exact match compares answers: case, surrounding space and punctuation, and repeated spaces ignored. Two
+    classes' answer texts must differ under it, or a constant answer would score on both."""
+    return re.sub(r"\s+", " ", text).strip().strip(".!?,;:\"'").strip().lower()
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,10 @@ def check_prompt(raw, where: str) -> dict:
     for name, text in out["answers"].items():
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{where}.answers.{name}: the answer text must be a non-empty string")
-        if text.strip().lower() in seen:
-            raise InputError(f"{where}.answers: {seen[text.strip().lower()]!r} and {name!r} have the same answer "
-                             f"text {text.strip()!r}")
-        seen[text.strip().lower()] = name
+        if normalise(text) in seen:
+            raise InputError(f"{where}.answers: {seen[normalise(text)]!r} and {name!r} have the same answer "
+                             f"text {text.strip()!r} as exact match compares them (case and end punctuation aside)")
+        seen[normalise(text)] = name
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in out.items()}
 
 
@@ -99,10 +106,12 @@ def answer_texts(classes: list[str], spec: dict, where: str) -> list[str]:
     for c, text in zip(classes, texts):
         if not text:
             raise InputError(f"{where}.answers.{c}: the answer text is empty")
-        if text.lower() in seen:
-            raise InputError(f"{where}.answers: classes {seen[text.lower()]!r} and {c!r} have the same answer text "
-                             f"{text!r}")
-        seen[text.lower()] = c
+        if not normalise(text):
+            raise InputError(f"{where}.answers.{c}: the answer text {text!r} is only punctuation")
+        if normalise(text) in seen:
+            raise InputError(f"{where}.answers: classes {seen[normalise(text)]!r} and {c!r} have the same answer text "
+                             f"{text!r} as exact match compares them (case and end punctuation aside)")
+        seen[normalise(text)] = c
     return texts
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch import nn
 
 from ..config import Backbone
 from ..config.backbones import BUILTIN_LM
+from ..data.prompts import normalise  # noqa: F401 (how exact match compares; the answers are checked with it)
 from ..errors import InputError
 
 IGNORE = -100
@@ -68,11 +68,6 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, folder: Path, install: str) ->
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def normalise(text: str) -> str:
-    """How exact match compares answers: case, surrounding space and punctuation, and repeated spaces ignored."""
-    return re.sub(r"\s+", " ", text).strip().strip(".!?,;:\"'").strip().lower()
 
 
 @dataclass

@@ -96,6 +96,7 @@ def test_prompts_render_the_o_lora_format_with_answer_texts():
     ({"template": "{instruction} no text here"}, "tasks[0].prompt.template"),
     ({"answers": {"fresh": " "}}, "tasks[0].prompt.answers.fresh"),
     ({"answers": {"fresh": "yes", "rotten": "Yes"}}, "tasks[0].prompt.answers"),
+    ({"answers": {"fresh": "Yes", "rotten": "yes."}}, "tasks[0].prompt.answers"),  # one answer to exact match
     ({"instructions": "typo"}, "tasks[0].prompt.instructions"),
 ])
 def test_bad_prompts_name_the_key(raw, key):
@@ -111,6 +112,8 @@ def test_answers_must_name_classes_of_the_task():
         prompted(data, check_prompt({"answers": {"c": "yes"}}, "p"), "files", "w")
     with pytest.raises(InputError, match="same answer text"):
         prompted(data, check_prompt({"answers": {"a": "b"}}, "p"), "files", "w")  # a -> "b" collides with class b
+    with pytest.raises(InputError, match="same answer text"):  # "B!" and "b" are one answer to exact match
+        prompted(data, check_prompt({"answers": {"a": "B!"}}, "p"), "files", "w")
 
 
 # -- training targets -------------------------------------------------------------------------------------------
