@@ -83,8 +83,9 @@ class Method:
     # shared/METHOD.md §1b says why; averaged over modules), its halves
     # "direction-only" / "magnitude-only", or the paper's literal "dir+fro" and its relatives (summed over modules).
     variant: str = setting("hinge+ratio", (str,), choices=SCALED_VARIANTS + LITERAL_VARIANTS)
-    # O-LoRA's lambda_1 for sum_{i<t} ||A_i A_t^T||_1.
-    orthogonality_weight: float = setting(0.5, NUMBER, minimum=0)
+    # O-LoRA's lambda_1 for sum_{i<t} ||A_i A_t^T||_1 (null: the method's own, 0.5 for the o-lora methods and 0 for
+    # custom, so that custom adds O-LoRA's term only where asked).
+    orthogonality_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0)
     # choices: the merge registry (core/merges), checked by the validator.
     merge: str = setting("magnitude", (str,))
     merge_density: float = setting(0.2, NUMBER)  # TIES: fraction of each update kept by the trim step

@@ -131,6 +131,9 @@ def _task(raw: Any, i: int, seen: dict[str, int], where: Where) -> Task:
     return Task(**t)
 
 
+ORTHOGONALITY_DEFAULT = 0.5  # lambda_1 of the o-lora methods when the sequence gives none
+
+
 def _resolve_method(method: dict, raw: dict, where: Where) -> None:
     """Apply the method's fixed settings (methods registry) and check the merge against the merge registry."""
     from ..core.merges import DEFAULT_MERGE, MERGES
@@ -153,6 +156,8 @@ def _resolve_method(method: dict, raw: dict, where: Where) -> None:
             method[key] = fixed
     if method["merge"] not in MERGES:
         raise where("method.merge", f"must be one of {', '.join(MERGES)}; got {method['merge']!r}")
+    if method["orthogonality_weight"] is None:
+        method["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
     for key, on in (("stability_weight", spec.stability), ("orthogonality_weight", spec.orthogonality)):
         if on is False:
             method[key] = 0.0

@@ -52,10 +52,10 @@ def test_every_method_validates_with_its_fixed_settings(name):
     assert method.name == name and method.spec is spec
     assert method.merge == (spec.merge or DEFAULT_MERGE) and method.merge in MERGES
     assert method.previous == (spec.previous or "merge")
-    # stability / orthogonality: forced off (0), on (the default weight, > 0), or as the sequence gives it
-    for weight, on, default in (("stability_weight", spec.stability, 1.0),
-                                ("orthogonality_weight", spec.orthogonality, 0.5)):
-        assert getattr(method, weight) == (0.0 if on is False else default), weight
+    # stability / orthogonality: forced off (0), on (the default weight, > 0), or as the sequence gives it; O-LoRA's
+    # term is not added unless the method is an o-lora one or the sequence sets its weight
+    assert method.stability_weight == (0.0 if spec.stability is False else 1.0)
+    assert method.orthogonality_weight == (0.5 if spec.orthogonality else 0.0)
     assert method.stage_rule == ("own" if spec.own_adapters else method.merge)
     assert parse([f"method.name={name}"]).to_dict()["method"]["init"] == spec.init
     # a setting the method fixes cannot be changed; one it leaves open can
@@ -78,6 +78,19 @@ def test_method_kinds():
                     "method.merge=mean", "method.previous=sum"]).method
     assert (custom.stability_weight, custom.orthogonality_weight, custom.merge, custom.previous) == \
         (0.2, 0.1, "mean", "sum")
+    assert parse(["method.name=custom"]).method.orthogonality_weight == 0.0  # not O-LoRA's term unasked
+
+
+def test_custom_without_an_orthogonality_weight_trains_without_o_lora_term(word_bert):
+    from conftest import unit_sequence
+
+    seq = unit_sequence(word_bert, method={"name": "custom"})
+    assert seq.method.orthogonality_weight == 0.0
+    stored = unit_sequence(word_bert, method={"name": "custom", "orthogonality_weight": 0.5})
+    from pslora_cli.config import sequence_from_stored
+
+    again = sequence_from_stored(stored.to_dict(), "seq.yaml", [])
+    assert again.method.orthogonality_weight == 0.5  # a weight the sequence gave survives the store's copy
 
 
 def test_merge_own_is_the_legacy_spelling_of_per_task_only():
