@@ -159,13 +159,28 @@ def dedupe_by_group(items: Iterable[tuple[Hashable, str, int]]) -> list[tuple[Ha
     return out
 
 
+def conflicting_texts(pools: Sequence[Sequence[str]]) -> set[str]:
+    """The texts that occur in more than one class's pool (under two labels)."""
+    owners: dict[str, int] = {}
+    conflicting = set()
+    for label, pool in enumerate(pools):
+        for t in pool:
+            if owners.setdefault(t, label) != label:
+                conflicting.add(t)
+    return conflicting
+
+
 def carve_per_class(pools: Sequence[Sequence[str]], fraction: float, rng: random.Random,
                     ) -> tuple[list[list[str]], list[list[str]]]:
     """Carve a test side out of per-class pools of texts, stratified and seeded.
 
-    Grouping is by text: every copy of a text goes to the same side. A class with a single distinct text
-    keeps it on the train side (its test side stays empty and the caller reports it).
+    Grouping is by text: every copy of a text goes to the same side. A text filed under two classes is left out
+    (split per class, its copies could sit on both sides, and it carries two labels). A class with a single
+    distinct text keeps it on the train side (its test side stays empty and the caller reports it).
     """
+    drop = conflicting_texts(pools)
+    if drop:
+        pools = [[t for t in pool if t not in drop] for pool in pools]
     train, test = [], []
     for pool in pools:
         _, test_keys = split_groups(pool, fraction, rng)

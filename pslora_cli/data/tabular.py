@@ -19,6 +19,7 @@ from pslora_cli.data._common import (
     TextTemplates,
     assemble,
     carve_per_class,
+    conflicting_texts,
     cell_text,
     choose_classes,
     class_sort_key,
@@ -102,6 +103,9 @@ def _labelled_task(train_rows, test_rows, label_names, source: dict, *, seed, wh
     train_pools = pools(train_rows)
     if test_rows is None:
         split_rng, _, _ = rngs(seed)
+        conflicting = len(conflicting_texts(train_pools))
+        if conflicting:
+            description += f"; {conflicting} texts filed under two classes left out"
         train_pools, test_pools = carve_per_class(train_pools, source["test_fraction"], split_rng)
         what = lambda c, side: f" after carving test_fraction={source['test_fraction']} from train"  # noqa: E731
     else:

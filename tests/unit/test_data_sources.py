@@ -201,6 +201,18 @@ def test_files_int_labels_carve_and_caps(tmp_path):
     raises({**src, "classes": ["3"]}, f"{WHERE}.classes: unknown class '3' (known: 1, 2, 10)", base_dir=tmp_path)
 
 
+def test_a_carved_split_keeps_a_text_filed_under_two_labels_off_both_sides(tmp_path):
+    # "same text" is filed 20 times under a and 20 times under b; split per class by text it sat on both sides
+    rows = [{"text": "same text", "label": "ab"[i % 2]} for i in range(40)]
+    rows += [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(40)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(4):
+        d = load({"type": "files", "train": "d.jsonl", "test_fraction": 0.5}, seed=seed, base_dir=tmp_path)
+        assert not set(d.train_x) & set(d.test_x), seed
+        assert "same text" not in d.train_x + d.test_x
+        assert "1 texts filed under two classes left out" in d.source
+
+
 def test_files_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 1}\n\n{"text": "b", "label": 2\n')
     raises({"type": "files", "train": "bad.jsonl"}, f"{tmp_path / 'bad.jsonl'}:3: invalid JSON", base_dir=tmp_path)
