@@ -46,20 +46,25 @@ def export_model(seq, store: Store, device: torch.device, out: Path, task: str |
 
 
 def _check_not_the_store(out: Path, store: Store) -> None:
-    """--force replaces the folder: refuse one that is, or holds, the store or the working folder."""
+    """--force replaces the folder: refuse one that is, or holds, the store or the working folder; and one inside
+    the store, whose layout `pslora store verify` checks (a model under tasks/ breaks it)."""
     target, root, here = out.resolve(), store.root.resolve(), Path.cwd().resolve()
     for protected, what in ((root, "the store"), (here, "the working folder")):
         if target == protected or target in protected.parents:
             raise InputError(f"--out {out}: is or holds {what}; export into a folder of its own")
+    if root in target.parents:
+        raise InputError(f"--out {out}: is inside the store {store.root}; export into a folder outside it")
 
 
 def _write_language_model(model: ContinualModel, folder: Path) -> str:
+    from .models.lm import generation_budget
+
     lm = model.backbone
-    longest = max(len(lm.answer_ids(a)) for p in model.prompts for a in p.answers)
+    budget = generation_budget([a for p in model.prompts for a in p.answers], lm)
     config = lm.model.generation_config
-    # What `pslora eval`'s exact match does: greedy, at most the longest answer (with its end token); each task's
-    # own limit is in prompts.json.
-    config.do_sample, config.max_new_tokens = False, longest
+    # What `pslora eval`'s exact match does: greedy, up to the end token or the budget (the longest answer + slack);
+    # each task's own budget is in prompts.json.
+    config.do_sample, config.max_new_tokens = False, budget
     config.pad_token_id, config.eos_token_id = lm.pad_id, lm.eos_id
     for unused in ("temperature", "top_p", "top_k"):  # sampling settings contradict greedy decoding
         if hasattr(config, unused):
@@ -73,7 +78,7 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
                "long_inputs": "pslora cuts the text (never the prefix or suffix) so that the prompt and the answer "
                               "fit in max_length tokens",
                "tasks": {p.task: {"prefix": p.prefix, "suffix": p.suffix, "answers": dict(zip(p.classes, p.answers)),
-                                  "max_new_tokens": max(len(lm.answer_ids(a)) for a in p.answers)}
+                                  "max_new_tokens": generation_budget(p.answers, lm)}
                          for p in model.prompts}}
     (folder / "prompts.json").write_text(json.dumps(prompts, indent=2) + "\n", encoding="utf-8")
     prompt = (f'task = json.load(open("DIR/prompts.json"))["tasks"]["{model.prompts[0].task}"]\n'

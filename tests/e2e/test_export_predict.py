@@ -99,11 +99,16 @@ def test_export_refuses_a_full_folder_and_bad_options(text_store, tmp_path, caps
         (("--merge", "nope"), "--merge 'nope': expected one of"),
         (("--task", "t1", "--merge", "sum"), "one task's own model has no merge"),
         (("--force",), "is or holds the store"),
+        (("--force", "inside"), "is inside the store"),
     ]:
-        target = out if not args else text_store if args == ("--force",) else tmp_path / "new"
+        target = {(): out, ("--force",): text_store, ("--force", "inside"): text_store / "tasks" / "model"}.get(
+            args, tmp_path / "new")
+        args = tuple(a for a in args if a != "inside")
+        store_before = tree_state(text_store)
         code, _, err = run_cli(capsys, "export", "--store", text_store, "--out", target, "--device", "cpu", *args)
         assert code == 2 and message in err and err.count("\n") == 1, err
         assert tree_state(tmp_path) == before  # nothing written, no temporary folder left
+        assert tree_state(text_store) == store_before
     code, _, err = run_cli(capsys, "export", "--store", text_store, "--out", out, "--device", "cpu", "--force",
                            "--quiet")
     assert code == 0 and not (out / "keep.txt").exists() and (out / "labels.json").is_file(), err
