@@ -57,6 +57,7 @@ class Session:
             if store.exists():
                 _check_same_identity(seq, store, sequence_file)
                 _check_base_model(seq, store)
+                check_seed(seq, store)
                 return seq, store, None
             if not create:
                 raise InputError(f"{store.root}: not a pslora store; `pslora run {sequence_file}` starts one")
@@ -73,6 +74,7 @@ class Session:
             raise InputError("--set: backbone, lora, scenario and tasks are fixed for a store; "
                              "only method, training and seed settings may be overridden")
         _check_base_model(seq, store)
+        check_seed(seq, store)
         return seq, store, None
 
     def ensure_created(self, seq: Sequence, store: Store, text: str | None) -> None:
@@ -148,6 +150,18 @@ def _check_same_identity(seq: Sequence, store: Store, sequence_file) -> None:
         differing = [k for k in IDENTITY_KEYS if canonical_hash(stored.get(k)) != canonical_hash(mine[k])]
         raise InputError(f"{sequence_file}: does not match the store {store.root} "
                          f"(differs in: {', '.join(differing)}); use another --store")
+
+
+def check_seed(seq: Sequence, store: Store) -> None:
+    """A store holds one seed: the data split follows it, so a task trained under one seed and scored (or trained
+    against) under another would meet its own training rows in the test split."""
+    for task_id in seq.task_ids:
+        if store.has_task(task_id):
+            trained = store.task_meta(task_id).get("seed")
+            if trained is not None and trained != seq.seed:
+                raise InputError(f"seed {seq.seed}: task {task_id} in {store.root} was trained with seed {trained}, "
+                                 f"whose data split differs; use seed {trained} here, or another --store for "
+                                 f"seed {seq.seed}")
 
 
 def _check_base_model(seq: Sequence, store: Store) -> None:

@@ -22,7 +22,8 @@ METRIC_DOCS: dict[str, str] = {
     "bwt": "BWT = mean_{i<T} (R[T][i] - R[i][i]): negative = forgetting, positive = backward transfer "
     "(null for T=1).",
     "fwt": "FWT = mean_{i>=2} (R[i-1][i] - R[0][i]), over pairs where both are defined: positive = earlier tasks "
-    "help task i before it is trained (null if no pair is defined, e.g. T=1 or class-incremental).",
+    "help task i before it is trained (null if no pair is defined, e.g. T=1 or class-incremental; null in a store's "
+    "matrix where tasks are scored with heads, whose zero-shot cell is not zero-shot).",
     "forgetting": "mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j]) (Chaudhry; row 0 excluded, undefined R[l][j] "
     "skipped): >= 0 usually, larger = more forgetting (null for T=1).",
     "forgetting_last": "mean_{j<T} (R[j][j] - R[T][j]) = -BWT: larger = more forgetting (null for T=1).",

@@ -18,6 +18,7 @@ from typing import Callable
 from .. import distributed
 from ..config import Sequence, canonical_hash
 from ..core.metrics import cl_metrics, forgetting_split
+from ..errors import InputError
 from ..store import Store, read_json, write_json_atomic, write_text_atomic
 from .scoring import Evaluator
 
@@ -52,6 +53,23 @@ def scorer_detail(seq: Sequence) -> str:
 
     budget = seq.evaluation.max_new_tokens
     return f"exact-match: whole answer, up to the end token or {budget or f'longest answer + {ANSWER_SLACK}'} tokens"
+
+
+def check_data_unchanged(seq: Sequence, store: Store, k: int, load_data: Callable) -> None:
+    """Before any cell is scored: each trained task's data, as loaded now, is the data it was trained on (the
+    fingerprint covers the train and test splits), else an InputError naming the task and both seeds."""
+    from ..data import joint_task_data
+
+    for i, task_id in enumerate(seq.task_ids[:k]):
+        meta = store.task_meta(task_id)
+        if meta.get("config", {}).get("method", {}).get("init") == "joint":  # trained on tasks 1..i together
+            loaded = joint_task_data([load_data(j) for j in range(i + 1)], seq.task_ids[:i + 1]).fingerprint
+        else:
+            loaded = load_data(i).fingerprint
+        if loaded != meta["data_fingerprint"]:
+            raise InputError(f"task {task_id}: its data as loaded now (seed {seq.seed}) is not the data it was "
+                             f"trained on (seed {meta.get('seed')}; fingerprint {meta['data_fingerprint'][:12]}, now "
+                             f"{loaded[:12]}): its test split may hold training rows; retrain it or restore the data")
 
 
 def needed_cells(k: int, class_incremental: bool) -> list[tuple[int, int, str]]:
@@ -115,6 +133,7 @@ def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
         if doc[GRIDS[kind]][t][i] is None:
             todo.setdefault(t, []).append((i, kind))
     if todo:
+        check_data_unchanged(seq, store, k, load_data)
         evaluator = evaluator or Evaluator(seq, store, device, load_data)
         for t in sorted(todo):
             if progress:
@@ -134,8 +153,13 @@ def _prefix(grid: list[list], k: int) -> list[list]:
     return [row[:k] for row in grid[:k + 1]]
 
 
+FWT_WITH_HEADS = ("null where tasks are scored with heads: task i's head was trained against stage i-1's backbone, so "
+                  "it fits those features better than W0's whatever the transfer (R[i-1][i] > R[0][i] by construction)")
+
+
 def matrix_metrics(doc: dict, k: int) -> dict:
-    """cl_metrics on the trained prefix of the primary matrix and of the task-aware one."""
+    """cl_metrics on the trained prefix of the primary matrix and of the task-aware one. FWT only where the zero-shot
+    cell R[0][i] means something: a language model's own answers (null with the reason for head scoring)."""
     if k == 0:
         return {}
     counts = doc["sample_counts"][:k]
@@ -144,6 +168,11 @@ def matrix_metrics(doc: dict, k: int) -> dict:
     if doc["task_agnostic"] is not None:
         out["task_agnostic"] = cl_metrics(_prefix(doc["task_agnostic"], k), counts)
         out["forgetting_split"] = forgetting_split(out["task_agnostic"], out["task_aware"])
+    if doc.get("scorer", "heads") == "heads":
+        for name in ("task_aware", "task_agnostic"):
+            if name in out:
+                out[name]["fwt"] = None
+        out["notes"] = {"fwt": FWT_WITH_HEADS}
     out["primary"] = out[doc["primary"]]
     return out
 

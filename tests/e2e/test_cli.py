@@ -50,7 +50,7 @@ def test_run_writes_a_complete_store(finished_store, capsys):
     assert aware[1][1] is not None and aware[1][2] is None            # next task only (forward transfer)
     m = matrix["metrics"]
     assert m["primary"] == m["task_agnostic"] and m["task_agnostic"]["fwt"] is None
-    assert m["task_aware"]["fwt"] is not None
+    assert m["task_aware"]["fwt"] is None and "head" in m["notes"]["fwt"]  # FWT is not defined with heads
     assert (store / "eval" / "matrix.csv").read_text().startswith("matrix,stage,t1,t2,t3")
     assert (store / "eval" / "matrix.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -121,6 +121,32 @@ def test_merge_ties_equals_peft_ties_on_the_three_task_store(finished_store, cap
             deltas.append(cfg["lora_alpha"] / cfg["r"] * w[key + ".lora_B.weight"] @ w[key + ".lora_A.weight"])
         expected = ties(torch.stack(deltas), torch.ones(3), 0.25)
         assert torch.allclose(merged[prefix + ".weight"], expected, atol=1e-7), prefix
+
+
+def test_another_seed_on_a_store_is_refused_with_nothing_written(finished_store, capsys, tiny_bert, tmp_path):
+    """The data split follows the seed: scoring a seed-0 store under seed 1 would score on seed-0 training rows."""
+    seq_file, store = finished_store
+    before = tree_state(store)
+    for args in (("eval",), ("train-task", "--task", "t3"), ("run", seq_file), ("merge", "--out", tmp_path / "m.safetensors")):
+        code, _, err = run_cli(capsys, *args, "--store", store, "--seed", "1", "--device", "cpu")
+        assert code == 2 and "task t1" in err and "seed 0" in err and "seed 1" in err and err.count("\n") == 1, err
+        assert tree_state(store) == before
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_eval_refuses_data_that_is_not_what_the_task_was_trained_on(tiny_bert, write_sequence, capsys, tmp_path):
+    rows = "".join(f"w{i} x{i} y{i},{'ab'[i % 2]}\n" for i in range(40))
+    (tmp_path / "d.csv").write_text("text,label\n" + rows)
+    seq = tiny_sequence(tiny_bert, tasks=[{"id": "t1", "data": {"type": "files", "train": "d.csv"}}])
+    store = tmp_path / "store"
+    code, _, err = run_cli(capsys, "run", write_sequence(seq), "--store", store, "--device", "cpu", "--quiet")
+    assert code == 0, err
+    (tmp_path / "d.csv").write_text("text,label\n" + rows.replace("w3 ", "w33 "))  # one row edited
+    (store / "eval" / "matrix.json").unlink()
+    before = tree_state(store)
+    code, _, err = run_cli(capsys, "eval", "--store", store, "--device", "cpu")
+    assert code == 2 and err.startswith("pslora: error: task t1: its data as loaded now") and "seed 0" in err, err
+    assert tree_state(store) == before
 
 
 def test_store_ls_and_verify(finished_store, capsys):

@@ -143,3 +143,17 @@ def test_the_joint_head_rule_decides_the_scores(word_bert, tmp_path):
     assert joint.score_with(1, None, [(0, "aware")]) == approx({(0, "aware"): 3 / 4})       # stage 1: own head
     assert joint.score_with(2, None, [(0, "aware")]) == approx({(0, "aware"): 1 / 4})       # stage 2: joint rows
     assert sequential.score_with(2, None, [(0, "aware")]) == approx({(0, "aware"): 3 / 4})  # always its own head
+
+
+@pytest.mark.parametrize("scorer, fwt", [("heads", None), ("exact-match", pytest.approx(0.2)), ("rank", pytest.approx(0.2))])
+def test_fwt_only_where_the_zero_shot_cell_means_something(scorer, fwt):
+    """With heads, task 2's head was fitted to stage 1's backbone, so R[1][2] > R[0][2] by construction: FWT is
+    null there, with the reason; a language model's zero-shot answers give FWT."""
+    from pslora_cli.evaluation.matrix import matrix_metrics
+
+    grid = [[0.5, 0.5], [0.9, 0.7], [0.8, 0.9]]
+    doc = {"scorer": scorer, "primary": "task_aware", "task_aware": grid, "task_agnostic": None,
+           "sample_counts": [10, 10]}
+    metrics = matrix_metrics(doc, 2)
+    assert metrics["task_aware"]["fwt"] == fwt and metrics["primary"]["fwt"] == fwt
+    assert ("fwt" in metrics.get("notes", {})) == (scorer == "heads")
