@@ -65,9 +65,19 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, folder: Path, install: str) ->
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, folder)
+        publish_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_folder(tmp: Path, folder: Path) -> None:
+    """Rename a finished temporary folder into place. Two processes converting on first use at once (two runs
+    started together) both finish: the second finds the first's complete folder there and keeps it."""
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "config.json").is_file():
+            raise
 
 
 @dataclass

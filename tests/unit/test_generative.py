@@ -423,3 +423,23 @@ def test_rank_reads_each_prompt_once_and_scores_as_full_passes(kind):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert rank_hits(lm, examples, [0, 1, 2], answers, "cpu", batch_size=2).tolist() == \
         (want.argmax(1) == torch.tensor([0, 1, 2])).tolist()
+
+
+def test_a_second_first_use_conversion_keeps_the_first_folder(tmp_path):
+    """Two runs started together both convert the built-in LM; the second's rename meets the first's folder."""
+    from pslora_cli.models.lm import publish_folder
+
+    folder = tmp_path / "model"
+    for name in ("a", "b"):
+        tmp = tmp_path / f".tmp-{name}"
+        tmp.mkdir()
+        (tmp / "config.json").write_text(name)
+        publish_folder(tmp, folder)
+    assert (folder / "config.json").read_text() == "a"
+    broken = tmp_path / "broken"
+    (broken / "x").mkdir(parents=True)  # a non-empty folder without config.json is not a finished conversion
+    tmp = tmp_path / ".tmp-c"
+    tmp.mkdir()
+    (tmp / "config.json").write_text("c")
+    with pytest.raises(OSError):
+        publish_folder(tmp, broken)
