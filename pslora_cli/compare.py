@@ -19,7 +19,7 @@ from .config import parse_yaml
 from .core.metrics import paired_interval
 from .errors import InputError
 from .methods import METHODS
-from .pipeline import run_sequence
+from .pipeline import evaluate_store, run_sequence
 from .session import Session
 from .store import atomic_path, write_json_atomic, write_text_atomic
 
@@ -63,7 +63,7 @@ def default_baseline(methods: list[str]) -> str:
 
 
 def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: int, out_dir: Path,
-            base: Session, baseline: str | None = None) -> dict:
+            base: Session, baseline: str | None = None, split: str = "test") -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
@@ -90,7 +90,7 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
                 base.reporter.info(f"== {method}, order {order}, seed {seed} -> {store}")
                 started = time.perf_counter()
                 result = run_sequence(session, str(file))
-                doc = result["matrix"]
+                doc = result["matrix"] if split == "test" else evaluate_store(session, split)
                 runs.append({"method": method, "order": order, "seed": seed, "store": str(store),
                              "wall_seconds": round(time.perf_counter() - started, 1),
                              "trained": result["trained"], "tasks": doc["tasks"],
@@ -108,12 +108,14 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
         for part in SPLIT_METRICS:  # class-incremental only: where the forgetting sits
             values = [(r["forgetting_split"] or {}).get(part) for r in mine]
             summary[method][part] = dict(zip(("mean", "std"), _mean_std(values)))
-    doc = {"sequence": str(sequence_file), "methods": methods, "seeds": seeds, "orders": orders,
+    doc = {"sequence": str(sequence_file), "split": split, "methods": methods, "seeds": seeds, "orders": orders,
            "primary": "task_agnostic or task_aware per the sequence's scenario", "summary": summary,
            "paired": paired_differences(runs, methods, baseline), "runs": runs}
-    write_json_atomic(out_dir / "compare.json", doc)
-    write_text_atomic(out_dir / "compare.csv", summary_csv(summary))
-    doc["figure"] = str(plot_curves(runs, methods, out_dir / "curves.png"))
+    name = "compare" if split == "test" else f"compare-{split}"  # the validation summary beside the test one
+    write_json_atomic(out_dir / f"{name}.json", doc)
+    write_text_atomic(out_dir / f"{name}.csv", summary_csv(summary))
+    doc["figure"] = str(plot_curves(runs, methods, out_dir / ("curves.png" if split == "test" else f"curves-{split}.png")))
+    doc["files"] = [str(out_dir / f"{name}.json"), str(out_dir / f"{name}.csv")]
     return doc
 
 

@@ -10,15 +10,16 @@ from .store import Store
 from .training.task import check_predecessors, train_one
 
 
-def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: bool = True) -> dict:
-    """Fill the accuracy matrix for the trained prefix; draw its figures (rank 0)."""
+def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: bool = True,
+                  split: str = "test") -> dict:
+    """Fill the accuracy matrix of `split` for the trained prefix; draw its figures (rank 0)."""
     from .evaluation.matrix import complete_matrix, trained_prefix
     from .report import plot_matrix
 
-    doc = complete_matrix(seq, store, session.device, load, progress=session.reporter.info)
+    doc = complete_matrix(seq, store, session.device, load, progress=session.reporter.info, split=split)
     k = trained_prefix(seq, store)
     main = distributed.world().is_main
-    doc["figures"] = [str(p) for p in plot_matrix(doc, k, store.eval_dir)] if figures and main else []
+    doc["figures"] = [str(p) for p in plot_matrix(doc, k, store.split_eval_dir(split))] if figures and main else []
     distributed.barrier()
     doc["trained_prefix"] = k
     return doc
@@ -63,8 +64,8 @@ def train_and_eval(session: Session, task_id: str, sequence_file: str | None, ev
     return {"store": str(store.root), "task": meta, "matrix": doc}
 
 
-def evaluate_store(session: Session) -> dict:
-    """`pslora eval`: complete the matrix of the store's trained prefix."""
+def evaluate_store(session: Session, split: str = "test") -> dict:
+    """`pslora eval`: complete the matrix of the store's trained prefix on `split`."""
     seq, store, _ = session.open()
     with writing(store):
-        return complete_eval(seq, store, session, data_loader(seq))
+        return complete_eval(seq, store, session, data_loader(seq), split=split)

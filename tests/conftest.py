@@ -264,3 +264,20 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+
+def check_validation_eval(capsys, store: Path, sample_counts: list[int]) -> dict:
+    """`pslora eval --split validation` on a finished store: its own matrix in eval/validation/, the test matrix
+    untouched, every cell scored on the validation examples (their counts)."""
+    test_matrix = (store / "eval" / "matrix.json").read_bytes()
+    code, doc, err = run_cli(capsys, "eval", "--store", store, "--split", "validation", "--device", "cpu", "--json")
+    assert code == 0, err
+    assert doc["split"] == "validation" and doc["sample_counts"][:len(sample_counts)] == sample_counts
+    assert json.loads((store / "eval" / "validation" / "matrix.json").read_text())["split"] == "validation"
+    assert (store / "eval" / "validation" / "matrix.png").is_file()
+    assert (store / "eval" / "matrix.json").read_bytes() == test_matrix
+    grid = doc[doc["primary"]]
+    assert all(grid[t][i] is not None for t in range(1, len(sample_counts) + 1) for i in range(t))
+    code, again, _ = run_cli(capsys, "eval", "--store", store, "--split", "validation", "--json", "--quiet")
+    assert code == 0 and again[again["primary"]] == grid  # complete: read back, not rescored
+    return doc
+

@@ -16,9 +16,20 @@ from .common import (DEFAULT_STORE, DeviceOpt, JsonOpt, QuietOpt, RestartOpt, Se
 METRICS_HELP = """Metrics, from the accuracy matrix R (R[t][i] = accuracy on task i after training task t; row 0 =
 base model; stage t = W0 + merge of tasks 1..t): ACC = mean_i R[T][i]; avg_incremental_accuracy = mean_t
 mean_{i<=t} R[t][i]; BWT = mean_{i<T} (R[T][i] - R[i][i]) (negative = forgetting); FWT = mean_{i>=2}
-(R[i-1][i] - R[0][i]) (task-aware: task i's head on stage i-1); forgetting = mean_{j<T} (max_{1<=l<T} R[l][j]
-- R[T][j]); forgetting_last = mean_{j<T} (R[j][j] - R[T][j]); learning_accuracy = mean_i R[i][i]. Undefined
+(R[i-1][i] - R[0][i]) (language models only: with heads, task i's head was fitted to stage i-1, so FWT is null);
+forgetting = mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j]); forgetting_last = mean_{j<T} (R[j][j] - R[T][j]); learning_accuracy = mean_i R[i][i]. Undefined
 values (e.g. T = 1) are null, not 0."""
+
+
+SplitOpt = Annotated[str, typer.Option(
+    "--split", help="Score on test (the reported figures) or validation (drawn from the training side's unused "
+                    "examples: choose settings here, report on test).")]
+
+
+def check_split(split: str) -> str:
+    if split not in ("test", "validation"):
+        raise InputError(f"--split {split!r}: expected test or validation")
+    return split
 
 
 def register(app: typer.Typer) -> None:
@@ -59,6 +70,7 @@ def compare_cmd(
     baseline: Annotated[Optional[str], typer.Option(
         "--baseline", help="The method the others are paired against (default: inc-lora if compared, else the "
                            "first).")] = None,
+    split: SplitOpt = "test",
     device: DeviceOpt = "auto", json_: JsonOpt = False, quiet: QuietOpt = False, set_: SetOpt = None,
     threads: ThreadsOpt = None,
 ):
@@ -70,12 +82,12 @@ def compare_cmd(
         seed_list = [int(v) for v in seeds.split(",") if v.strip()]
     except ValueError:
         raise InputError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    doc = compare(sequence, comma_list(methods) or [], seed_list, orders, out, s, baseline)
+    doc = compare(sequence, comma_list(methods) or [], seed_list, orders, out, s, baseline, check_split(split))
     if json_:
         emit_json(doc)
     else:
         print_summary(s.reporter, doc)
-        s.reporter.info(f"summary: {out / 'compare.json'}, {out / 'compare.csv'}; figure: {doc['figure']}")
+        s.reporter.info(f"summary ({doc['split']} split): {', '.join(doc['files'])}; figure: {doc['figure']}")
 
 
 def train_task_cmd(
@@ -127,13 +139,14 @@ def merge_cmd(
 
 
 def eval_cmd(
+    split: SplitOpt = "test",
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
     quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None,
 ):
     from ..pipeline import evaluate_store
 
     s = session(store, device, seed, json_, quiet, set_, threads)
-    doc = evaluate_store(s)
+    doc = evaluate_store(s, check_split(split))
     if json_:
         emit_json(doc)
     else:

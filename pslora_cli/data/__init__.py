@@ -137,6 +137,15 @@ def _check_values(src: dict, kind: str, where: str) -> None:
             raise InputError(f"{where}.{key}: must be at least 1, got {src[key]}")
     if "test_fraction" in src and not 0.0 < src["test_fraction"] < 1.0:
         raise InputError(f"{where}.test_fraction: must be between 0 and 1 (exclusive), got {src['test_fraction']}")
+    if src.get("validation_per_class") is not None and src["validation_per_class"] < 1:
+        raise InputError(f"{where}.validation_per_class: must be at least 1, got {src['validation_per_class']}")
+    if src.get("validation_fraction") is not None:
+        if not 0.0 < src["validation_fraction"] < 1.0:
+            raise InputError(f"{where}.validation_fraction: must be between 0 and 1 (exclusive), "
+                             f"got {src['validation_fraction']}")
+        if src.get("validation_per_class") is not None:
+            raise InputError(f"{where}.validation_fraction: give either validation_per_class (drawn from the "
+                             f"examples train and test leave unused) or validation_fraction, not both")
     for key in ("path", "train", "test", "text_column", "label_column", "train_split", "test_split", "name"):
         if isinstance(src.get(key), str) and not src[key].strip():
             raise InputError(f"{where}.{key}: must not be empty")
@@ -190,9 +199,10 @@ def joint_task_data(parts: list[TaskData], task_ids: list[str]) -> TaskData:
         train_x += list(part.train_x)
         train_y += [y + offset for y in part.train_y]
     fingerprint = hashlib.sha256("+".join(p.fingerprint for p in parts).encode()).hexdigest()
-    joint = TaskData(classes=classes, train_x=train_x, train_y=train_y, test_x=parts[-1].test_x,
-                     test_y=parts[-1].test_y, fingerprint=fingerprint,
-                     source=f"tasks {', '.join(task_ids)} jointly", modality=parts[-1].modality)
+    last = parts[-1]
+    joint = TaskData(classes=classes, train_x=train_x, train_y=train_y, test_x=last.test_x, test_y=last.test_y,
+                     fingerprint=fingerprint, source=f"tasks {', '.join(task_ids)} jointly", modality=last.modality,
+                     val_x=last.val_x, val_y=last.val_y, val_fingerprint=last.val_fingerprint)
     joint.task_slices = slices
     if all(hasattr(p, "answers") for p in parts):  # prompted tasks: each joint label keeps its task's answer text
         joint.answers = [a for p in parts for a in p.answers]

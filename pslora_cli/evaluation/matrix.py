@@ -23,6 +23,8 @@ from ..store import Store, read_json, write_json_atomic, write_text_atomic
 from .scoring import Evaluator
 
 GRIDS = {"aware": "task_aware", "agnostic": "task_agnostic"}
+# "test": the reported figures; "validation": where settings (lambda, variant, steps) are chosen.
+SPLITS = ("test", "validation")
 
 
 def trained_prefix(seq: Sequence, store: Store) -> int:
@@ -30,9 +32,11 @@ def trained_prefix(seq: Sequence, store: Store) -> int:
     return len(store.trained_prefix(seq.task_ids))
 
 
-def matrix_keys(seq: Sequence, store: Store, k: int) -> tuple[list[str], list[str]]:
+def matrix_keys(seq: Sequence, store: Store, k: int, split: str = "test",
+                load_data: Callable | None = None) -> tuple[list[str], list[str]]:
     """Row keys (the stage rule, merge options and adapters of each stage) and column keys (each task's head and
-    test data) of the first k tasks as they are in the store now."""
+    data: the fingerprint it was trained with, and for the validation split the validation examples' own) of the
+    first k tasks as they are in the store now."""
     ids = seq.task_ids[:k]
     merge = [seq.method.stage_rule, seq.method.merge_density, seq.method.merge_scale]
     if seq.generative:  # the scorer decides the cells of a language model's matrix
@@ -40,6 +44,8 @@ def matrix_keys(seq: Sequence, store: Store, k: int) -> tuple[list[str], list[st
     adapters = [store.adapter_sha256(t) for t in ids]
     row_keys = ["base"] + [canonical_hash(merge + adapters[:t]) for t in range(1, k + 1)]
     col_keys = [canonical_hash([store.head_sha256(t), store.task_meta(t)["data_fingerprint"]]) for t in ids]
+    if split != "test":
+        col_keys = [canonical_hash([key, split, load_data(i).val_fingerprint]) for i, key in enumerate(col_keys)]
     return row_keys, col_keys
 
 
@@ -82,25 +88,27 @@ def needed_cells(k: int, class_incremental: bool) -> list[tuple[int, int, str]]:
     return cells
 
 
-def empty_doc(seq: Sequence) -> dict:
+def empty_doc(seq: Sequence, split: str = "test") -> dict:
     n = len(seq.tasks)
     grid = lambda: [[None] * n for _ in range(n + 1)]  # noqa: E731
     ci = seq.agnostic_scoring
-    return {"tasks": seq.task_ids, "scenario": seq.scenario, "merge": seq.method.stage_rule, "scorer": seq.scorer,
+    return {"tasks": seq.task_ids, "split": split, "scenario": seq.scenario, "merge": seq.method.stage_rule,
+            "scorer": seq.scorer,
             "scorer_detail": scorer_detail(seq) if seq.generative else seq.scorer,
             "primary": "task_agnostic" if ci else "task_aware",
             "task_aware": grid(), "task_agnostic": grid() if ci else None,
             "sample_counts": [None] * n, "row_keys": [None] * (n + 1), "col_keys": [None] * n}
 
 
-def load_doc(seq: Sequence, store: Store) -> dict:
-    """The stored matrix when it belongs to this sequence and stage rule, else an empty one."""
-    doc = read_json(store.matrix_path) if store.matrix_path.is_file() else None
-    fresh = empty_doc(seq)
+def load_doc(seq: Sequence, store: Store, split: str = "test") -> dict:
+    """The stored matrix of the split when it belongs to this sequence and stage rule, else an empty one."""
+    path = store.split_matrix_path(split)
+    doc = read_json(path) if path.is_file() else None
+    fresh = empty_doc(seq, split)
     if not doc or any(doc.get(key) != fresh[key] for key in ("tasks", "merge", "scenario")) \
             or doc.get("scorer", "heads") != fresh["scorer"]:
         return fresh
-    doc["scorer"], doc["scorer_detail"] = fresh["scorer"], fresh["scorer_detail"]
+    doc["scorer"], doc["scorer_detail"], doc["split"] = fresh["scorer"], fresh["scorer_detail"], split
     return doc
 
 
@@ -121,20 +129,31 @@ def _drop_stale(doc: dict, row_keys: list[str], col_keys: list[str]) -> None:
 
 
 def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
-                    progress: Callable[[str], None] | None = None, evaluator: Evaluator | None = None) -> dict:
-    """Fill every missing or stale cell of the accuracy matrix for the trained prefix; write it atomically."""
-    doc = load_doc(seq, store)
+                    progress: Callable[[str], None] | None = None, evaluator: Evaluator | None = None,
+                    split: str = "test") -> dict:
+    """Fill every missing or stale cell of the accuracy matrix of `split` ("test", or "validation": the examples
+    chosen on) for the trained prefix; write it atomically (the two splits' matrices are kept apart)."""
+    if split not in SPLITS:
+        raise InputError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    doc = load_doc(seq, store, split)
     k = trained_prefix(seq, store)
     for task_id in seq.task_ids[:k]:  # a damaged adapter or head is reported, never scored
         store.verify_task(task_id)
-    _drop_stale(doc, *matrix_keys(seq, store, k))
+    if split != "test":
+        check_data_unchanged(seq, store, k, load_data)
+        for i, task_id in enumerate(seq.task_ids[:k]):
+            if not load_data(i).val_y:
+                raise InputError(f"task {task_id}: has no validation examples (its training side has none left "
+                                 f"over: set data.validation_per_class with a train_per_class cap, or "
+                                 f"data.validation_fraction)")
+    _drop_stale(doc, *matrix_keys(seq, store, k, split, load_data))
     todo: dict[int, list[tuple[int, str]]] = {}
     for t, i, kind in needed_cells(k, doc["task_agnostic"] is not None):
         if doc[GRIDS[kind]][t][i] is None:
             todo.setdefault(t, []).append((i, kind))
     if todo:
         check_data_unchanged(seq, store, k, load_data)
-        evaluator = evaluator or Evaluator(seq, store, device, load_data)
+        evaluator = evaluator or Evaluator(seq, store, device, load_data, split)
         for t in sorted(todo):
             if progress:
                 progress(f"evaluating stage {t} ({'base model' if t == 0 else 'tasks 1..' + str(t) + ' merged'}) "
@@ -142,10 +161,10 @@ def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
             for (i, kind), acc in evaluator.stage(t, todo[t]).items():
                 doc[GRIDS[kind]][t][i] = round(acc, 6)
         for i in range(k):
-            doc["sample_counts"][i] = len(load_data(i).test_y)
+            doc["sample_counts"][i] = len(load_data(i).split(split)[1])
     doc["metrics"] = matrix_metrics(doc, k)
     if distributed.world().is_main:
-        write_matrix(store, doc)
+        write_matrix(store, doc, split)
     return doc
 
 
@@ -177,8 +196,9 @@ def matrix_metrics(doc: dict, k: int) -> dict:
     return out
 
 
-def write_matrix(store: Store, doc: dict) -> None:
-    write_json_atomic(store.matrix_path, doc)
+def write_matrix(store: Store, doc: dict, split: str = "test") -> None:
+    path = store.split_matrix_path(split)
+    write_json_atomic(path, doc)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["matrix", "stage"] + doc["tasks"])
@@ -187,4 +207,4 @@ def write_matrix(store: Store, doc: dict) -> None:
             continue
         for t, row in enumerate(doc[name]):
             w.writerow([name, "base" if t == 0 else doc["tasks"][t - 1]] + ["" if v is None else v for v in row])
-    write_text_atomic(store.matrix_path.with_suffix(".csv"), buf.getvalue())
+    write_text_atomic(path.with_suffix(".csv"), buf.getvalue())

@@ -23,8 +23,8 @@ from ..store import Store
 class Evaluator:
     """Holds one backbone and the test data; evaluates stages by folding merged updates into W0."""
 
-    def __init__(self, seq: Sequence, store: Store, device: torch.device, load_data: Callable):
-        self.seq, self.store, self.device = seq, store, device
+    def __init__(self, seq: Sequence, store: Store, device: torch.device, load_data: Callable, split: str = "test"):
+        self.seq, self.store, self.device, self.split = seq, store, device, split
         self.backbone = load_backbone(seq.backbone, device)
         self.folder = WeightFolder(target_parameters(self.backbone.model, seq.lora.target_modules))
         self.load_data = load_data
@@ -55,9 +55,9 @@ class Evaluator:
 
     @torch.inference_mode()
     def features(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled features and labels of task i's test set (under torchrun: this rank's shard of it)."""
+        """Pooled features and labels of task i's test (or validation) set (under torchrun: this rank's shard)."""
         data = self.load_data(i)
-        xs, ys = data.test_x, data.test_y
+        xs, ys = data.split(self.split)
         if distributed.world().active:
             xs, ys = distributed.shard(list(xs)), distributed.shard(list(ys))
         bs = self.seq.training.eval_batch_size
@@ -74,7 +74,7 @@ class Evaluator:
         from ..models.lm import exact_match_hits, rank_hits
 
         data = self.load_data(i)
-        xs, ys = list(data.test_x), list(data.test_y)
+        xs, ys = (list(v) for v in data.split(self.split))
         if distributed.world().active:
             xs, ys = distributed.shard(xs), distributed.shard(ys)
         if not xs:

@@ -105,6 +105,13 @@ class Store:
     def matrix_path(self) -> Path:
         return self.eval_dir / "matrix.json"
 
+    def split_eval_dir(self, split: str = "test") -> Path:
+        """Where a split's matrix and figures go: eval/ for test, eval/validation/ for validation."""
+        return self.eval_dir if split == "test" else self.eval_dir / split
+
+    def split_matrix_path(self, split: str = "test") -> Path:
+        return self.split_eval_dir(split) / "matrix.json"
+
     @property
     def merges_dir(self) -> Path:
         return self.inside("merges")

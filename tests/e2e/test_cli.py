@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli, tiny_sequence, tree_state
+from conftest import check_validation_eval, run_cli, tiny_sequence, tree_state
 from pslora_cli.cli import main
 from pslora_cli.core.merges.magnitude import magnitude_merge
 
@@ -63,6 +63,14 @@ def test_eval_on_reloaded_store_gives_the_same_matrix(finished_store, capsys):
     assert code == 0
     assert doc["task_agnostic"] == before["task_agnostic"]
     assert doc["task_aware"] == before["task_aware"]
+
+
+def test_eval_on_the_validation_split(finished_store, capsys):
+    _, store = finished_store
+    doc = check_validation_eval(capsys, store, [16, 16, 16])  # validation_per_class defaults to the test cap, 8
+    assert doc["task_agnostic"] != json.loads((store / "eval" / "matrix.json").read_text())["task_agnostic"]
+    code, _, err = run_cli(capsys, "eval", "--store", store, "--split", "train")
+    assert code == 2 and "--split 'train'" in err
 
 
 def test_adapters_load_in_stock_peft(finished_store, tiny_bert):

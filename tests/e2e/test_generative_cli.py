@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import check_validation_eval, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +92,9 @@ def test_every_command_works_on_a_generative_store(tiny_llama, write_sequence, t
         assert meta["generative"] and meta["answers"] == ["yes", "no"]
         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), store / "tasks" / task)
     assert doc["merge"]["method"] == "magnitude"
+    assert matrix["metrics"]["task_aware"]["fwt"] is not None  # a language model's zero-shot answers: FWT defined
+    assert matrix["scorer_detail"].startswith("exact-match: whole answer")
+    check_validation_eval(capsys, store, [8, 8])
     code, report, err = run_cli(capsys, "store", "verify", "--store", store, "--json")
     assert code == 0 and report["ok"], report
     code, info, err = run_cli(capsys, "merge", "--store", store, "--method", "sum", "--json")

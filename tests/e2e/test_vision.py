@@ -7,6 +7,7 @@ Everything here runs offline; a missing package or data file fails the test (no 
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from pathlib import Path
@@ -24,7 +25,7 @@ from pslora_cli.errors import InputError
 from pslora_cli.models import load_backbone, target_parameters
 from pslora_cli.models.adapters import AdapterFile, WeightFolder
 
-from conftest import TINY_VIT, vit_backbone
+from conftest import TINY_VIT, check_validation_eval, vit_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
 WHERE = "tasks[0].data"
@@ -188,6 +189,7 @@ def test_efficientnet_lite0_end_to_end_on_fashion_mnist(tmp_path, write_sequence
     store = tmp_path / "store"
     code, doc, _ = run_cli(capsys, "run", seq_file, "--store", store, "--device", "cpu", "--json", "--quiet")
     assert code == 0 and doc["merge"]["modules"] == 31
+    check_validation_eval(capsys, store, [8, 8])
     adapters = load_file(str(store / "tasks" / "t2" / "adapter_model.safetensors"))
     a = adapters["base_model.model.blocks.1.0.conv_pwl.lora_A.weight"]
     b = adapters["base_model.model.blocks.1.0.conv_pwl.lora_B.weight"]
@@ -212,3 +214,23 @@ def test_efficientnet_lite0_end_to_end_on_fashion_mnist(tmp_path, write_sequence
     full = {"pooling": "mean", "max_length": 64, "trust_remote_code": False, "pretrained": True, "weights": None,
             "model_kwargs": {}, **backbone}
     _check_stock_peft(store, full, make_model, data.test_x[:4])
+
+
+def test_validation_split_of_image_sources_is_disjoint_and_leaves_train_and_test():
+    """Validation images come from the training side's rows that train does not use (by position), drawn apart:
+    train and test are the same with or without it."""
+    src = {"type": "fashion_mnist", "classes": ["sandal", "bag"], "train_per_class": 30, "test_per_class": 10}
+    data = load(src)
+    assert collections.Counter(data.val_y) == {0: 10, 1: 10}
+    folder = Path("/usr/share/datasets/fashion-mnist")
+    images, _ = fashion_split(folder, "train", WHERE)
+    index = {}
+    for i in range(len(images)):
+        index.setdefault(images[i].tobytes(), set()).add(i)
+    rows = lambda xs: set().union(*(index[x.tobytes()] for x in xs))  # noqa: E731
+    assert not rows(data.val_x) & rows(data.train_x)
+    assert load({**src, "validation_per_class": 4}).fingerprint == data.fingerprint
+    carved = load({"type": "mnist", "variant": "sklearn-digits", "classes": [3, 8], "train_per_class": None,
+                   "test_per_class": None, "validation_fraction": 0.2})
+    n = len(carved.train_x) + len(carved.val_x)
+    assert abs(len(carved.val_x) / n - 0.2) < 0.03 and set(carved.val_y) == {0, 1}

@@ -334,3 +334,44 @@ GOLDEN = (["row 6", "row 7", "row 4", "row 10", "row 8", "row 3", "row 14", "row
           [0, 1, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1],
           ["row 11", "row 18", "row 1", "row 12"], [1, 0, 1, 0])
 GOLDEN_FP = "73468e31ec93677c785d19b515abfcfb3d81eda52f6729fde7723785f149db3a"
+
+
+# ------------------------------------------------------------------------------------------ the validation split
+
+
+def test_validation_from_unused_examples_leaves_train_and_test_as_they_were(tmp_path):
+    """The golden split again: drawing validation from the examples the caps leave out changes neither side, and
+    validation shares no text with either."""
+    rows = [{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(20)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = {"type": "files", "train": "d.jsonl", "train_per_class": 6, "test_per_class": 2}
+    for extra in ({}, {"validation_per_class": 1}):
+        d = load({**src, **extra}, seed=0, base_dir=tmp_path)
+        assert (d.train_x, d.train_y, d.test_x, d.test_y) == GOLDEN and d.fingerprint == GOLDEN_FP
+        assert d.val_x and not set(d.val_x) & (set(d.train_x) | set(d.test_x))
+        assert all(rows[int(x.split()[1])]["label"] == d.classes[y] for x, y in zip(d.val_x, d.val_y))
+    assert collections.Counter(d.val_y) == {0: 1, 1: 1}
+    # default: the test cap per class, as far as the unused examples go (2 of each class's 8 on the training side)
+    assert collections.Counter(load(src, seed=0, base_dir=tmp_path).val_y) == {0: 2, 1: 2}
+    assert collections.Counter(load({**src, "validation_per_class": 5}, base_dir=tmp_path).val_y) == {0: 2, 1: 2}
+    # without a train cap nothing is left over: no validation unless a fraction is carved off
+    assert load({"type": "files", "train": "d.jsonl"}, base_dir=tmp_path).val_x == []
+
+
+def test_validation_fraction_is_carved_from_the_training_side_by_text(tmp_path):
+    rows = [{"text": f"row {i % 30}", "label": "ab"[(i % 30) % 2]} for i in range(90)]  # every text three times
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(3):
+        d = load({"type": "files", "train": "d.jsonl", "validation_fraction": 0.25}, seed=seed, base_dir=tmp_path)
+        train, test, val = set(d.train_x), set(d.test_x), set(d.val_x)
+        assert val and not val & train and not val & test and not train & test, seed
+        assert set(d.val_y) == {0, 1}
+
+
+def test_validation_settings_are_checked(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(10)))
+    src = {"type": "files", "train": "d.csv"}
+    raises({**src, "validation_fraction": 1.5}, f"{WHERE}.validation_fraction: must be between 0 and 1",
+           base_dir=tmp_path)
+    raises({**src, "validation_per_class": 0}, f"{WHERE}.validation_per_class: must be at least 1", base_dir=tmp_path)
+    raises({**src, "validation_per_class": 2, "validation_fraction": 0.2}, "not both", base_dir=tmp_path)
