@@ -57,6 +57,14 @@ def test_compare_runs_methods_seeds_orders(tiny_bert, write_sequence, tmp_path, 
     assert re.search(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]", printed), printed  # a mean and its interval
     code = main(["compare", str(seq), "--methods", "inc-lora", "--seeds", "0", "--out", str(out), "--json", "--quiet"])
     assert code == 0 and json.loads(capsys.readouterr().out)["runs"][0]["trained"] == []
+    # the same stores scored on validation, trained again nothing; its summary beside the test one
+    test_summary = (out / "compare.json").read_bytes()
+    code = main(["compare", str(seq), "--methods", "ps-lora,inc-lora", "--seeds", "0,1", "--orders", "2",
+                 "--out", str(out), "--split", "validation", "--json", "--quiet"])
+    val = json.loads(capsys.readouterr().out)
+    assert code == 0 and val["split"] == "validation" and all(r["trained"] == [] for r in val["runs"])
+    assert (out / "compare.json").read_bytes() == test_summary and (out / "compare-validation.json").is_file()
+    assert [r["matrix"] for r in val["runs"]] != [r["matrix"] for r in doc["runs"]]
 
 
 def test_seq_lora_continues_one_adapter_and_uses_the_last(tiny_bert, write_sequence, tmp_path, capsys):
@@ -114,3 +122,5 @@ def test_multitask_trains_tasks_jointly_with_one_head_per_stage(tiny_bert, write
     assert doc["matrix"]["task_agnostic"][2][0] is not None
     code = main(["store", "verify", "--store", str(store)])
     assert code == 0
+    # its data check compares each task's joint training data with what it was trained on
+    assert main(["eval", "--store", str(store), "--split", "validation", "--quiet", "--device", "cpu"]) == 0
