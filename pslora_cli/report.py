@@ -82,6 +82,8 @@ def matrix_table(doc: dict, name: str, k: int) -> Table:
     title = {"task_agnostic": "Accuracy (%) — task-agnostic: argmax over all classes seen so far",
              "task_aware": "Accuracy (%) — task-aware: each task's own head" if scorer == "heads" else
              f"Accuracy (%) — {scorer} of the answers to each task's prompts"}[name]
+    if doc.get("split", "test") != "test":
+        title += f" [{doc['split']} split]"
     table = Table(title=title, title_justify="left")
     table.add_column("after \\ on", style="bold")
     for task_id in doc["tasks"][:k]:
@@ -113,6 +115,8 @@ def print_matrix(reporter: Reporter, doc: dict, k: int) -> None:
             reporter.out.print(matrix_table(doc, name, k))
     if doc.get("metrics"):
         reporter.out.print(metrics_table(doc["metrics"], doc["primary"]))
+        for metric, note in (doc["metrics"].get("notes") or {}).items():
+            reporter.out.print(f"{metric.upper()} is {note}.")
         split = doc["metrics"].get("forgetting_split") or {}
         if split.get("mostly"):
             reporter.out.print(f"Forgetting (task-agnostic BWT {100 * (split['bwt_backbone'] + split['bwt_heads']):+.1f}): "
@@ -147,7 +151,8 @@ def plot_matrix(doc: dict, k: int, out_dir: Path) -> list[Path]:
             if not np.isnan(values[t, i]):
                 ax.text(i, t, f"{values[t, i]:.0f}", ha="center", va="center",
                         color="white" if values[t, i] < 60 else "black", fontsize=8)
-    ax.set_title(f"accuracy (%), {doc['primary'].replace('_', '-')}")
+    split = "" if doc.get("split", "test") == "test" else f", {doc['split']} split"
+    ax.set_title(f"accuracy (%), {doc['primary'].replace('_', '-')}{split}")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     written.append(_save(fig, out_dir / "matrix.png", atomic_path))
