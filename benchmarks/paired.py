@@ -3,6 +3,7 @@ of A and B, the mean ± sample std of each, and of A − B the mean with a two-s
 freedom; with 2 seeds the interval is wide by construction). Stores are paired by the seed in their manifest.
 
     .venv/bin/python benchmarks/paired.py --a STORE [STORE ...] --b STORE [STORE ...] [--names A,B]
+        [--split test|validation]           (the matrix `pslora eval --split` wrote; default test)
         [--b-recorded SEED=ACC,BWT ...]     (a result recorded in RESULTS.md whose store is gone, in %)
 """
 
@@ -18,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pslora_cli.core.metrics import paired_interval  # noqa: E402
 
 
-def metrics(store: Path) -> tuple[int, dict]:
+def metrics(store: Path, split: str = "test") -> tuple[int, dict]:
     seed = json.loads((store / "manifest.json").read_text())["sequence"]["seed"]
-    doc = json.loads((store / "eval" / "matrix.json").read_text())
+    folder = store / "eval" if split == "test" else store / "eval" / split
+    doc = json.loads((folder / "matrix.json").read_text())
     return seed, doc["metrics"]["primary"]
 
 
@@ -48,12 +50,13 @@ def main() -> int:
     ap.add_argument("--a", nargs="*", type=Path, default=[])
     ap.add_argument("--b", nargs="*", type=Path, default=[])
     ap.add_argument("--names", default="A,B")
+    ap.add_argument("--split", default="test", choices=("test", "validation"))
     ap.add_argument("--a-recorded", nargs="*", default=[])
     ap.add_argument("--b-recorded", nargs="*", default=[])
     args = ap.parse_args()
     name_a, name_b = args.names.split(",")
-    a = dict(metrics(s) for s in args.a) | dict(recorded(r) for r in args.a_recorded)
-    b = dict(metrics(s) for s in args.b) | dict(recorded(r) for r in args.b_recorded)
+    a = dict(metrics(s, args.split) for s in args.a) | dict(recorded(r) for r in args.a_recorded)
+    b = dict(metrics(s, args.split) for s in args.b) | dict(recorded(r) for r in args.b_recorded)
     seeds = sorted(set(a) & set(b))
     if not seeds:
         raise SystemExit("no seed in common")

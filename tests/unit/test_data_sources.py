@@ -122,6 +122,9 @@ def test_huggingface_plain_labels_and_carved_test(tmp_path):
     assert not set(d.train_x) & set(d.test_x)
     assert collections.Counter(d.test_y) == {0: 5, 1: 5, 2: 5} and len(d.train_x) == 45
     assert "carved" in d.source
+    v = load({**HF, "path": "single", "test_fraction": 0.25, "validation_fraction": 0.2}, base_dir=tmp_path)
+    assert sorted(v.test_x) == sorted(d.test_x) and v.val_x and len(v.train_x) + len(v.val_x) == 45
+    assert not set(v.val_x) & (set(v.train_x) | set(v.test_x))
     dd.save_to_disk(str(tmp_path / "dict"))
     e = load({**HF, "path": "dict", "test_split": None, "classes": [10, "1"]}, base_dir=tmp_path, seed=2)
     assert e.classes == ["10", "1"] and not any(x.startswith("test") for x in e.train_x + e.test_x)

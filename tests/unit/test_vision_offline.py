@@ -97,6 +97,11 @@ def test_image_folder_carved_and_separate_test(image_folder):
                 "train_per_class": 3}, base_dir=image_folder)
     assert two.classes == ["owl", "cat"] and len(two.train_x) == 6 and len(two.test_x) == 4
     assert all(x.shape == (7, 7, 3) for x in two.test_x)  # RGBA -> RGB
+    # validation: the training side's images the cap leaves out (owl 4 - 3, cat 6 - 3), none of them in train
+    assert sorted(two.val_y) == [0, 1, 1, 1]
+    assert not {x.tobytes() for x in two.val_x} & {x.tobytes() for x in two.train_x}
+    carved = load({"type": "image_folder", "path": "train", "validation_fraction": 0.3}, base_dir=image_folder)
+    assert set(carved.val_y) == {0, 1, 2} and len(carved.train_x) + len(carved.val_x) + len(carved.test_x) == 15
     with pytest.raises(InputError, match=rf"{W}\.classes: unknown class 'emu'"):
         load({"type": "image_folder", "path": "train", "classes": ["emu"]}, base_dir=image_folder)
     with pytest.raises(InputError, match=rf"{W}\.path: folder .*nowhere not found"):
