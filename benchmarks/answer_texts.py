@@ -1,7 +1,7 @@
 """What a generative store's model writes: the distinct answers (normalised as exact match compares them) to each
 task's test (or validation) prompts at one stage, with their counts, and how many are not one of the task's answer
-texts. Shows whether the whole-answer exact match and a prefix match can differ on a store: they agree on every
-cell where the model writes nothing past the label.
+texts, and each task's accuracy under the whole-answer exact match and under the earlier prefix match (generation
+cut at the longest answer's tokens): they differ where the model runs on past a gold label.
 
     .venv/bin/python benchmarks/answer_texts.py STORE [--stage T] [--split test|validation] [--threads N]
         (stage 0 = the base model; default: the last trained stage)
@@ -47,16 +47,23 @@ def main() -> int:
     with torch.inference_mode():
         for i, task in enumerate(seq.task_ids[:k]):
             data = load(i)
-            xs, _ = data.split(args.split)
+            xs, ys = data.split(args.split)
             budget = generation_budget(data.answers, ev.backbone, seq.evaluation.max_new_tokens)
-            written = []
+            longest = max(len(ev.backbone.answer_ids(a)) for a in data.answers)  # the earlier prefix match's budget
+            written, prefixes = [], []
             for start in range(0, len(xs), seq.training.eval_batch_size):
                 chunk = xs[start:start + seq.training.eval_batch_size]
                 written += [normalise(t) for t in generated_answers(ev.backbone, chunk, budget, ev.device)]
+                prefixes += [normalise(t) for t in generated_answers(ev.backbone, chunk, longest, ev.device)]
             counts = collections.Counter(written)
             labels = {normalise(a) for a in data.answers}
-            report["tasks"][task] = {"answers": dict(counts.most_common()),
-                                     "not_an_answer_text": sum(n for a, n in counts.items() if a not in labels)}
+            gold = [normalise(data.answers[y]) for y in ys]
+            report["tasks"][task] = {
+                "answers": dict(counts.most_common()),
+                "not_an_answer_text": sum(n for a, n in counts.items() if a not in labels),
+                "accuracy_whole_answer": sum(w == g for w, g in zip(written, gold)) / len(gold),
+                "accuracy_prefix_match": sum(p == g for p, g in zip(prefixes, gold)) / len(gold),
+                "run_on_with_gold_prefix": sum(w != g and p == g for w, p, g in zip(written, prefixes, gold))}
     print(json.dumps(report, indent=1))
     return 0
 

@@ -89,7 +89,9 @@ class Method:
     # choices: the merge registry (core/merges), checked by the validator.
     merge: str = setting("magnitude", (str,))
     merge_density: float = setting(0.2, NUMBER)  # TIES: fraction of each update kept by the trim step
-    merge_scale: float = setting(1.0, NUMBER)    # task arithmetic: scale of the summed updates
+    # task arithmetic and MagMax: scale of the merged update (null: the merge's own, 1 for task arithmetic, 0.5 for
+    # MagMax as its official code applies it)
+    merge_scale: float | None = setting(None, NUMBER + (type(None),))
     # How earlier tasks enter task t's training forward pass: their running merge, their sum, or not at all.
     previous: str = setting("merge", (str,), choices=("merge", "sum", "none"))
 

@@ -136,7 +136,7 @@ ORTHOGONALITY_DEFAULT = 0.5  # lambda_1 of the o-lora methods when the sequence 
 
 def _resolve_method(method: dict, raw: dict, where: Where) -> None:
     """Apply the method's fixed settings (methods registry) and check the merge against the merge registry."""
-    from ..core.merges import DEFAULT_MERGE, MERGES
+    from ..core.merges import DEFAULT_MERGE, MERGE_SCALE_DEFAULTS, MERGES
     from ..methods import METHODS
 
     name = method["name"]
@@ -156,6 +156,8 @@ def _resolve_method(method: dict, raw: dict, where: Where) -> None:
             method[key] = fixed
     if method["merge"] not in MERGES:
         raise where("method.merge", f"must be one of {', '.join(MERGES)}; got {method['merge']!r}")
+    if method["merge_scale"] is None:
+        method["merge_scale"] = MERGE_SCALE_DEFAULTS.get(method["merge"], 1.0)
     if method["orthogonality_weight"] is None:
         method["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
     for key, on in (("stability_weight", spec.stability), ("orthogonality_weight", spec.orthogonality)):

@@ -56,4 +56,4 @@ def methods_help() -> str:
 
 
 # Registered in this order: the order of the help texts and of the choices in error messages.
-from . import ps_lora, inc_lora, o_lora, seq_lora, per_task, multitask, custom  # noqa: E402,F401,I001
+from . import ps_lora, inc_lora, o_lora, seq_lora, magmax, per_task, multitask, custom  # noqa: E402,F401,I001

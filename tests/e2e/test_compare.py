@@ -84,6 +84,46 @@ def test_seq_lora_continues_one_adapter_and_uses_the_last(tiny_bert, write_seque
     assert 0 < moved < t1[p + ".lora_A.weight"].abs().max()
 
 
+def _task_vector(store, task, prefix):
+    w = load_file(str(store / "tasks" / task / "adapter_model.safetensors"))
+    cfg = json.loads((store / "tasks" / task / "adapter_config.json").read_text())
+    key = "base_model.model." + prefix
+    return cfg["lora_alpha"] / cfg["r"] * w[key + ".lora_B.weight"] @ w[key + ".lora_A.weight"]
+
+
+@pytest.mark.parametrize("method", ["magmax", "magmax-ind"])
+def test_magmax_merges_the_stored_task_vectors_by_largest_magnitude_times_half(method, tiny_bert, write_sequence,
+                                                                                tmp_path, capsys):
+    """MagMax's defining property: the merged update is 0.5 x, per element, the stored task vector largest in
+    |value| (the later task on ties), recomputed here from the adapters' own tensors; with `magmax` each task's
+    adapter continues the previous one (its cumulative task vector), with `magmax-ind` each starts anew."""
+    from pslora_cli.evaluation.scoring import Evaluator
+    from pslora_cli.session import Session, data_loader
+
+    seq_file = write_sequence(tiny_sequence(tiny_bert, method={"name": method}, training={
+        "steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_batch_size": 64}))
+    store = tmp_path / "s"
+    assert main(["run", str(seq_file), "--store", str(store), "--json", "--quiet", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["merge"]["method"] == "magmax"
+    merged = load_file(doc["merge"]["files"][0])
+    for prefix in ("encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"):
+        taus = [_task_vector(store, t, prefix) for t in ("t1", "t2", "t3")]
+        best = taus[0]
+        for tau in taus[1:]:
+            best = torch.where(tau.abs() >= best.abs(), tau, best)
+        assert torch.allclose(merged[prefix + ".weight"], 0.5 * best, rtol=0, atol=1e-7), prefix
+    seq, opened, _ = Session(store_path=store, device_name="cpu", quiet=True).open()
+    ev = Evaluator(seq, opened, torch.device("cpu"), data_loader(seq))
+    stage2 = ev.stage_update(ev.adapters(2))  # what stage 2 of the matrix is scored with: tasks 1..2 only
+    prefix = "encoder.layer.0.attention.self.query"
+    t1, t2 = (_task_vector(store, t, prefix) for t in ("t1", "t2"))
+    assert torch.allclose(stage2[prefix + ".weight"], 0.5 * torch.where(t2.abs() >= t1.abs(), t2, t1), atol=1e-7)
+    meta = json.loads((store / "tasks" / "t2" / "meta.json").read_text())
+    assert meta["config"]["method"]["init"] == ("previous" if method == "magmax" else "new")
+    assert meta["config"]["method"]["merge_scale"] == 0.5
+
+
 def test_per_task_scores_each_task_with_its_own_adapter(tiny_bert, write_sequence, tmp_path, capsys):
     seq = write_sequence(two_tasks(tiny_bert, name="per-task"))
     store = tmp_path / "s"

@@ -40,7 +40,7 @@ def error(overrides) -> str:
 
 def test_the_registry_holds_the_documented_methods():
     assert list(METHODS) == ["ps-lora", "ps-lora+o-lora", "ps-loss-only", "ps-merge-only", "inc-lora", "o-lora",
-                             "seq-lora", "per-task", "multitask", "custom"]
+                             "seq-lora", "magmax", "magmax-ind", "per-task", "multitask", "custom"]
     assert all(isinstance(spec, MethodSpec) and spec.name == name for name, spec in METHODS.items())
     assert all(f"{name}: " in methods_help() for name in METHODS)
 
@@ -72,7 +72,7 @@ def test_every_method_validates_with_its_fixed_settings(name):
 
 def test_method_kinds():
     assert [n for n, s in METHODS.items() if s.trains_jointly] == ["multitask"]
-    assert [n for n, s in METHODS.items() if s.continues_previous] == ["seq-lora"]
+    assert [n for n, s in METHODS.items() if s.continues_previous] == ["seq-lora", "magmax"]
     assert [n for n, s in METHODS.items() if s.own_adapters] == ["per-task"]
     custom = parse(["method.name=custom", "method.stability_weight=0.2", "method.orthogonality_weight=0.1",
                     "method.merge=mean", "method.previous=sum"]).method
@@ -149,6 +149,8 @@ EXPECTED = {
     # density 0.5 keeps the 2 largest |.| of each: D1 -> [0,-2,0,3], D2 -> [-3,-1,0,0], D3 -> [0,2,-1,0];
     # elected signs of the trimmed sum [-3,-1,-1,3]: [-,-,-,+]; disjoint means: -3, (-2-1)/2, -1, 3
     "ties": ({"density": 0.5}, [[-3.0, -1.5, -1.0, 3.0]]),
+    # the value of largest |.|, ties to the later task (MagMax's >=): column 2 takes D3's 2; times the scale
+    "magmax": ({"scale": 0.5}, [[-1.5, 1.0, -0.5, 1.5]]),
 }
 
 

@@ -32,7 +32,11 @@ MERGES: dict[str, MergeInfo] = {m.name: m for m in (
     MergeInfo("ties", "ties", "TIES: trim to method.merge_density, elect signs, disjoint mean"),
     MergeInfo("task-arithmetic", "task_arithmetic", "the updates added, times method.merge_scale"),
     MergeInfo("last", "last", "the last task's update alone (sequential LoRA)"),
+    MergeInfo("magmax", "magmax", "MagMax: per element the largest update in absolute value (the later task on ties), "
+                                  "times method.merge_scale (0.5 unless set)"),
 )}
+# method.merge_scale where the sequence gives none: each merge's own (MagMax's official 0.5).
+MERGE_SCALE_DEFAULTS = {"magmax": 0.5}
 DEFAULT_MERGE = "magnitude"
 
 
