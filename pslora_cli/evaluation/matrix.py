@@ -42,7 +42,9 @@ def matrix_keys(seq: Sequence, store: Store, k: int, split: str = "test",
     if seq.generative:  # the scorer decides the cells of a language model's matrix
         merge.append(scorer_detail(seq))
     adapters = [store.adapter_sha256(t) for t in ids]
-    row_keys = ["base"] + [canonical_hash(merge + adapters[:t]) for t in range(1, k + 1)]
+    # the base row too depends on a language model's scorer (its zero-shot answers, behind FWT)
+    base = canonical_hash(["base", scorer_detail(seq)]) if seq.generative else "base"
+    row_keys = [base] + [canonical_hash(merge + adapters[:t]) for t in range(1, k + 1)]
     col_keys = [canonical_hash([store.head_sha256(t), store.task_meta(t)["data_fingerprint"]]) for t in ids]
     if split != "test":
         col_keys = [canonical_hash([key, split, load_data(i).val_fingerprint]) for i, key in enumerate(col_keys)]
