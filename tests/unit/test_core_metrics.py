@@ -164,3 +164,19 @@ def test_paired_interval_hand_computed():
     assert paired_interval([]) == {"n": 0, "mean": None, "low": None, "high": None}
     same = paired_interval([0.1, 0.1, 0.1])
     assert same["low"] == pytest.approx(0.1) and same["high"] == pytest.approx(0.1)
+
+
+def test_forgetting_is_the_drop_from_the_best_stage_since_the_task_was_learned_as_documented():
+    """forgetting = mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j]): stages before task j was trained do not count (a
+    task that scored well zero-shot and was then learned badly has not forgotten that), and the documents say so."""
+    from pathlib import Path
+
+    from pslora_cli.cli.work import METRICS_HELP
+
+    three = [[0.5, 0.9, 0.1], [0.8, 0.9, 0.1], [0.7, 0.6, 0.1], [0.7, 0.5, 0.4]]
+    # j = 2: max over l in {2} (0.6) - 0.5, not over {1, 2} (0.9) - 0.5
+    assert cl_metrics(three)["forgetting"] == pytest.approx(((0.8 - 0.7) + (0.6 - 0.5)) / 2)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "max_{j≤l<T}" in readme and "max_{1≤l<T}" not in readme
+    assert "max_{j<=l<T}" in METRICS_HELP.replace("\n", " ") and "1<=l<T" not in METRICS_HELP
+    assert "max_{j<=l<T}" in METRIC_DOCS["forgetting"]

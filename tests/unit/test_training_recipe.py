@@ -152,3 +152,26 @@ def test_a_checkpoint_for_other_settings_is_not_resumed(first_task, seq, data, t
           checkpointing=Checkpointing(ckpt, "key-2", note=notes.append))
     assert notes == ["task t1: ignoring t1.safetensors: it was written for other settings or data"]
     assert steps == list(range(1, STEPS + 1)) and read(out) == read(reference)
+
+
+def test_previous_sum_and_merge_give_the_loss_the_same_history_and_differ_in_the_forward_pass(first_task, seq,
+                                                                                            tmp_path):
+    """`previous` decides what the frozen weights hold while task t trains (the earlier tasks' running merge or
+    their sum); the stability loss's history H is the sum of the earlier updates either way."""
+    from pslora_cli.models import load_backbone, target_parameters
+    from pslora_cli.training.recipe import fold_previous
+
+    t1, _, _ = first_task
+    t2 = TaskFiles(tmp_path / "t2")
+    train(seq, t2, index=1, data=text_data(seed=2, first_class=2), previous=[t1.adapter_dir])
+    previous = [AdapterFile(t1.adapter_dir), AdapterFile(t2.adapter_dir)]
+    histories, weights = {}, {}
+    for how in ("merge", "sum"):
+        s = seq.replace(method=seq.method.__class__(**{**seq.method.__dict__, "previous": how}))
+        params = target_parameters(load_backbone(s.backbone, CPU).model, s.lora.target_modules)
+        histories[how] = fold_previous(s, params, previous, CPU)
+        weights[how] = {k: p.detach().clone() for k, p in params.items()}
+    for name, h in histories["sum"].items():
+        assert torch.equal(h, histories["merge"][name])
+        assert torch.allclose(h, previous[0].delta(name, CPU) + previous[1].delta(name, CPU), atol=1e-7)
+    assert any(not torch.equal(weights["merge"][k], weights["sum"][k]) for k in weights["sum"])
