@@ -16,10 +16,15 @@ from .options import AnalysisOptions, parse_subset
 from .stats import analyze_store, comparison
 
 
+ADAPTERS_OUT = Path("pslora-shifts")  # where --adapters writes without --out
+
+
 def analyze_shifts(session: Session, aopts: AnalysisOptions) -> dict:
     started = time.perf_counter()
     _check_options(aopts)
     reporter, device = session.reporter, session.device
+    if aopts.adapters:
+        return _analyze_adapters(aopts, device, reporter, started)
     seq, store, _ = session.open()
     other = _open_compared(session, aopts, store)
     doc = analyze_store(seq, store, aopts, device, reporter)
@@ -42,6 +47,24 @@ def analyze_shifts(session: Session, aopts: AnalysisOptions) -> dict:
     if targets:
         reporter.info("wrote " + ", ".join(sorted(files)) + " and shifts.json to "
                       + " and ".join(str(folder) for folder, _ in targets))
+    return doc
+
+
+def _analyze_adapters(aopts: AnalysisOptions, device, reporter, started: float) -> dict:
+    """--adapters: adapters from anywhere, no store: the statistics and figures, written to --out."""
+    from .stats import analyze_adapter_set
+
+    for flag, given in (("--intervene", aopts.intervene), ("--compare", aopts.compare is not None)):
+        if given:
+            raise InputError(f"{flag}: needs a store (its model, data and accuracy matrix); not with --adapters")
+    doc = analyze_adapter_set(list(aopts.adapters), aopts, device, reporter)
+    doc["intervention"] = None
+    files = render_files(doc, aopts.figures)
+    folder = Path(aopts.out) if aopts.out is not None else ADAPTERS_OUT
+    doc["files"] = [str(folder / name) for name in ["shifts.json"] + sorted(files)]
+    doc["seconds"] = round(time.perf_counter() - started, 3)
+    write_all(folder, files, doc)
+    reporter.info("wrote " + ", ".join(sorted(files)) + f" and shifts.json to {folder}")
     return doc
 
 

@@ -22,6 +22,7 @@ class AnalysisOptions:
     intervene: bool = False
     subset: str = "opposite:top:10"
     compare: Path | None = None
+    adapters: list[Path] | None = None  # PEFT adapter folders from anywhere, instead of a store
     out: Path | None = None
     write_store: bool = True
     figures: bool = True

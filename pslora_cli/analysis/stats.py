@@ -150,20 +150,8 @@ def analyze_store(seq: Sequence, store: Store, aopts: AnalysisOptions, device, r
     ids, stages, adapters = _open_stages(seq, store, aopts)
     modules = list(adapters[0].modules)
     k_ref = 10 if 10 in aopts.ks else aopts.ks[0]
-    kw = dict(ks=aopts.ks, rank_by=aopts.rank_by, bins=aopts.bins, max_samples=aopts.max_samples,
-              seed=seq.seed)
-    history = {m: torch.zeros_like(adapters[0].delta(m, device)) for m in modules}
-    out_stages = []
-    for t in range(1, max(stages) + 1):
-        deltas = {m: adapters[t - 1].delta(m, device) for m in modules}
-        if t in stages:
-            reporter.info(f"{store.root}: stage {ids[t - 1]} (ΔW_{t} against the sum of tasks 1..{t - 1}), "
-                          f"{len(modules)} modules")
-            per_module, pooled = _stage_stats(deltas, history, modules, device, kw)
-            out_stages.append({"task": ids[t - 1], "stage": t, "pooled": pooled, "modules": per_module,
-                               "summary": summary(pooled, k_ref)})
-        for m in modules:
-            history[m] = history[m] + deltas[m]
+    out_stages = stage_statistics(str(store.root), ids, stages, lambda t, m: adapters[t].delta(m, device), modules,
+                                  aopts, device, reporter, seq.seed)
     grid, source = matrix_rows(seq, store, ids)
     drops = accuracy_drops(grid, len(ids))
     for st in out_stages:
@@ -177,6 +165,55 @@ def analyze_store(seq: Sequence, store: Store, aopts: AnalysisOptions, device, r
         "history": "H = sum of the earlier tasks' ΔW (whatever the merge); C = H + ΔW_t",
         "stages": out_stages,
         "correlation": correlations(out_stages, source if grid is not None else None, source),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def stage_statistics(label: str, ids: list[str], stages: list[int], delta, modules: list[str], aopts: AnalysisOptions,
+                     device, reporter: Reporter, seed: int) -> list[dict]:
+    """Per requested stage t: D = ΔW_t (`delta(t - 1, module)`) against H = the sum of ΔW_1..ΔW_{t-1}."""
+    k_ref = 10 if 10 in aopts.ks else aopts.ks[0]
+    kw = dict(ks=aopts.ks, rank_by=aopts.rank_by, bins=aopts.bins, max_samples=aopts.max_samples, seed=seed)
+    history = {m: torch.zeros_like(delta(0, m)) for m in modules}
+    out_stages = []
+    for t in range(1, max(stages) + 1):
+        deltas = {m: delta(t - 1, m) for m in modules}
+        if t in stages:
+            reporter.info(f"{label}: stage {ids[t - 1]} (ΔW_{t} against the sum of tasks 1..{t - 1}), "
+                          f"{len(modules)} modules")
+            per_module, pooled = _stage_stats(deltas, history, modules, device, kw)
+            out_stages.append({"task": ids[t - 1], "stage": t, "pooled": pooled, "modules": per_module,
+                               "summary": summary(pooled, k_ref)})
+        for m in modules:
+            history[m] = history[m] + deltas[m]
+    return out_stages
+
+
+def analyze_adapter_set(folders: list[Path], aopts: AnalysisOptions, device, reporter: Reporter) -> dict:
+    """The same statistics for PEFT adapters from anywhere, in the order given (stage t: adapter t against the sum
+    of the ones before it); no accuracy matrix, so no correlations."""
+    from ..adapter_sets import AdapterSet
+
+    started = time.perf_counter()
+    aset = AdapterSet(folders)
+    ids = [f.name or str(f) for f in aset.folders]
+    if len(set(ids)) != len(ids):
+        ids = [str(f) for f in aset.folders]
+    stages = _stage_list(ids, aopts.tasks, "--adapters")
+    modules = list(aset.modules)
+    out_stages = stage_statistics("adapters", ids, stages, lambda t, m: aset.delta(t, m, device), modules, aopts,
+                                  device, reporter, 0)
+    k_ref = 10 if 10 in aopts.ks else aopts.ks[0]
+    for st in out_stages:
+        st["accuracy"] = None
+    return {
+        "store": "adapters", "sequence": None, "scenario": None, "base_model": aset.base_model,
+        "method": {"name": "adapters", "merge": "any"}, "adapters": aset.describe(),
+        "tasks": ids, "modules": modules, "rank_by": aopts.rank_by, "ks": list(aopts.ks), "k_ref": k_ref,
+        "bins": aopts.bins, "max_samples": aopts.max_samples, "seed": 0,
+        "history": "H = sum of the earlier adapters' ΔW, in the order given; C = H + ΔW_t",
+        "stages": out_stages,
+        "correlation": correlations(out_stages, None, "adapters from elsewhere have no accuracy matrix"),
         "seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -32,6 +32,22 @@ app.add_typer(store.store_app, name="store")
 DISTRIBUTED = ("run", "train-task", "eval")  # the commands that run under torchrun (several processes)
 
 
+def expand_multiple(argv: list[str], flag: str) -> list[str]:
+    """`--adapters A B C` as the parser takes it, `--adapters A --adapters B --adapters C`: the values that follow
+    the flag up to the next option."""
+    out, taking = [], False
+    for arg in argv:
+        if arg == flag:
+            taking = True
+            continue
+        if taking and not arg.startswith("-"):
+            out += [flag, arg]
+            continue
+        taking = False
+        out.append(arg)
+    return out
+
+
 def _prog() -> str:
     """How messages start: "pslora", or "pslora[rank N/W]" under torchrun so a failing rank is named."""
     size = os.environ.get("WORLD_SIZE", "1").strip()
@@ -47,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and argv and argv[0] not in DISTRIBUTED:
             raise InputError(f"`pslora {argv[0]}` runs in one process; under torchrun only "
                              f"{', '.join(DISTRIBUTED)} are supported")
-        result = app(args=argv, standalone_mode=False)
+        result = app(args=expand_multiple(argv, "--adapters"), standalone_mode=False)
         return result if isinstance(result, int) else 0
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit code
         return _exit_code(exc)

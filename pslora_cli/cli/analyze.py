@@ -16,6 +16,9 @@ def analyze_shifts_cmd(
         "--compare", help="Another store to analyse side by side (read only), e.g. one trained without the "
                           "stability loss.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Also write the JSON, CSV and PNG files here.")] = None,
+    adapters: Annotated[Optional[list[Path]], typer.Option(
+        "--adapters", help="PEFT LoRA adapter folders from anywhere (--adapters A B C), analysed in that order "
+                           "instead of a store's tasks; files go to --out (default ./pslora-shifts).")] = None,
     rank_by: Annotated[str, typer.Option("--rank-by", help="Ranking key of the top/bottom-k% subsets: delta "
                                                            "(|ΔW_t|), history (|H|) or combined (|C|).")] = "delta",
     ks: Annotated[str, typer.Option("--ks", help="Subset sizes in % of the entries.")] = "1,5,10,20,50",
@@ -46,7 +49,7 @@ def analyze_shifts_cmd(
     s = session(store, device, seed, json_, quiet, set_, threads)
     aopts = AnalysisOptions(rank_by=parse_rank_by(rank_by), ks=parse_ks(ks), bins=bins, max_samples=max_samples,
                             tasks=comma_list(tasks), intervene=intervene, subset=subset, compare=compare, out=out,
-                            figures=figures)
+                            figures=figures, adapters=adapters)
     doc = analyze_shifts(s, aopts)
     if json_:
         emit_json(doc)

@@ -116,15 +116,32 @@ def merge_cmd(
     method: Annotated[Optional[str], typer.Option("--method", help=f"The merge (default: the sequence's method.merge): "
                                                                  f"{merges_help()}.")] = None,
     tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task ids (default: all trained).")] = None,
+    adapters: Annotated[Optional[list[Path]], typer.Option(
+        "--adapters", help="PEFT LoRA adapter folders from anywhere (--adapters A B C), merged instead of a store's "
+                           "tasks; --out FILE.safetensors writes the dense updates, --out DIR the base model with "
+                           "the merge folded in.")] = None,
+    base: Annotated[Optional[str], typer.Option(
+        "--base", help="With --adapters and --out DIR: the base model (default: the adapters' "
+                       "base_model_name_or_path).")] = None,
+    density: Annotated[float, typer.Option("--density", help="With --adapters: TIES's density.")] = 0.2,
+    scale: Annotated[Optional[float], typer.Option(
+        "--scale", help="With --adapters: the scale of task-arithmetic (default 1) and magmax (default 0.5).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --adapters: replace a non-empty --out folder.")] = False,
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
     quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None,
 ):
     """Merge task adapters into one dense update keyed by the base model's parameter names, plus the heads.
 
-    W0[key] + merged[key] is the merged weight of each adapted module.
+    W0[key] + merged[key] is the merged weight of each adapted module. With --adapters, any PEFT LoRA adapters
+    of one base model (ranks and alphas may differ) instead of the store's.
     """
     from ..merging import merge_tasks
 
+    if adapters:
+        if tasks:
+            raise InputError("--tasks: picks a store's tasks; with --adapters every adapter given is merged")
+        merge_adapters_cmd(adapters, out, method, base, density, scale, force, device, json_, quiet, threads)
+        return
     s = session(store, device, seed, json_, quiet, set_, threads)
     seq, st, _ = s.open()
     if out is not None and out.suffix != ".safetensors":
@@ -136,6 +153,21 @@ def merge_cmd(
     else:
         s.reporter.out.print(f"merged {', '.join(info['tasks'])} ({info['method']}, {info['modules']} modules) -> "
                              + ", ".join(info["files"]))
+
+
+def merge_adapters_cmd(adapters, out, method, base, density, scale, force, device, json_, quiet, threads) -> None:
+    from ..adapter_sets import merge_adapter_set
+
+    s = session(DEFAULT_STORE, device, None, json_, quiet, None, threads)
+    if out is None:
+        raise InputError("--out: with --adapters, give FILE.safetensors (the dense updates) or a folder (the model)")
+    info = merge_adapter_set(list(adapters), method or "magnitude", out, s.device, base=base, density=density,
+                             scale=scale, force=force)
+    if json_:
+        emit_json(info)
+    else:
+        s.reporter.out.print(f"merged {len(info['adapters'])} adapters ({info['method']}, {info['modules']} modules) "
+                             f"-> {info['out']} ({info['kind']})")
 
 
 def eval_cmd(

@@ -21,11 +21,18 @@ CONFIG_FILE = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 
 
-class AdapterFile:
-    """One task's PEFT adapter on disk, read lazily one module at a time."""
+BIN_FILE = "adapter_model.bin"
+_DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 
-    def __init__(self, task_dir: Path):
+
+class AdapterFile:
+    """One task's PEFT adapter on disk, read lazily one module at a time. `allow_bin`: an adapter folder from
+    elsewhere may hold the older `adapter_model.bin` instead, read whole with `torch.load(weights_only=True)` (no
+    code in it runs; anything but tensors is refused)."""
+
+    def __init__(self, task_dir: Path, allow_bin: bool = False):
         self.dir = Path(task_dir)
+        self._tensors: dict[str, torch.Tensor] | None = None
         config_path = self.dir / CONFIG_FILE
         try:
             self.config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -47,15 +54,13 @@ class AdapterFile:
         self.rank = r
         self.scale = alpha / (r ** 0.5 if self.config.get("use_rslora") else r)
         self.path = self.dir / ADAPTER_FILE
-        try:
-            with safe_open(str(self.path), framework="pt") as f:
-                shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-                dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
-        except FileNotFoundError:
-            raise InputError(f"{self.path}: missing") from None
-        except Exception as exc:  # safetensors raises its own error types for a bad header
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{self.path}: not a readable safetensors file ({first})") from None
+        if allow_bin and not self.path.is_file() and (self.dir / BIN_FILE).is_file():
+            self.path = self.dir / BIN_FILE
+            self._tensors = _read_bin(self.path)
+            shapes = {key: tuple(t.shape) for key, t in self._tensors.items()}
+            dtypes = {key: _DTYPE_NAMES.get(t.dtype, str(t.dtype)) for key, t in self._tensors.items()}
+        else:
+            shapes, dtypes = _read_header(self.path, also=BIN_FILE if allow_bin else None)
         self.modules: dict[str, tuple[str, str]] = {}
         for key in shapes:
             if key.endswith(".lora_A.weight"):
@@ -79,6 +84,8 @@ class AdapterFile:
 
     def factors(self, param: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         a_key, b_key = self.modules[param]
+        if self._tensors is not None:
+            return self._tensors[a_key].to(device), self._tensors[b_key].to(device)
         with safe_open(str(self.path), framework="pt", device=str(device)) as f:
             return f.get_tensor(a_key), f.get_tensor(b_key)
 
@@ -99,8 +106,11 @@ class AdapterFile:
         """Shape of the adapted base weight: (d_out, d_in) for a Linear, (d_out, d_in, kh, kw) for a conv (from
         the factors' shapes, A (r, d_in, kh, kw) and B (d_out, r, 1, 1); read from the header only)."""
         a_key, b_key = self.modules[param]
-        with safe_open(str(self.path), framework="pt") as f:
-            a_shape, b_shape = f.get_slice(a_key).get_shape(), f.get_slice(b_key).get_shape()
+        if self._tensors is not None:
+            a_shape, b_shape = self._tensors[a_key].shape, self._tensors[b_key].shape
+        else:
+            with safe_open(str(self.path), framework="pt") as f:
+                a_shape, b_shape = f.get_slice(a_key).get_shape(), f.get_slice(b_key).get_shape()
         return (int(b_shape[0]), *(int(d) for d in a_shape[1:]))
 
     def delta(self, param: str, device: torch.device | str = "cpu", dtype=torch.float32, *,
@@ -110,6 +120,31 @@ class AdapterFile:
         if out is not None and (tuple(out.shape) != (b.shape[0], a[0].numel()) or out.dtype != dtype):
             out = None
         return lora_delta(a.to(dtype), b.to(dtype), self.scale, out=out)
+
+
+def _read_header(path: Path, also: str | None = None) -> tuple[dict, dict]:
+    """(shapes, dtypes) of a safetensors file's tensors, from its header."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return ({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()},
+                    {key: f.get_slice(key).get_dtype() for key in f.keys()})
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing" + (f" (nor is there {also})" if also else "")) from None
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a readable safetensors file ({first})") from None
+
+
+def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A pickled PEFT weights file, read with weights_only=True: only tensors (and plain containers) load."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unpickling refusal or a damaged file: either way not usable
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: refused: not a plain file of tensors ({first[:160]})") from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise InputError(f"{path}: refused: expected a mapping of names to tensors")
+    return obj
 
 
 def open_adapters(task_dirs: Iterable[Path]) -> list[AdapterFile]:

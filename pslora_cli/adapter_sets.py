@@ -1,0 +1,179 @@
+"""PEFT LoRA adapters from anywhere (folders with `adapter_config.json` and `adapter_model.safetensors`, or the older
+`adapter_model.bin` read without unpickling code): checked as a set, merged densely one module at a time with the
+store's merges (`pslora merge --adapters`), written as dense updates or folded into a stock model folder, and
+analysed as a store's adapters are (`pslora analyze-shifts --adapters`).
+
+The adapters must name one base model (`base_model_name_or_path`) and agree on each module's weight shape; ranks,
+alphas and rsLoRA may differ (a merge works on ΔW = s·B·A). A module that some adapters do not adapt counts as a zero
+update for them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .models.adapters import CONFIG_FILE, AdapterFile
+from .store import atomic_folder, atomic_path, check_output_folder, sha256_file
+
+# PEFT task types -> the transformers class whose parameter names the adapter's module names follow.
+_AUTO_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM"}
+
+
+class AdapterSet:
+    """Checked adapters in the order given: `modules` maps each adapted weight to its shape."""
+
+    def __init__(self, folders: list[Path]):
+        if len(folders) < 2:
+            raise InputError("--adapters: give at least two adapter folders to merge")
+        self.folders = [Path(f) for f in folders]
+        seen = {}
+        for f in self.folders:
+            key = f.resolve()
+            if key in seen:
+                raise InputError(f"--adapters: {f} is given twice (also as {seen[key]})")
+            seen[key] = f
+        self.adapters = [_open_one(f) for f in self.folders]
+        bases = [a.config.get("base_model_name_or_path") for a in self.adapters]
+        self.base_model = bases[0]
+        for folder, base in zip(self.folders[1:], bases[1:]):
+            if base != self.base_model:
+                raise InputError(f"{folder}: adapts base model {base!r}, but {self.folders[0]} adapts "
+                                 f"{self.base_model!r}; merge adapters of one base model")
+        self.task_type = self.adapters[0].config.get("task_type")
+        self.modules: dict[str, tuple[int, ...]] = {}
+        self.owner: dict[str, Path] = {}
+        for folder, adapter in zip(self.folders, self.adapters):
+            for name in adapter.modules:
+                shape = adapter.weight_shape(name)
+                if name in self.modules and self.modules[name] != shape:
+                    raise InputError(f"{folder}: {name} has weight shape {list(shape)}, but "
+                                     f"{self.owner[name]} has {list(self.modules[name])}: not adapters of one model")
+                self.modules.setdefault(name, shape)
+                self.owner.setdefault(name, folder)
+        self.sha256 = {str(f): sha256_file(a.path) for f, a in zip(self.folders, self.adapters)}
+
+    def delta(self, i: int, name: str, device) -> torch.Tensor:
+        """Adapter i's dense update of `name` as a matrix (zero where it does not adapt `name`)."""
+        adapter = self.adapters[i]
+        if name in adapter.modules:
+            return adapter.delta(name, device)
+        shape = self.modules[name]
+        return torch.zeros((shape[0], int(torch.tensor(shape[1:]).prod())), device=device)
+
+    def iter_deltas(self, name: str, device):
+        """Every adapter's dense update of `name`, one at a time, in the weight's shape."""
+        for i in range(len(self.adapters)):
+            yield self.delta(i, name, device).reshape(self.modules[name])
+
+    def describe(self) -> list[dict]:
+        return [{"folder": str(f), "rank": a.rank, "alpha": a.config.get("lora_alpha"), "modules": len(a.modules),
+                 "sha256": self.sha256[str(f)]} for f, a in zip(self.folders, self.adapters)]
+
+
+def _open_one(folder: Path) -> AdapterFile:
+    if not folder.is_dir():
+        raise InputError(f"--adapters: {folder}: not a folder")
+    config = folder / CONFIG_FILE
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{config}: missing: not a PEFT adapter folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{config}: not valid JSON ({exc})") from None
+    kind = raw.get("peft_type") if isinstance(raw, dict) else None
+    if kind != "LORA":
+        raise InputError(f"{config}: peft_type {kind!r} is not LORA: only LoRA adapters can be merged as dense updates")
+    return AdapterFile(folder, allow_bin=True)
+
+
+def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, base: str | None = None,
+                      density: float = 0.2, scale: float | None = None, force: bool = False) -> dict:
+    """Merge the adapters with the registered merge `method`; write the dense updates (`out` ending in
+    .safetensors) or, for a folder, the base model with the merge folded in, as its stock library writes it."""
+    from .core.merges import MERGE_SCALE_DEFAULTS, MERGES, merge_module
+
+    if method not in MERGES or method == "last":
+        choices = ", ".join(m for m in MERGES if m != "last")
+        raise InputError(f"--method {method!r}: expected one of {choices}")
+    scale = MERGE_SCALE_DEFAULTS.get(method, 1.0) if scale is None else scale
+    aset = AdapterSet(folders)
+    as_file = out.suffix == ".safetensors"
+    model = None
+    if not as_file:
+        check_output_folder(out, force)
+        model = _load_base(base or aset.base_model, aset)
+    elif out.exists() and out.is_dir():
+        raise InputError(f"--out {out}: is a folder; a .safetensors name writes the dense updates")
+
+    def merged():
+        for name in aset.modules:
+            yield name, merge_module(lambda n=name: aset.iter_deltas(n, device), method, density=density,
+                                     scale=scale).reshape(aset.modules[name])
+
+    info = {"method": method, "options": {"density": density, "scale": scale}, "adapters": aset.describe(),
+            "base_model": base or aset.base_model, "modules": len(aset.modules), "out": str(out)}
+    if as_file:
+        from .store.stream_write import write_streaming
+
+        specs = [(name, torch.float32, shape) for name, shape in aset.modules.items()]
+        metadata = {"format": "pslora-merge/1", "method": method, "adapters": json.dumps(aset.describe()),
+                    "base_model": json.dumps(info["base_model"])}
+        with atomic_path(out) as tmp:
+            write_streaming(tmp, specs, ((n, d.float().cpu()) for n, d in merged()), metadata)
+        info["kind"] = "dense updates"
+        return info
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, delta in merged():
+            params[name].add_(delta.to(params[name].dtype).to(params[name].device))
+    with atomic_folder(out, force) as tmp:
+        model.save_pretrained(tmp)
+        _save_tokenizer(base or aset.base_model, tmp)
+        (tmp / "README.md").write_text(_model_card(info), encoding="utf-8")
+    info["kind"] = "model folder"
+    return info
+
+
+def _load_base(base: str | None, aset: AdapterSet):
+    """The base model, in the class whose parameter names the adapters' module names follow; every adapted
+    module checked against it (name and shape) before anything is written."""
+    import transformers
+
+    if not base:
+        raise InputError("--base: the adapters name no base model (base_model_name_or_path); give --base MODEL")
+    cls = getattr(transformers, _AUTO_CLASSES.get(aset.task_type, "AutoModel"))
+    try:
+        model = cls.from_pretrained(base, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"--base {base}: cannot load it as {cls.__name__} ({first})") from None
+    params = dict(model.named_parameters())
+    for name, shape in aset.modules.items():
+        if name not in params:
+            raise InputError(f"{aset.owner[name]}: adapts {name}, which {base} ({cls.__name__}) does not have")
+        if tuple(params[name].shape) != shape:
+            raise InputError(f"{aset.owner[name]}: {name} has shape {list(shape)} in the adapter, "
+                             f"{list(params[name].shape)} in {base}")
+    return model
+
+
+def _save_tokenizer(base: str, folder: Path) -> None:
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    except (OSError, ValueError):
+        pass  # a model without a tokenizer (or one the base does not ship): the weights are the product
+
+
+def _model_card(info: dict) -> str:
+    rows = "\n".join(f"| {a['folder']} | {a['rank']} | {a['alpha']} | {a['modules']} | `{a['sha256']}` |"
+                     for a in info["adapters"])
+    return (f"# Merged LoRA adapters\n\nBase model: `{info['base_model']}`. Merge: `{info['method']}` "
+            f"(options {json.dumps(info['options'])}), {info['modules']} modules, folded into the base weights by "
+            f"`pslora merge --adapters` (W = W0 + merge of the dense updates s·B·A).\n\n"
+            f"| adapter | r | alpha | modules | sha256 of its weights |\n| --- | --- | --- | --- | --- |\n{rows}\n")
