@@ -29,7 +29,7 @@ class AdapterSet:
     def __init__(self, folders: list[Path]):
         if len(folders) < 2:
             raise InputError("--adapters: give at least two adapter folders to merge")
-        self.folders = [Path(f) for f in folders]
+        self.folders = [resolve_adapter_folder(Path(f)) for f in folders]
         seen = {}
         for f in self.folders:
             key = f.resolve()
@@ -74,9 +74,26 @@ class AdapterSet:
                  "sha256": self.sha256[str(f)]} for f, a in zip(self.folders, self.adapters)]
 
 
+def resolve_adapter_folder(given: Path) -> Path:
+    """A local folder as given; else a hub id ("owner/name"), whose config and weights are fetched into the hub's
+    cache where the hub is reachable."""
+    if given.is_dir():
+        return given
+    text = str(given)
+    if given.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise InputError(f"--adapters: {given}: not a folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, allow_patterns=[CONFIG_FILE, "adapter_model.safetensors",
+                                                            "adapter_model.bin"]))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repository, no access: one line either way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"--adapters: {given}: not a local folder, and not fetched from the hub ({first[:160]})") \
+            from None
+
+
 def _open_one(folder: Path) -> AdapterFile:
-    if not folder.is_dir():
-        raise InputError(f"--adapters: {folder}: not a folder")
     config = folder / CONFIG_FILE
     try:
         raw = json.loads(config.read_text(encoding="utf-8"))

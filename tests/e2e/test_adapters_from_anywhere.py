@@ -137,6 +137,14 @@ def test_merge_adapters_on_the_builtin_minilm(tmp_path, capsys):
     expected = ties(own_deltas(folders, module), torch.ones(3), 0.2)
     diff = (merged[module + ".weight"] - w0[module + ".weight"] - expected).abs()
     assert (diff > 1e-5).sum() <= 3
+    dense = tmp_path / "magnitude.safetensors"
+    code, _, err = run_cli(capsys, "merge", "--adapters", *folders, "--out", dense)
+    assert code == 0, err
+    deltas = own_deltas(folders, module)
+    best = deltas[0]
+    for d in deltas[1:]:
+        best = torch.where(d.abs() > best.abs(), d, best)
+    assert torch.equal(load_file(str(dense))[module + ".weight"], best)
 
 
 def test_analyze_shifts_on_adapters_writes_its_tables_and_figures(tiny, tmp_path, capsys):
@@ -208,6 +216,11 @@ def test_bad_adapters_exit_2_naming_the_folder_with_nothing_written(tiny, tmp_pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     code, _, err = run_cli(capsys, "merge", "--adapters", folders[0], "--out", tmp_path / "one.safetensors")
     assert code == 2 and "at least two" in err
+    # a hub id where the hub is not reachable (the tests run offline): one line, nothing written
+    code, _, err = run_cli(capsys, "merge", "--adapters", folders[0], "nobody/no-such-adapter", "--out",
+                           tmp_path / "hub.safetensors")
+    assert code == 2 and "nobody/no-such-adapter: not a local folder, and not fetched from the hub" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "hub.safetensors").exists()
 
 
 def test_an_adapter_saved_as_bin_merges_as_its_safetensors_twin(tiny, tmp_path, capsys):
