@@ -6,6 +6,8 @@
     peft-mprune PEFT's add_weighted_adapter(combination_type="magnitude_prune", density=0.2)
     peft-ties-svd  PEFT's combination_type="ties_svd" (dense TIES on the products, then an SVD back to rank 8):
                 PEFT's dense counterpart (full run, T5-large shape only: an SVD of 4096x4096 takes minutes here)
+    adapters    `pslora merge --adapters` (adapter_sets.merge_adapter_set): adapters from anywhere, each module's dense
+                updates streamed task by task into the magnitude merge, written as finished
     naive       stack all N dense updates of a module, argmax |.| over tasks, gather
 
 "alloc peak" (ours only): the peak of torch's CPU allocator during a second, profiled run of the same merge
@@ -32,7 +34,7 @@ SHAPES = {  # name -> (d_model, layers with q and v adapted)
     "t5-large": (1024, 4),
     "llama-7b": (4096, 1),
 }
-METHODS = ("ours", "peft-ties", "peft-mprune", "peft-ties-svd", "naive")
+METHODS = ("ours", "adapters", "peft-ties", "peft-mprune", "peft-ties-svd", "naive")
 
 
 def write_adapters(folder: Path, d: int, layers: int, n: int, seed: int = 0) -> list[str]:
@@ -68,6 +70,13 @@ def case_ours(dirs: list[str], out: str) -> dict:
     specs = [(name, torch.float32, adapters[0].weight_shape(name)) for name in adapters[0].modules]
     write_streaming(out, specs, merged_deltas(adapters, "magnitude"))  # each module written as it is finished
     return {"modules": len(specs)}
+
+
+def case_adapters(dirs: list[str], out: str) -> dict:
+    from pslora_cli.adapter_sets import merge_adapter_set
+
+    info = merge_adapter_set([Path(d) for d in dirs], "magnitude", Path(out), "cpu")
+    return {"modules": info["modules"]}
 
 
 def case_ours_alloc(dirs: list[str], out: str) -> dict:
@@ -116,6 +125,7 @@ def preload() -> None:
     import torch  # noqa: F401
     from peft import LoraConfig, PeftModel  # noqa: F401
 
+    import pslora_cli.adapter_sets  # noqa: F401
     import pslora_cli.models.adapters  # noqa: F401
 
 
@@ -152,6 +162,8 @@ def run(quick: bool, log=print) -> dict:
                                                     "skipped": f"needs ~{need / 2**30:.1f} GiB"})
                             continue
                         r = run_forked(case_naive, dirs[:n], out)
+                    elif method == "adapters":
+                        r = run_forked(case_adapters, dirs[:n], out)
                     elif method == "ours":
                         r = run_forked(case_ours, dirs[:n], out)
                         a = run_forked(case_ours_alloc, dirs[:n], out + ".alloc")
@@ -179,10 +191,11 @@ def _check_agreement(rows: list[dict]) -> dict:
     by = {(r["shape"], r["n"], r["method"]): r for r in rows}
     for (shape, n, method), r in by.items():
         naive = by.get((shape, n, "naive"))
-        if method != "ours" or "error" in r or not naive or "out" not in naive or "error" in naive:
+        if method not in ("ours", "adapters") or "error" in r or not naive or "out" not in naive or "error" in naive:
             continue
         a, b = load_file(r["out"]), load_file(naive["out"])
-        out[f"{shape} n={n}"] = a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+        key = f"{shape} n={n}" if method == "ours" else f"{shape} n={n} (--adapters)"
+        out[key] = a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     return out
 
 
@@ -212,6 +225,11 @@ def report(res: dict) -> str:
         growth = [by[(n, "ours")]["peak_rss"] - by[(n, "ours")]["start_rss"] for n in p["tasks"]
                   if (n, "ours") in by and "error" not in by[(n, "ours")]]
         alloc = [by[(n, "ours")].get("alloc_peak") for n in p["tasks"] if (n, "ours") in by]
+        grow_a = [by[(n, "adapters")]["peak_rss"] - by[(n, "adapters")]["start_rss"] for n in p["tasks"]
+                  if (n, "adapters") in by and "error" not in by[(n, "adapters")]]
+        if len(grow_a) >= 2:
+            lines.append(f"--adapters: peak RSS growth at {p['tasks'][-1]} tasks / at {p['tasks'][0]} tasks = "
+                         f"{grow_a[-1] / max(1, grow_a[0]):.2f}")
         if len(growth) >= 2:
             lines.append(f"ours: peak RSS growth at {p['tasks'][-1]} tasks / at {p['tasks'][0]} tasks = "
                          f"{growth[-1] / max(1, growth[0]):.2f}")
@@ -223,7 +241,7 @@ def report(res: dict) -> str:
             lines.append(f"15 tasks: PEFT ties time / ours = "
                          f"{by[(15, 'peft-ties')]['wall_s'] / by[(15, 'ours')]['wall_s']:.2f} (target >= 3)")
     if res.get("agree"):
-        lines.append("ours == naive stack-and-argmax (bitwise): "
+        lines.append("ours and --adapters == naive stack-and-argmax (bitwise): "
                      + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["agree"].items()))
     return "\n".join(lines)
 
