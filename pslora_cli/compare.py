@@ -36,7 +36,7 @@ def order_files(sequence_file: Path, orders: int, out_dir: Path) -> list[Path]:
         raise InputError(f"{sequence_file}: tasks: required: a non-empty list of tasks")
     files = [sequence_file]
     for k in range(2, orders + 1):
-        tasks = list(raw["tasks"])
+        tasks = [_absolute_paths(t, sequence_file.parent) for t in raw["tasks"]]
         random.Random(k).shuffle(tasks)
         path = out_dir / "orders" / f"order{k}.yaml"
         write_text_atomic(path, f"# {sequence_file.name} with its tasks in order {k} (seeded shuffle)\n"
@@ -57,13 +57,38 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 PAIRED_METRICS = ("acc", "bwt")
 
 
+def _absolute_paths(task, folder: Path):
+    """A task whose data files are named relative to the sequence's folder, with those names made absolute: the
+    order files live elsewhere, and each must run on its own (`compare --plan`)."""
+    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+        return task
+    data = dict(task["data"])
+    for key in ("path", "train", "test"):
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute() and (folder / value).exists():
+            data[key] = str((folder / value).resolve())
+    return {**task, "data": data}
+
+
 def default_baseline(methods: list[str]) -> str:
     """inc-lora when compared (the plain continual LoRA every method should beat), else the first method."""
     return "inc-lora" if "inc-lora" in methods else methods[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class GridRun:
+    method: str
+    order: int
+    seed: int
+    file: Path
+    store: Path
+
+
 def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: int, out_dir: Path,
-            base: Session, baseline: str | None = None, split: str = "test") -> dict:
+            base: Session, baseline: str | None = None, split: str = "test", jobs: int = 1,
+            mode: str = "run") -> dict:
+    """mode "run": train what is missing (in `jobs` processes when > 1) and summarise; "plan": only the list of
+    self-contained `pslora run` commands, one per run; "collect": summarise the stores that are finished."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
@@ -76,27 +101,30 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
         raise InputError("--seeds: give at least one seed")
     if orders < 1:
         raise InputError("--orders: must be >= 1")
+    if jobs < 1:
+        raise InputError(f"--jobs {jobs}: must be at least 1")
     if not sequence_file.is_file():
         raise InputError(f"{sequence_file}: sequence file not found")
     files = order_files(sequence_file, orders, out_dir)
-    runs = []
-    for method in methods:
-        for order, file in enumerate(files, start=1):
-            for seed in seeds:
-                store = out_dir / method / f"order{order}-seed{seed}"
-                session = dataclasses.replace(base, store_path=store, seed=seed, json=True,
-                                              overrides=list(base.overrides) + [f"method.name={method}"],
-                                              base_dir=sequence_file.parent)
-                base.reporter.info(f"== {method}, order {order}, seed {seed} -> {store}")
-                started = time.perf_counter()
-                result = run_sequence(session, str(file))
-                doc = result["matrix"] if split == "test" else evaluate_store(session, split)
-                runs.append({"method": method, "order": order, "seed": seed, "store": str(store),
-                             "wall_seconds": round(time.perf_counter() - started, 1),
-                             "trained": result["trained"], "tasks": doc["tasks"],
-                             "matrix": doc[doc["primary"]], "metrics": doc["metrics"].get("primary", {}),
-                             "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt"),
-                             "forgetting_split": doc["metrics"].get("forgetting_split")})
+    grid = [GridRun(method, order, seed, file, out_dir / method / f"order{order}-seed{seed}")
+            for method in methods for order, file in enumerate(files, start=1) for seed in seeds]
+    if mode == "plan":
+        from .grid import plan_commands
+
+        return {"sequence": str(sequence_file), "runs": len(grid), "commands": plan_commands(grid, base, split)}
+    if mode == "collect":
+        from .grid import collect_runs
+
+        runs, missing = collect_runs(grid, base, split)
+        if not runs:
+            raise InputError(f"{out_dir}: no finished store of this grid yet ({len(missing)} runs to go)")
+    elif jobs > 1:
+        from .grid import collect_runs, run_parallel
+
+        run_parallel(grid, base, jobs, out_dir)
+        runs, missing = collect_runs(grid, base, split)
+    else:
+        runs, missing = [_run_here(run, base, sequence_file, split) for run in grid], []
     summary = {}
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
@@ -110,13 +138,35 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
             summary[method][part] = dict(zip(("mean", "std"), _mean_std(values)))
     doc = {"sequence": str(sequence_file), "split": split, "methods": methods, "seeds": seeds, "orders": orders,
            "primary": "task_agnostic or task_aware per the sequence's scenario", "summary": summary,
-           "paired": paired_differences(runs, methods, baseline), "runs": runs}
+           "paired": paired_differences(runs, methods, baseline), "runs": runs,
+           "missing": [str(r.store) for r in missing]}
     name = "compare" if split == "test" else f"compare-{split}"  # the validation summary beside the test one
     write_json_atomic(out_dir / f"{name}.json", doc)
     write_text_atomic(out_dir / f"{name}.csv", summary_csv(summary))
     doc["figure"] = str(plot_curves(runs, methods, out_dir / ("curves.png" if split == "test" else f"curves-{split}.png")))
     doc["files"] = [str(out_dir / f"{name}.json"), str(out_dir / f"{name}.csv")]
     return doc
+
+
+def _run_here(run: GridRun, base: Session, sequence_file: Path, split: str) -> dict:
+    """One run in this process: train what its store lacks, then its matrix on `split`."""
+    session = dataclasses.replace(base, store_path=run.store, seed=run.seed, json=True,
+                                  overrides=list(base.overrides) + [f"method.name={run.method}"],
+                                  base_dir=sequence_file.parent)
+    base.reporter.info(f"== {run.method}, order {run.order}, seed {run.seed} -> {run.store}")
+    started = time.perf_counter()
+    result = run_sequence(session, str(run.file))
+    doc = result["matrix"] if split == "test" else evaluate_store(session, split)
+    return run_record(run, doc, result["trained"], round(time.perf_counter() - started, 1))
+
+
+def run_record(run: GridRun, doc: dict, trained: list[str] | None, seconds: float | None) -> dict:
+    """What the summary keeps of one run's matrix."""
+    return {"method": run.method, "order": run.order, "seed": run.seed, "store": str(run.store),
+            "wall_seconds": seconds, "trained": trained, "tasks": doc["tasks"],
+            "matrix": doc[doc["primary"]], "metrics": doc["metrics"].get("primary", {}),
+            "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt"),
+            "forgetting_split": doc["metrics"].get("forgetting_split")}
 
 
 def paired_differences(runs: list[dict], methods: list[str], baseline: str) -> dict:

@@ -71,6 +71,13 @@ def compare_cmd(
         "--baseline", help="The method the others are paired against (default: inc-lora if compared, else the "
                            "first).")] = None,
     split: SplitOpt = "test",
+    jobs: Annotated[int, typer.Option("--jobs", help="Runs at a time, each in its own process (the CPU threads "
+                                                     "split between them; one GPU each where several are "
+                                                     "visible).")] = 1,
+    plan: Annotated[bool, typer.Option("--plan", help="Print one self-contained `pslora run` command per run (for a "
+                                                      "cluster's job array or GNU parallel) and run nothing.")] = False,
+    collect: Annotated[bool, typer.Option("--collect", help="Summarise the runs whose stores are finished, train "
+                                                            "nothing.")] = False,
     device: DeviceOpt = "auto", json_: JsonOpt = False, quiet: QuietOpt = False, set_: SetOpt = None,
     threads: ThreadsOpt = None,
 ):
@@ -82,10 +89,18 @@ def compare_cmd(
         seed_list = [int(v) for v in seeds.split(",") if v.strip()]
     except ValueError:
         raise InputError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    doc = compare(sequence, comma_list(methods) or [], seed_list, orders, out, s, baseline, check_split(split))
+    if plan and collect:
+        raise InputError("--plan and --collect: choose one")
+    mode = "plan" if plan else "collect" if collect else "run"
+    doc = compare(sequence, comma_list(methods) or [], seed_list, orders, out, s, baseline, check_split(split),
+                  jobs=jobs, mode=mode)
     if json_:
         emit_json(doc)
+    elif plan:
+        s.reporter.out.print("\n".join(doc["commands"]), soft_wrap=True, highlight=False, markup=False)
     else:
+        if doc["missing"]:
+            s.reporter.info(f"{len(doc['missing'])} run(s) not finished, left out: {', '.join(doc['missing'])}")
         print_summary(s.reporter, doc)
         s.reporter.info(f"summary ({doc['split']} split): {', '.join(doc['files'])}; figure: {doc['figure']}")
 

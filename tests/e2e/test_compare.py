@@ -164,3 +164,36 @@ def test_multitask_trains_tasks_jointly_with_one_head_per_stage(tiny_bert, write
     assert code == 0
     # its data check compares each task's joint training data with what it was trained on
     assert main(["eval", "--store", str(store), "--split", "validation", "--quiet", "--device", "cpu"]) == 0
+
+
+def test_compare_jobs_plan_and_collect_give_what_the_sequential_grid_gives(tiny_bert, write_sequence, tmp_path,
+                                                                           capsys):
+    """A 2-run grid: run in 2 processes, it gives the sequential grid's matrices; --plan's commands, run one by one,
+    give the same stores; --collect summarises whatever is finished."""
+    import shlex
+
+    seq = write_sequence(two_tasks(tiny_bert))
+    grid = ["compare", str(seq), "--methods", "ps-lora,inc-lora", "--seeds", "0", "--device", "cpu", "--json",
+            "--quiet", "--threads", "2"]
+    assert main(grid + ["--out", str(tmp_path / "seq")]) == 0
+    sequential = json.loads(capsys.readouterr().out)
+    assert main(grid + ["--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
+    parallel = json.loads(capsys.readouterr().out)
+    assert [r["matrix"] for r in parallel["runs"]] == [r["matrix"] for r in sequential["runs"]]
+    assert parallel["summary"] == sequential["summary"] and parallel["missing"] == []
+    assert sorted(p.name for p in (tmp_path / "par" / "logs").iterdir()) == ["inc-lora-order1-seed0.log",
+                                                                             "ps-lora-order1-seed0.log"]
+    # --plan: one command per run; run only the first, then --collect sees one finished run of two
+    out = tmp_path / "plan"
+    assert main(grid + ["--out", str(out), "--plan"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["runs"] == 2 and all(c.startswith("pslora run ") for c in plan["commands"])
+    first = shlex.split(plan["commands"][0])
+    assert first[first.index("--set") + 1] == "method.name=ps-lora" and not (out / "ps-lora").exists()
+    assert main(first[1:]) == 0
+    capsys.readouterr()
+    assert main(grid + ["--out", str(out), "--collect"]) == 0
+    collected = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in collected["runs"]] == ["ps-lora"] and len(collected["missing"]) == 1
+    assert collected["runs"][0]["matrix"] == sequential["runs"][0]["matrix"]
+    assert main(grid + ["--out", str(tmp_path / "empty"), "--collect"]) == 2
