@@ -68,6 +68,8 @@ def _stats_text(stats: dict) -> str:
         parts.append(f"ps {stats['stability_loss']:.4f}")
     if stats.get("orthogonality_loss"):
         parts.append(f"orth {stats['orthogonality_loss']:.4f}")
+    if stats.get("sparsity_loss"):
+        parts.append(f"l1 {stats['sparsity_loss']:.4f}")
     parts.append(f"acc {stats['train_accuracy']:.2f}")
     return " ".join(parts)
 

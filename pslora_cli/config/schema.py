@@ -86,6 +86,12 @@ class Method:
     # O-LoRA's lambda_1 for sum_{i<t} ||A_i A_t^T||_1 (null: the method's own, 0.5 for the o-lora methods and 0 for
     # custom, so that custom adds O-LoRA's term only where asked).
     orthogonality_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0)
+    # N-LoRA's lambda_1 for its l1 sparsity term on the new task's factors (training/regularisers.py; null: the
+    # method's own, 0.4 for n-lora as its official T5 scripts set it, 0 otherwise) and the term's form: "official"
+    # (sum over modules of ||A_t B_t||_1, the r x r product the official code computes, square modules only) or
+    # "update" (sum over modules of ||s B_t A_t||_1 = ||dW_t||_1, the paper's statement, any module).
+    sparsity_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0, legacy=0.0)
+    sparsity_form: str = setting("official", (str,), choices=("official", "update"), legacy="official")
     # choices: the merge registry (core/merges), checked by the validator.
     merge: str = setting("magnitude", (str,))
     merge_density: float = setting(0.2, NUMBER)  # TIES: fraction of each update kept by the trim step
@@ -105,6 +111,10 @@ class Method:
     @property
     def merge_options(self) -> dict:
         """The merge's keyword arguments."""
+        if self.merge_scale is None:  # a Method made outside validation: the merge's own scale
+            from ..core.merges import MERGE_SCALE_DEFAULTS
+
+            return {"density": self.merge_density, "scale": MERGE_SCALE_DEFAULTS.get(self.merge, 1.0)}
         return {"density": self.merge_density, "scale": self.merge_scale}
 
     @property

@@ -132,6 +132,7 @@ def _task(raw: Any, i: int, seen: dict[str, int], where: Where) -> Task:
 
 
 ORTHOGONALITY_DEFAULT = 0.5  # lambda_1 of the o-lora methods when the sequence gives none
+SPARSITY_DEFAULT = 0.4  # N-LoRA's lamda_1 in its official T5 scripts (scripts/order_1.sh .. order_3.sh)
 
 
 def _resolve_method(method: dict, raw: dict, where: Where) -> None:
@@ -160,7 +161,10 @@ def _resolve_method(method: dict, raw: dict, where: Where) -> None:
         method["merge_scale"] = MERGE_SCALE_DEFAULTS.get(method["merge"], 1.0)
     if method["orthogonality_weight"] is None:
         method["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
-    for key, on in (("stability_weight", spec.stability), ("orthogonality_weight", spec.orthogonality)):
+    if method["sparsity_weight"] is None:
+        method["sparsity_weight"] = SPARSITY_DEFAULT if spec.sparsity else 0.0
+    for key, on in (("stability_weight", spec.stability), ("orthogonality_weight", spec.orthogonality),
+                    ("sparsity_weight", spec.sparsity)):
         if on is False:
             method[key] = 0.0
         elif on and method[key] <= 0:
@@ -256,7 +260,8 @@ def stored_form(seq: dict) -> dict:
     if spec is not None:
         derived |= {key for key in ("merge", "previous") if getattr(spec, key) is not None}
         derived |= {key for key, on in (("stability_weight", spec.stability), ("orthogonality_weight",
-                                                                               spec.orthogonality)) if on is False}
+                                                                               spec.orthogonality),
+                                        ("sparsity_weight", spec.sparsity)) if on is False}
     defaults = {f.name: _default(f) for f in dataclasses.fields(Method)}  # refilled by validation anyway
     raw["method"] = {k: v for k, v in method.items() if k not in derived and v != defaults.get(k)}
     return raw

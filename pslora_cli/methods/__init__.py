@@ -18,6 +18,7 @@ class MethodSpec:
     # True: the term is on (its weight must be > 0); False: forced off; None: the sequence's weight decides.
     stability: bool | None = None
     orthogonality: bool | None = None
+    sparsity: bool | None = False  # N-LoRA's l1 term: off unless a method (or custom, None) asks for it
     # Fixed settings (None: left to the sequence): the merge, and how earlier tasks enter training (merge/sum/none).
     merge: str | None = None
     previous: str | None = None
@@ -56,4 +57,4 @@ def methods_help() -> str:
 
 
 # Registered in this order: the order of the help texts and of the choices in error messages.
-from . import ps_lora, inc_lora, o_lora, seq_lora, magmax, per_task, multitask, custom  # noqa: E402,F401,I001
+from . import ps_lora, inc_lora, o_lora, n_lora, seq_lora, magmax, per_task, multitask, custom  # noqa: E402,F401,I001

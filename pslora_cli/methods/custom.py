@@ -2,4 +2,4 @@
 
 from . import MethodSpec, register
 
-register(MethodSpec("custom", "every setting as given"))
+register(MethodSpec("custom", "every setting as given", sparsity=None))

@@ -281,8 +281,8 @@ def micro_step(run: TaskTraining, step: int, accumulation: int) -> dict:
         logits = run.runner(batch)
     logits = logits.float()
     task_loss = nn.functional.cross_entropy(logits, targets)
-    ps_loss, orth_loss = run.regulariser.terms(run.layers, device)
-    regulariser = run.regulariser.weighted(ps_loss, orth_loss)
+    ps_loss, orth_loss, sparse_loss = run.regulariser.terms(run.layers, device)
+    regulariser = run.regulariser.weighted(ps_loss, orth_loss, sparse_loss)
     if not world.active:
         loss = task_loss + regulariser
         loss_value, task_value = loss.item(), task_loss.item()
@@ -298,7 +298,7 @@ def micro_step(run: TaskTraining, step: int, accumulation: int) -> dict:
                         f"(try a lower training.learning_rate)")
     (loss / accumulation if accumulation > 1 else loss).backward()
     return {"loss": loss_value, "task_loss": task_value, "stability_loss": ps_loss.item(),
-            "orthogonality_loss": orth_loss.item(), "train_accuracy": acc}
+            "orthogonality_loss": orth_loss.item(), "sparsity_loss": sparse_loss.item(), "train_accuracy": acc}
 
 
 def training_batch(run: TaskTraining, idx: list[int]) -> tuple[dict, torch.Tensor]:

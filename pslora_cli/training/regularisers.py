@@ -1,11 +1,13 @@
 """The terms a method adds to the task loss while training task t: the Parameter Stability Loss on ΔW_t against
-the history H = Σ_{i<t} ΔW_i (METHOD.md §1) and O-LoRA's orthogonality term Σ_{i<t} ‖A_i A_tᵀ‖₁."""
+the history H = Σ_{i<t} ΔW_i (METHOD.md §1), O-LoRA's orthogonality term Σ_{i<t} ‖A_i A_tᵀ‖₁ and N-LoRA's l1
+sparsity term on the new factors (methods/n_lora.py)."""
 
 from __future__ import annotations
 
 import torch
 
 from ..config import Method
+from ..errors import InputError
 from ..core.stability import MODULE_MEAN_VARIANTS, adaptive_alpha
 from ..core.stability_lean import prepare_history
 
@@ -18,7 +20,7 @@ class Regulariser:
         self.method = method
         self.alphas = {name: _alpha(method, history[name], device) for name in layers if name in history}
         self.use_stability = bool(previous) and method.stability_weight > 0
-        self.use_orthogonality = bool(prev_factors_a) and method.orthogonality_weight > 0
+        self.use_orthogonality = bool(prev_factors_a) and (method.orthogonality_weight or 0) > 0
         # The stability loss reads H block by block (core/stability_lean.py): the earlier tasks' stacked factors
         # when they are smaller than dense H, else tanh(αH) cached densely; nothing d_out x d_in is kept for
         # backward.
@@ -27,20 +29,31 @@ class Regulariser:
                                               alpha=self.alphas[name], variant=method.variant)
                         for name in layers} if self.use_stability else {}
         self.prev_factors_a = prev_factors_a
+        self.use_sparsity = (method.sparsity_weight or 0) > 0  # None: a Method made outside validation
+        if self.use_sparsity and method.sparsity_form == "official":
+            for name, layer in layers.items():
+                a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+                if a.dim() != 2 or a.shape[1] != b.shape[0]:
+                    raise InputError(f"method.sparsity_form: 'official' (N-LoRA's ||A B||_1, A (r, d_in) times B "
+                                     f"(d_out, r)) needs d_in = d_out; {name} maps {a.shape[1]} to {b.shape[0]}: "
+                                     f"set method.sparsity_form: update (||dW||_1, the paper's form)")
 
     @property
     def active(self) -> bool:
-        return self.use_stability or self.use_orthogonality
+        return self.use_stability or self.use_orthogonality or self.use_sparsity
 
-    def terms(self, layers: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_PS over modules: their mean for the scale-free variants, else their sum; Σ_m Σ_{i<t} ‖A_i A_tᵀ‖₁),
-        for the current factors."""
+    def terms(self, layers: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L_PS over modules: their mean for the scale-free variants, else their sum; Σ_m Σ_{i<t} ‖A_i A_tᵀ‖₁;
+        N-LoRA's Σ_m ‖A_t B_t‖₁ or Σ_m ‖s B_t A_t‖₁), for the current factors."""
         ps_loss = torch.zeros((), device=device)
         orth_loss = torch.zeros((), device=device)
+        sparse_loss = torch.zeros((), device=device)
         if not self.active:
-            return ps_loss, orth_loss
+            return ps_loss, orth_loss, sparse_loss
         for name, layer in layers.items():
             a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            if self.use_sparsity:
+                sparse_loss = sparse_loss + sparsity_term(a, b, layer.scaling["default"], self.method.sparsity_form)
             if self.use_stability:
                 ps_loss = ps_loss + self.history[name].loss(a, b, layer.scaling["default"],
                                                             reduction=self.method.reduction)
@@ -50,10 +63,21 @@ class Regulariser:
                     orth_loss = orth_loss + (a_i @ a_t.T).abs().sum()
         if self.use_stability and self.method.variant in MODULE_MEAN_VARIANTS:
             ps_loss = ps_loss / len(layers)  # a mean over modules: λ means the same on every model (P5)
-        return ps_loss, orth_loss
+        return ps_loss, orth_loss, sparse_loss
 
-    def weighted(self, ps_loss: torch.Tensor, orth_loss: torch.Tensor) -> torch.Tensor:
-        return self.method.stability_weight * ps_loss + self.method.orthogonality_weight * orth_loss
+    def weighted(self, ps_loss: torch.Tensor, orth_loss: torch.Tensor, sparse_loss: torch.Tensor) -> torch.Tensor:
+        m = self.method
+        return (m.stability_weight * ps_loss + (m.orthogonality_weight or 0) * orth_loss
+                + (m.sparsity_weight or 0) * sparse_loss)
+
+
+def sparsity_term(a: torch.Tensor, b: torch.Tensor, scaling: float, form: str) -> torch.Tensor:
+    """N-LoRA's l1 term of one module. "official": ‖A B‖₁ with A (r, d_in) and B (d_out, r), the r x r product
+    `torch.mm(loranew_A.weight, loranew_B.weight)` of the official trainer (d_in = d_out; the LoRA scaling is not in
+    it); "update": ‖s B A‖₁, the l1 norm of the update ΔW_t itself."""
+    if form == "official":
+        return (a @ b).abs().sum()
+    return (scaling * (b.flatten(1) @ a.flatten(1))).abs().sum()
 
 
 def _alpha(method: Method, history: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -197,3 +197,15 @@ def test_compare_jobs_plan_and_collect_give_what_the_sequential_grid_gives(tiny_
     assert [r["method"] for r in collected["runs"]] == ["ps-lora"] and len(collected["missing"]) == 1
     assert collected["runs"][0]["matrix"] == sequential["runs"][0]["matrix"]
     assert main(grid + ["--out", str(tmp_path / "empty"), "--collect"]) == 2
+
+
+def test_n_lora_trains_with_its_l1_term_and_sums_the_adapters(tiny_bert, write_sequence, tmp_path, capsys):
+    seq = write_sequence(two_tasks(tiny_bert, name="n-lora"))
+    store = tmp_path / "s"
+    assert main(["run", str(seq), "--store", str(store), "--json", "--quiet", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["merge"]["method"] == "sum"
+    for task in ("t1", "t2"):  # the term from the first task on
+        meta = json.loads((store / "tasks" / task / "meta.json").read_text())
+        assert meta["train"]["final"]["sparsity_loss"] > 0 and meta["config"]["method"]["sparsity_weight"] == 0.4
+        assert meta["train"]["final"]["orthogonality_loss"] == 0

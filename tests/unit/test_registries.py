@@ -40,7 +40,7 @@ def error(overrides) -> str:
 
 def test_the_registry_holds_the_documented_methods():
     assert list(METHODS) == ["ps-lora", "ps-lora+o-lora", "ps-loss-only", "ps-merge-only", "inc-lora", "o-lora",
-                             "seq-lora", "magmax", "magmax-ind", "per-task", "multitask", "custom"]
+                             "n-lora", "seq-lora", "magmax", "magmax-ind", "per-task", "multitask", "custom"]
     assert all(isinstance(spec, MethodSpec) and spec.name == name for name, spec in METHODS.items())
     assert all(f"{name}: " in methods_help() for name in METHODS)
 
@@ -56,6 +56,7 @@ def test_every_method_validates_with_its_fixed_settings(name):
     # term is not added unless the method is an o-lora one or the sequence sets its weight
     assert method.stability_weight == (0.0 if spec.stability is False else 1.0)
     assert method.orthogonality_weight == (0.5 if spec.orthogonality else 0.0)
+    assert method.sparsity_weight == (0.4 if spec.sparsity else 0.0)
     assert method.stage_rule == ("own" if spec.own_adapters else method.merge)
     assert parse([f"method.name={name}"]).to_dict()["method"]["init"] == spec.init
     # a setting the method fixes cannot be changed; one it leaves open can
