@@ -1,7 +1,7 @@
 """Markdown for RESULTS.md from finished stores (each one `pslora run`): per store its method, seed, ACC, BWT,
 forgetting, learning accuracy and training time, then each store's primary accuracy matrix.
 
-    .venv/bin/python benchmarks/stores_markdown.py STORE [STORE ...]
+    .venv/bin/python benchmarks/stores_markdown.py [--split validation] STORE [STORE ...]
 """
 
 import json
@@ -13,13 +13,14 @@ def pct(v) -> str:
     return "—" if v is None else f"{100 * v:.1f}".replace("-", "−")
 
 
-def main(stores: list[Path]) -> None:
+def main(stores: list[Path], split: str = "test") -> None:
     rows = []
     print("| store | method | seed | ACC | BWT | forgetting | learning acc. | training min |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for store in stores:
         seq = json.loads((store / "manifest.json").read_text())["sequence"]
-        doc = json.loads((store / "eval" / "matrix.json").read_text())
+        folder = store / "eval" if split == "test" else store / "eval" / split
+        doc = json.loads((folder / "matrix.json").read_text())
         m = doc["metrics"]["primary"]
         minutes = sum(json.loads(p.read_text())["train"]["seconds"] for p in (store / "tasks").glob("*/meta.json")) / 60
         print(f"| {store.name} | {seq['method']['name']} | {seq['seed']} | {pct(m['acc'])} | {pct(m['bwt'])} | "
@@ -34,4 +35,8 @@ def main(stores: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    main([Path(a) for a in sys.argv[1:]])
+    args = sys.argv[1:]
+    split = "test"
+    if args[:1] == ["--split"]:
+        split, args = args[1], args[2:]
+    main([Path(a) for a in args], split)
