@@ -36,7 +36,7 @@ def order_files(sequence_file: Path, orders: int, out_dir: Path) -> list[Path]:
         raise InputError(f"{sequence_file}: tasks: required: a non-empty list of tasks")
     files = [sequence_file]
     for k in range(2, orders + 1):
-        tasks = [_absolute_paths(t, sequence_file.parent) for t in raw["tasks"]]
+        tasks = list(raw["tasks"])
         random.Random(k).shuffle(tasks)
         path = out_dir / "orders" / f"order{k}.yaml"
         write_text_atomic(path, f"# {sequence_file.name} with its tasks in order {k} (seeded shuffle)\n"
@@ -57,19 +57,6 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 PAIRED_METRICS = ("acc", "bwt")
 
 
-def _absolute_paths(task, folder: Path):
-    """A task whose data files are named relative to the sequence's folder, with those names made absolute: the
-    order files live elsewhere, and each must run on its own (`compare --plan`)."""
-    if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-        return task
-    data = dict(task["data"])
-    for key in ("path", "train", "test"):
-        value = data.get(key)
-        if isinstance(value, str) and not Path(value).expanduser().is_absolute() and (folder / value).exists():
-            data[key] = str((folder / value).resolve())
-    return {**task, "data": data}
-
-
 def default_baseline(methods: list[str]) -> str:
     """inc-lora when compared (the plain continual LoRA every method should beat), else the first method."""
     return "inc-lora" if "inc-lora" in methods else methods[0]
@@ -82,6 +69,7 @@ class GridRun:
     seed: int
     file: Path
     store: Path
+    data_dir: Path  # where the sequence's relative data paths resolve: the written sequence's folder
 
 
 def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: int, out_dir: Path,
@@ -106,7 +94,7 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
     if not sequence_file.is_file():
         raise InputError(f"{sequence_file}: sequence file not found")
     files = order_files(sequence_file, orders, out_dir)
-    grid = [GridRun(method, order, seed, file, out_dir / method / f"order{order}-seed{seed}")
+    grid = [GridRun(method, order, seed, file, out_dir / method / f"order{order}-seed{seed}", sequence_file.parent)
             for method in methods for order, file in enumerate(files, start=1) for seed in seeds]
     if mode == "plan":
         from .grid import plan_commands

@@ -20,7 +20,7 @@ from .session import Session, default_threads
 def run_argv(run, base: Session, threads: int | None = None) -> list[str]:
     """The `pslora run` arguments of one grid run: absolute paths, its seed, method and the grid's overrides."""
     argv = ["run", str(Path(run.file).resolve()), "--store", str(Path(run.store).resolve()), "--seed", str(run.seed),
-            "--set", f"method.name={run.method}"]
+            "--set", f"method.name={run.method}", "--data-dir", str(Path(run.data_dir).resolve())]
     for override in base.overrides:
         argv += ["--set", override]
     argv += ["--device", base.device_name]
@@ -112,7 +112,8 @@ def collect_runs(grid: list, base: Session, split: str) -> tuple[list[dict], lis
         if not store.exists():
             missing.append(run)
             continue
-        seq, _ = load_sequence(run.file, list(base.overrides) + [f"method.name={run.method}", f"seed={run.seed}"])
+        seq, _ = load_sequence(run.file, list(base.overrides) + [f"method.name={run.method}", f"seed={run.seed}"],
+                               base_dir=run.data_dir)
         if len(store.trained_prefix(seq.task_ids)) < len(seq.tasks):
             missing.append(run)
             continue

@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
 
 def run_cmd(
     sequence: Annotated[Path, typer.Argument(help="Task sequence YAML file.")],
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data-dir", help="Where the sequence's relative data paths resolve (default: the sequence file's "
+                           "folder; compare's order files use the original sequence's).")] = None,
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
     quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None, restart: RestartOpt = False,
 ):
@@ -53,6 +56,10 @@ def run_cmd(
     from ..pipeline import run_sequence
 
     s = session(store, device, seed, json_, quiet, set_, threads)
+    if data_dir is not None:
+        if not data_dir.is_dir():
+            raise InputError(f"--data-dir {data_dir}: not a folder")
+        s.base_dir = data_dir
     result = run_sequence(s, str(sequence), restart=restart)
     if json_:
         emit_json(result)

@@ -209,3 +209,28 @@ def test_n_lora_trains_with_its_l1_term_and_sums_the_adapters(tiny_bert, write_s
         meta = json.loads((store / "tasks" / task / "meta.json").read_text())
         assert meta["train"]["final"]["sparsity_loss"] > 0 and meta["config"]["method"]["sparsity_weight"] == 0.4
         assert meta["train"]["final"]["orthogonality_loss"] == 0
+
+
+def test_planned_commands_of_shuffled_orders_find_relative_data_files(tiny_bert, write_sequence, tmp_path, capsys):
+    """Order files live in OUT/orders/; their relative data paths resolve against the original sequence's folder
+    (`run --data-dir`), and the order files keep the data as written (their stores' identity)."""
+    import shlex
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + "".join(
+            f"{name}{i} w{i} x{i},{'pq'[i % 2]}\n" for i in range(24)))
+    seq = tiny_sequence(tiny_bert, tasks=[{"id": n, "data": {"type": "files", "train": f"{n}.csv"}} for n in "ab"])
+    seq["training"]["steps"] = 2
+    path = write_sequence(seq)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(path), "--methods", "inc-lora", "--seeds", "0", "--orders", "2", "--out", str(out),
+                 "--plan", "--json", "--quiet"]) == 0
+    commands = json.loads(capsys.readouterr().out)["commands"]
+    order2 = shlex.split(commands[1])
+    assert "orders/order2.yaml" in order2[2] and order2[order2.index("--data-dir") + 1] == str(tmp_path.resolve())
+    import yaml
+
+    written = yaml.safe_load((out / "orders" / "order2.yaml").read_text())
+    assert sorted(t["data"]["train"] for t in written["tasks"]) == ["a.csv", "b.csv"]
+    assert main(order2[1:] + ["--json"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["trained"]) == ["a", "b"]
