@@ -35,7 +35,7 @@ def merge_tasks(seq: Sequence, store: Store, method: str, task_ids: list[str] | 
     specs += [(name, t.dtype, tuple(t.shape)) for name, t in heads.items()]
 
     def tensors():
-        for name, delta in merged_deltas(adapters, method, device, **seq.method.merge_options):
+        for name, delta in merged_deltas(adapters, method, device, **seq.method.options_for(method)):
             yield name, delta.reshape(shapes[name])
             del delta  # written by now: free it before the next module is merged
         yield from heads.items()

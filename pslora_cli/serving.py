@@ -83,7 +83,7 @@ def continual_model(seq: Sequence, store: Store, device: torch.device, task: str
     else:
         adapters, indices = evaluator.adapters(stage), list(range(stage))
         merge_name = merge or seq.method.merge
-        options = seq.method.merge_options
+        options = seq.method.options_for(merge_name)
         updates = dict(merged_deltas(adapters, merge_name, device, **options))
     evaluator.folder.fold(updates)
     model = ContinualModel(seq=seq, backbone=evaluator.backbone, tasks=[seq.tasks[i].id for i in indices],

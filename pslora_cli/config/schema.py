@@ -110,12 +110,18 @@ class Method:
 
     @property
     def merge_options(self) -> dict:
-        """The merge's keyword arguments."""
-        if self.merge_scale is None:  # a Method made outside validation: the merge's own scale
-            from ..core.merges import MERGE_SCALE_DEFAULTS
+        """The keyword arguments of the sequence's merge."""
+        return self.options_for(self.merge)
 
-            return {"density": self.merge_density, "scale": MERGE_SCALE_DEFAULTS.get(self.merge, 1.0)}
-        return {"density": self.merge_density, "scale": self.merge_scale}
+    def options_for(self, merge: str) -> dict:
+        """The keyword arguments of `merge` (the sequence's, or another chosen for one command): the scale as set,
+        or that merge's own where the sequence left it at its merge's default (MagMax 0.5, the others 1)."""
+        from ..core.merges import MERGE_SCALE_DEFAULTS
+
+        scale = self.merge_scale
+        if scale is None or (merge != self.merge and scale == MERGE_SCALE_DEFAULTS.get(self.merge, 1.0)):
+            scale = MERGE_SCALE_DEFAULTS.get(merge, 1.0)
+        return {"density": self.merge_density, "scale": scale}
 
     @property
     def stage_rule(self) -> str:

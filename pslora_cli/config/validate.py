@@ -263,5 +263,19 @@ def stored_form(seq: dict) -> dict:
                                                                                spec.orthogonality),
                                         ("sparsity_weight", spec.sparsity)) if on is False}
     defaults = {f.name: _default(f) for f in dataclasses.fields(Method)}  # refilled by validation anyway
+    # the weights and scale a null resolved to, for this method and merge, are left out too: another method chosen
+    # with --set method.name=... resolves its own
+    defaults |= resolved_defaults(spec, method.get("merge"))
     raw["method"] = {k: v for k, v in method.items() if k not in derived and v != defaults.get(k)}
     return raw
+
+
+def resolved_defaults(spec, merge: str | None) -> dict:
+    """What validation puts in place of a null orthogonality_weight, sparsity_weight and merge_scale."""
+    from ..core.merges import MERGE_SCALE_DEFAULTS
+
+    out = {"merge_scale": MERGE_SCALE_DEFAULTS.get(merge, 1.0)}
+    if spec is not None:
+        out["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
+        out["sparsity_weight"] = SPARSITY_DEFAULT if spec.sparsity else 0.0
+    return out

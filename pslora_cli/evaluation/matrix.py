@@ -39,6 +39,8 @@ def matrix_keys(seq: Sequence, store: Store, k: int, split: str = "test",
     first k tasks as they are in the store now."""
     ids = seq.task_ids[:k]
     merge = [seq.method.stage_rule, seq.method.merge_density, seq.method.merge_scale]
+    if seq.method.stage_rule == "ties":  # its sign election was corrected: stages merged the old way are stale
+        merge.append("ties: sign of the trimmed sum")
     if seq.generative:  # the scorer decides the cells of a language model's matrix
         merge.append(scorer_detail(seq))
     adapters = [store.adapter_sha256(t) for t in ids]

@@ -243,3 +243,18 @@ def test_store_in_use_is_refused(finished_store, capsys):
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         code, _, err = run_cli(capsys, "merge", "--store", store)
     assert code == 2 and "in use" in err
+
+
+def test_a_ties_matrix_scored_with_the_old_sign_rule_is_scored_again(finished_store, capsys):
+    """The row keys of a TIES stage carry the corrected rule, so a matrix merged by the old one is not kept."""
+    from pslora_cli.config import canonical_hash
+
+    _, store = finished_store
+    ties = ["--set", "method.name=custom", "--set", "method.merge=ties"]
+    code, doc, err = run_cli(capsys, "eval", "--store", store, *ties, "--json", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    shas = [json.loads((store / "tasks" / t / "meta.json").read_text())["sha256"]["adapter_model.safetensors"]
+            for t in ("t1", "t2", "t3")]
+    assert doc["row_keys"][1] != canonical_hash(["ties", 0.2, 1.0] + shas[:1])  # the key before the fix
+    code, _, err = run_cli(capsys, "eval", "--store", store, "--json", "--quiet", "--device", "cpu")  # back
+    assert code == 0, err

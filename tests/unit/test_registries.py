@@ -186,3 +186,30 @@ def test_merge_options_reach_the_merge():
 def test_unknown_merge_module_is_refused():
     with pytest.raises(ValueError, match="unknown merge method 'median'"):
         merge_module(lambda: iter([D1]), "median")
+
+
+def test_a_merge_chosen_for_one_command_gets_its_own_scale_unless_one_was_set():
+    ps = parse(["method.name=ps-lora"]).method
+    assert ps.merge_scale == 1.0 and ps.options_for("magmax")["scale"] == 0.5  # `pslora merge --method magmax`
+    assert ps.options_for("task-arithmetic")["scale"] == 1.0
+    mm = parse(["method.name=magmax"]).method
+    assert mm.merge_options["scale"] == 0.5 and mm.options_for("task-arithmetic")["scale"] == 1.0
+    set_ = parse(["method.name=custom", "method.merge=task-arithmetic", "method.merge_scale=0.3"]).method
+    assert set_.options_for("magmax")["scale"] == 0.3 and set_.merge_options["scale"] == 0.3
+
+
+def test_another_method_on_a_stored_sequence_resolves_its_own_weights_and_scale():
+    """What a store recorded for one method (0 for O-LoRA's weight under custom, 1 for the scale under ps-lora) is
+    not carried to another method chosen with --set method.name=..."""
+    from pslora_cli.config import sequence_from_stored
+
+    custom = parse(["method.name=custom"])
+    olora = sequence_from_stored(custom.to_dict(), "manifest.json", ["method.name=o-lora"]).method
+    assert olora.orthogonality_weight == 0.5
+    magmax = sequence_from_stored(parse(["method.name=ps-lora"]).to_dict(), "manifest.json",
+                                  ["method.name=magmax"]).method
+    assert magmax.merge_scale == 0.5 and magmax.merge == "magmax"
+    nlora = sequence_from_stored(parse(["method.name=ps-lora"]).to_dict(), "manifest.json", ["method.name=n-lora"])
+    assert nlora.method.sparsity_weight == 0.4
+    kept = parse(["method.name=custom", "method.orthogonality_weight=0.2"])
+    assert sequence_from_stored(kept.to_dict(), "manifest.json").method.orthogonality_weight == 0.2
