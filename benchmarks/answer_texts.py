@@ -53,8 +53,8 @@ def main() -> int:
             written, prefixes = [], []
             for start in range(0, len(xs), seq.training.eval_batch_size):
                 chunk = xs[start:start + seq.training.eval_batch_size]
-                written += [normalise(t) for t in generated_answers(ev.backbone, chunk, budget, ev.device)]
-                prefixes += [normalise(t) for t in generated_answers(ev.backbone, chunk, longest, ev.device)]
+                written += [normalise(t) for t in generated_answers(ev.backbone, chunk, budget, ev.device, longest)]
+                prefixes += [normalise(t) for t in generated_answers(ev.backbone, chunk, longest, ev.device, longest)]
             counts = collections.Counter(written)
             labels = {normalise(a) for a in data.answers}
             gold = [normalise(data.answers[y]) for y in ys]

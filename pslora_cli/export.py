@@ -60,7 +60,8 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
     from .models.lm import generation_budget
 
     lm = model.backbone
-    budget = generation_budget([a for p in model.prompts for a in p.answers], lm)
+    limit = model.seq.evaluation.max_new_tokens
+    budget = generation_budget([a for p in model.prompts for a in p.answers], lm, limit)
     config = lm.model.generation_config
     # What `pslora eval`'s exact match does: greedy, up to the end token or the budget (the longest answer + slack);
     # each task's own budget is in prompts.json.
@@ -78,7 +79,7 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
                "long_inputs": "pslora cuts the text (never the prefix or suffix) so that the prompt and the answer "
                               "fit in max_length tokens",
                "tasks": {p.task: {"prefix": p.prefix, "suffix": p.suffix, "answers": dict(zip(p.classes, p.answers)),
-                                  "max_new_tokens": generation_budget(p.answers, lm)}
+                                  "max_new_tokens": generation_budget(p.answers, lm, limit)}
                          for p in model.prompts}}
     (folder / "prompts.json").write_text(json.dumps(prompts, indent=2) + "\n", encoding="utf-8")
     prompt = (f'task = json.load(open("DIR/prompts.json"))["tasks"]["{model.prompts[0].task}"]\n'

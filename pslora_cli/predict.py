@@ -145,11 +145,12 @@ def _generate(model: ContinualModel, inputs: list[str], task: str | None, batch:
     prompts = [p for p in model.prompts if p.task == task] if task is not None else []
     prompt = prompts[0] if prompts else None
     answers = prompt.answers if prompt else [a for p in model.prompts for a in p.answers]
-    budget = generation_budget(answers, lm)  # the budget exact-match scoring gives
+    budget = generation_budget(answers, lm, model.seq.evaluation.max_new_tokens)  # as exact-match scoring gives
+    reserve = max(len(lm.answer_ids(a)) for a in answers)  # prompts cut as in training and scoring
     examples = [Prompted(prompt.prefix if prompt else "", text, prompt.suffix if prompt else "") for text in inputs]
     out = []
     for start in range(0, len(examples), batch):
-        enc = lm.collate_prompts(examples[start:start + batch], budget, model.device)
+        enc = lm.collate_prompts(examples[start:start + batch], reserve, model.device)
         gen = lm.model.generate(**enc, max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_id,
                                 eos_token_id=lm.eos_id, output_scores=True, return_dict_in_generate=True)
         new = gen.sequences if lm.kind == "seq2seq-lm" else gen.sequences[:, enc["input_ids"].shape[1]:]

@@ -236,22 +236,26 @@ def exact_match_hits(lm: LanguageModel, examples: list, labels: list[int], answe
     """Greedy generation from each prompt up to the end token (or the budget of `generation_budget`), the whole
     answer the model writes compared with the gold answer after `normalise`."""
     budget = generation_budget(answers, lm, max_new_tokens)
+    reserve = max(len(lm.answer_ids(a)) for a in answers)  # prompts cut as in training: room for the answer
     gold = [normalise(answers[y]) for y in labels]
     hits = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        texts = generated_answers(lm, chunk, budget, device)
+        texts = generated_answers(lm, chunk, budget, device, reserve)
         hits += [normalise(t) == g for t, g in zip(texts, gold[start:start + batch_size])]
     return torch.tensor(hits, dtype=torch.bool, device=device)
 
 
-def generated_answers(lm: LanguageModel, examples: list, budget: int, device) -> list[str]:
-    """The text each prompt's greedy continuation holds, up to the end token: `greedy_causal` where it writes what
-    `generate` writes, else `generate`, whose output for a decoder-only model starts with the prompt (cut off here)."""
+def generated_answers(lm: LanguageModel, examples: list, budget: int, device, reserve: int | None = None) -> list[str]:
+    """The text each prompt's greedy continuation holds, up to the end token or `budget` tokens: `greedy_causal`
+    where it writes what `generate` writes, else `generate`, whose output for a decoder-only model starts with the
+    prompt (cut off here). Prompts are cut to leave `reserve` tokens of max_length (default: the budget); the
+    answer may run past max_length, which bounds only what the model reads."""
+    reserve = budget if reserve is None else reserve
     if lm.kind == "causal-lm" and argmax_is_generate(lm.model):
-        new = greedy_causal(lm, [lm.prompt_ids(ex, budget) for ex in examples], budget, device)
+        new = greedy_causal(lm, [lm.prompt_ids(ex, reserve) for ex in examples], budget, device)
     else:
-        batch = lm.collate_prompts(examples, budget, device)
+        batch = lm.collate_prompts(examples, reserve, device)
         out = lm.model.generate(**batch, max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_id,
                                 eos_token_id=lm.eos_id)
         # a decoder-only model's output starts with the (padded) prompt, an encoder-decoder's with the start token

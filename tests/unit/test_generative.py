@@ -443,3 +443,24 @@ def test_a_second_first_use_conversion_keeps_the_first_folder(tmp_path):
     (tmp / "config.json").write_text("c")
     with pytest.raises(OSError):
         publish_folder(tmp, broken)
+
+
+def test_exact_match_cuts_long_prompts_as_training_does_whatever_the_budget(monkeypatch):
+    """The budget bounds what the model writes, not what it reads: prompts leave room for the answer only, as in
+    training, so a budget past max_length does not cut a prompt to one token."""
+    import pslora_cli.models.lm as lm_module
+
+    tok = word_tokenizer()
+    lm = LanguageModel(model=LastTokenLM(_running_on_table(tok)), tokenizer=tok, kind="causal-lm", max_length=16,
+                       path="")
+    long = example("a good film very long story very boring fun great terrible plot movie")
+    seen = []
+    real = lm_module.greedy_causal
+    monkeypatch.setattr(lm_module, "greedy_causal", lambda lm_, prompts, steps, device: seen.append(prompts) or
+                        real(lm_, prompts, steps, device))
+    for budget in (None, 64):
+        exact_match_hits(lm, [long], [0], ["yes", "no"], "cpu", 1, max_new_tokens=budget)
+    trained_prompt = lm.training_batch([long], [0], ["yes", "no"], "cpu")[0]["input_ids"][0].tolist()
+    reserve = len(lm.answer_ids("yes"))
+    assert seen[0] == seen[1] == [lm.prompt_ids(long, reserve)]
+    assert trained_prompt[:len(seen[0][0])] == seen[0][0] and len(seen[0][0]) > 1
