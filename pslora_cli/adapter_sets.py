@@ -20,7 +20,9 @@ from .models.adapters import CONFIG_FILE, AdapterFile
 from .store import atomic_folder, atomic_path, check_output_folder, sha256_file
 
 # PEFT task types -> the transformers class whose parameter names the adapter's module names follow.
-_AUTO_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM"}
+_AUTO_CLASSES = {"CAUSAL_LM": "AutoModelForCausalLM", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+                 "SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification",
+                 "QUESTION_ANS": "AutoModelForQuestionAnswering"}
 
 
 class AdapterSet:
@@ -44,6 +46,10 @@ class AdapterSet:
                 raise InputError(f"{folder}: adapts base model {base!r}, but {self.folders[0]} adapts "
                                  f"{self.base_model!r}; merge adapters of one base model")
         self.task_type = self.adapters[0].config.get("task_type")
+        for folder, adapter in zip(self.folders[1:], self.adapters[1:]):
+            if adapter.config.get("task_type") != self.task_type:  # their module names follow different classes
+                raise InputError(f"{folder}: task_type {adapter.config.get('task_type')!r}, but {self.folders[0]} "
+                                 f"has {self.task_type!r}: adapters of one model class merge")
         self.modules: dict[str, tuple[int, ...]] = {}
         self.owner: dict[str, Path] = {}
         for folder, adapter in zip(self.folders, self.adapters):
@@ -104,7 +110,11 @@ def _open_one(folder: Path) -> AdapterFile:
     kind = raw.get("peft_type") if isinstance(raw, dict) else None
     if kind != "LORA":
         raise InputError(f"{config}: peft_type {kind!r} is not LORA: only LoRA adapters can be merged as dense updates")
-    return AdapterFile(folder, allow_bin=True)
+    adapter = AdapterFile(folder, allow_bin=True)
+    if adapter.other_keys:
+        raise InputError(f"{adapter.path}: holds {adapter.other_keys[0]} beside the LoRA factors (modules_to_save, "
+                         f"e.g. a task head): a merge of the LoRA updates would drop it")
+    return adapter
 
 
 def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, base: str | None = None,

@@ -51,6 +51,9 @@ class AdapterFile:
             raise InputError(f"{config_path}: rank_pattern/alpha_pattern are not supported")
         if not isinstance(self.config.get("use_rslora", False), bool):
             raise InputError(f"{config_path}: 'use_rslora' must be true or false")
+        for key, what in (("use_dora", "DoRA's magnitude vectors"), ("fan_in_fan_out", "transposed (Conv1D) weights")):
+            if self.config.get(key):
+                raise InputError(f"{config_path}: '{key}' is set: {what} are not a plain s·B·A update; not supported")
         self.rank = r
         self.scale = alpha / (r ** 0.5 if self.config.get("use_rslora") else r)
         self.path = self.dir / ADAPTER_FILE
@@ -62,6 +65,12 @@ class AdapterFile:
         else:
             shapes, dtypes = _read_header(self.path, also=BIN_FILE if allow_bin else None)
         self.modules: dict[str, tuple[str, str]] = {}
+        # tensors beside the LoRA factors (a classification head PEFT saved as modules_to_save, ...)
+        self.other_keys = [k for k in shapes if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+        unknown = [k for k in shapes if "lora_" in k and not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+        if unknown:  # e.g. lora_embedding_A, lora_magnitude_vector: not a dense s·B·A of a weight
+            raise InputError(f"{self.path}: {unknown[0]} is not a LoRA A/B weight; only Linear and conv LoRA "
+                             f"adapters are supported")
         for key in shapes:
             if key.endswith(".lora_A.weight"):
                 module = key[: -len(".lora_A.weight")]

@@ -196,6 +196,19 @@ def _bad_cases(tiny, root: Path) -> dict:
     cfg = json.loads((shapes / "adapter_config.json").read_text())
     (shapes / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(base)}))
     cases["mismatched shapes"] = (shapes, "has weight shape")
+    from peft import LoraConfig
+
+    dora = root / "dora"
+    get_peft_model(AutoModel.from_pretrained(base), LoraConfig(r=2, target_modules=["query", "value"], use_dora=True,
+                                                               init_lora_weights=False)).save_pretrained(dora)
+    cases["DoRA"] = (dora, "'use_dora' is set")
+    from transformers import AutoModelForSequenceClassification
+
+    cls = root / "with-head"
+    get_peft_model(AutoModelForSequenceClassification.from_pretrained(base, num_labels=2),
+                   LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS",
+                              init_lora_weights=False)).save_pretrained(cls)
+    cases["a head beside the factors"] = (cls, "beside the LoRA factors")
     return cases
 
 
@@ -203,7 +216,8 @@ def test_bad_adapters_exit_2_naming_the_folder_with_nothing_written(tiny, tmp_pa
     _, folders = tiny
     cases = _bad_cases(tiny, tmp_path / "bad")
     capsys.readouterr()  # the progress bars of making them
-    assert set(cases) == {"different base models", "missing weights", "pickled weights", "not LoRA", "mismatched shapes"}
+    assert set(cases) == {"different base models", "missing weights", "pickled weights", "not LoRA", "mismatched shapes",
+                          "DoRA", "a head beside the factors"}
     for name, (bad, message) in cases.items():
         for out in (tmp_path / "out.safetensors", tmp_path / "out-model"):
             code, _, err = run_cli(capsys, "merge", "--adapters", folders[0], bad, "--out", out)
