@@ -25,6 +25,16 @@ def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: 
     return doc
 
 
+def preflight(seq: Sequence, device) -> None:
+    """Checks that need the model, made before a store is created: N-LoRA's official form on square weights."""
+    if (seq.method.sparsity_weight or 0) > 0 and seq.method.sparsity_form == "official":
+        from .models import load_backbone, target_parameters
+        from .training.regularisers import check_sparsity_form
+
+        params = target_parameters(load_backbone(seq.backbone, device).model, seq.lora.target_modules)
+        check_sparsity_form(seq.method, {name: tuple(p.shape) for name, p in params.items()})
+
+
 def run_sequence(session: Session, sequence_file: str, restart: bool = False) -> dict:
     """`pslora run`: train every task not yet in the store, evaluating after each; merge; return the result."""
     from .merging import merge_tasks
@@ -33,6 +43,8 @@ def run_sequence(session: Session, sequence_file: str, restart: bool = False) ->
     load = data_loader(seq)
     for i in range(len(seq.tasks)):  # read and validate every task's data before any training
         load(i)
+    if text is not None:
+        preflight(seq, session.device)
     trained = []
     with writing(store):
         session.ensure_created(seq, store, text)
@@ -57,6 +69,8 @@ def train_and_eval(session: Session, task_id: str, sequence_file: str | None, ev
     i = check_predecessors(seq, store, task_id)
     load = data_loader(seq)
     load(i)
+    if text is not None:
+        preflight(seq, session.device)
     with writing(store):
         session.ensure_created(seq, store, text)
         meta = train_one(seq, store, task_id, session.device, session.reporter, load, restart=restart)

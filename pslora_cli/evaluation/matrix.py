@@ -77,9 +77,11 @@ def check_data_unchanged(seq: Sequence, store: Store, k: int, load_data: Callabl
         else:
             loaded = load_data(i).fingerprint
         if loaded != meta["data_fingerprint"]:
-            raise InputError(f"task {task_id}: its data as loaded now (seed {seq.seed}) is not the data it was "
-                             f"trained on (seed {meta.get('seed')}; fingerprint {meta['data_fingerprint'][:12]}, now "
-                             f"{loaded[:12]}): its test split may hold training rows; retrain it or restore the data")
+            why = (f"trained with seed {meta.get('seed')}, loaded with seed {seq.seed}" if meta.get("seed") != seq.seed
+                   else f"seed {seq.seed} both times: the source's files, or how pslora splits them, changed")
+            raise InputError(f"task {task_id}: its data as loaded now is not the data it was trained on ({why}; "
+                             f"fingerprint {meta['data_fingerprint'][:12]}, now {loaded[:12]}): its test split may "
+                             f"hold training rows; retrain it or restore the data")
 
 
 def needed_cells(k: int, class_incremental: bool) -> list[tuple[int, int, str]]:
@@ -147,9 +149,9 @@ def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
         check_data_unchanged(seq, store, k, load_data)
         for i, task_id in enumerate(seq.task_ids[:k]):
             if not load_data(i).val_y:
-                raise InputError(f"task {task_id}: has no validation examples (its training side has none left "
-                                 f"over: set data.validation_per_class with a train_per_class cap, or "
-                                 f"data.validation_fraction)")
+                raise InputError(f"task {task_id}: has no validation examples (its training side is used whole: "
+                                 f"no train_per_class cap leaves any over); a new store whose task sets "
+                                 f"data.validation_fraction, or a train_per_class cap, has them")
     _drop_stale(doc, *matrix_keys(seq, store, k, split, load_data))
     todo: dict[int, list[tuple[int, str]]] = {}
     for t, i, kind in needed_cells(k, doc["task_agnostic"] is not None):

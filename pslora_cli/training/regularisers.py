@@ -30,13 +30,10 @@ class Regulariser:
                         for name in layers} if self.use_stability else {}
         self.prev_factors_a = prev_factors_a
         self.use_sparsity = (method.sparsity_weight or 0) > 0  # None: a Method made outside validation
-        if self.use_sparsity and method.sparsity_form == "official":
-            for name, layer in layers.items():
-                a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
-                if a.dim() != 2 or a.shape[1] != b.shape[0]:
-                    raise InputError(f"method.sparsity_form: 'official' (N-LoRA's ||A B||_1, A (r, d_in) times B "
-                                     f"(d_out, r)) needs d_in = d_out; {name} maps {a.shape[1]} to {b.shape[0]}: "
-                                     f"set method.sparsity_form: update (||dW||_1, the paper's form)")
+        if self.use_sparsity:
+            check_sparsity_form(method, {name: (layer.lora_B["default"].weight.shape[0],
+                                                *layer.lora_A["default"].weight.shape[1:])
+                                         for name, layer in layers.items()})
 
     @property
     def active(self) -> bool:
@@ -69,6 +66,18 @@ class Regulariser:
         m = self.method
         return (m.stability_weight * ps_loss + (m.orthogonality_weight or 0) * orth_loss
                 + (m.sparsity_weight or 0) * sparse_loss)
+
+
+def check_sparsity_form(method: Method, shapes: dict[str, tuple]) -> None:
+    """N-LoRA's official form multiplies A (r, d_in) by B (d_out, r): every adapted weight (d_out, d_in) must be
+    square, else an InputError naming the module and the form that works."""
+    if (method.sparsity_weight or 0) <= 0 or method.sparsity_form != "official":
+        return
+    for name, shape in shapes.items():
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise InputError(f"method.sparsity_form: 'official' (N-LoRA's ||A B||_1, A (r, d_in) times B "
+                             f"(d_out, r)) needs d_in = d_out; {name} maps {shape[1]} to {shape[0]}: "
+                             f"set method.sparsity_form: update (||dW||_1, the paper's form)")
 
 
 def sparsity_term(a: torch.Tensor, b: torch.Tensor, scaling: float, form: str) -> torch.Tensor:

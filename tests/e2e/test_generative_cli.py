@@ -179,3 +179,18 @@ def test_export_answers_through_the_transformers_pipeline_as_eval_scores(tiny_ll
         assert code == 0, err
         assert [p["label"] for p in doc["predictions"]] == [a.strip() for a in answers]
         assert all(0 < p["score"] <= 1 for p in doc["predictions"])
+
+
+def test_n_lora_s_official_form_on_a_grouped_query_model_is_refused_before_the_store_exists(tiny_llama, write_sequence,
+                                                                                          tmp_path, capsys):
+    """The tiny LLaMA's v_proj maps 16 to 8 (one key-value head): N-LoRA's A B product is undefined there."""
+    seq = write_sequence(sequence(tiny_llama, method={"name": "n-lora"}))
+    store = tmp_path / "store"
+    code, _, err = run_cli(capsys, "run", seq, "--store", store, "--device", "cpu")
+    assert code == 2 and "v_proj.weight maps 16 to 8" in err and "sparsity_form: update" in err, err
+    assert not store.exists()
+    code, doc, err = run_cli(capsys, "run", seq, "--store", store, "--device", "cpu", "--json", "--quiet",
+                             "--set", "method.sparsity_form=update")
+    assert code == 0, err
+    meta = json.loads((store / "tasks" / "t1" / "meta.json").read_text())
+    assert meta["train"]["final"]["sparsity_loss"] > 0
