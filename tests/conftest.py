@@ -281,3 +281,13 @@ def check_validation_eval(capsys, store: Path, sample_counts: list[int]) -> dict
     assert code == 0 and again[again["primary"]] == grid  # complete: read back, not rescored
     return doc
 
+
+def adapter_delta(folder: Path, module: str):
+    """A saved PEFT adapter's update of `module` from its own files: (lora_alpha / r) · B @ A."""
+    from safetensors.torch import load_file
+
+    w = load_file(str(Path(folder) / "adapter_model.safetensors"))
+    cfg = json.loads((Path(folder) / "adapter_config.json").read_text())
+    key = "base_model.model." + module
+    return cfg["lora_alpha"] / cfg["r"] * w[key + ".lora_B.weight"] @ w[key + ".lora_A.weight"]
+

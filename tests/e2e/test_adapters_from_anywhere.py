@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import adapter_delta, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 RANKS = (2, 4, 8)
@@ -36,13 +36,7 @@ def make_adapters(base: Path, folder: Path, targets=("query", "value")) -> list[
 
 def own_deltas(folders: list[Path], module: str) -> list[torch.Tensor]:
     """ΔW = (alpha / r) · B @ A from each adapter's own files."""
-    out = []
-    for f in folders:
-        w = load_file(str(f / "adapter_model.safetensors"))
-        cfg = json.loads((f / "adapter_config.json").read_text())
-        key = "base_model.model." + module
-        out.append(cfg["lora_alpha"] / cfg["r"] * w[key + ".lora_B.weight"] @ w[key + ".lora_A.weight"])
-    return out
+    return [adapter_delta(f, module) for f in folders]
 
 
 @pytest.fixture(scope="module")

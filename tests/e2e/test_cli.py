@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import check_validation_eval, run_cli, tiny_sequence, tree_state
+from conftest import adapter_delta, check_validation_eval, run_cli, tiny_sequence, tree_state
 from pslora_cli.cli import main
 from pslora_cli.core.merges.magnitude import magnitude_merge
 
@@ -121,12 +121,7 @@ def test_merge_ties_equals_peft_ties_on_the_three_task_store(finished_store, cap
     assert code == 0 and info["method"] == "ties"
     merged = load_file(str(out))
     for prefix in ("encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"):
-        deltas = []
-        for task in ("t1", "t2", "t3"):
-            w = load_file(str(store / "tasks" / task / "adapter_model.safetensors"))
-            cfg = json.loads((store / "tasks" / task / "adapter_config.json").read_text())
-            key = "base_model.model." + prefix
-            deltas.append(cfg["lora_alpha"] / cfg["r"] * w[key + ".lora_B.weight"] @ w[key + ".lora_A.weight"])
+        deltas = [adapter_delta(store / "tasks" / task, prefix) for task in ("t1", "t2", "t3")]
         expected = ties(torch.stack(deltas), torch.ones(3), 0.25)
         assert torch.allclose(merged[prefix + ".weight"], expected, atol=1e-7), prefix
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_sequence
+from conftest import adapter_delta, tiny_sequence
 from pslora_cli.cli import main
 
 
@@ -85,10 +85,7 @@ def test_seq_lora_continues_one_adapter_and_uses_the_last(tiny_bert, write_seque
 
 
 def _task_vector(store, task, prefix):
-    w = load_file(str(store / "tasks" / task / "adapter_model.safetensors"))
-    cfg = json.loads((store / "tasks" / task / "adapter_config.json").read_text())
-    key = "base_model.model." + prefix
-    return cfg["lora_alpha"] / cfg["r"] * w[key + ".lora_B.weight"] @ w[key + ".lora_A.weight"]
+    return adapter_delta(store / "tasks" / task, prefix)
 
 
 @pytest.mark.parametrize("method", ["magmax", "magmax-ind"])
