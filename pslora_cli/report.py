@@ -118,7 +118,7 @@ def print_matrix(reporter: Reporter, doc: dict, k: int) -> None:
     if doc.get("metrics"):
         reporter.out.print(metrics_table(doc["metrics"], doc["primary"]))
         for metric, note in (doc["metrics"].get("notes") or {}).items():
-            reporter.out.print(f"{metric.upper()} is {note}.")
+            reporter.out.print(f"{metric.upper()} is {note}.", markup=False, highlight=False)
         split = doc["metrics"].get("forgetting_split") or {}
         if split.get("mostly"):
             reporter.out.print(f"Forgetting (task-agnostic BWT {100 * (split['bwt_backbone'] + split['bwt_heads']):+.1f}): "

@@ -253,3 +253,13 @@ def test_a_ties_matrix_scored_with_the_old_sign_rule_is_scored_again(finished_st
     assert doc["row_keys"][1] != canonical_hash(["ties", 0.2, 1.0] + shas[:1])  # the key before the fix
     code, _, err = run_cli(capsys, "eval", "--store", store, "--json", "--quiet", "--device", "cpu")  # back
     assert code == 0, err
+
+
+def test_eval_prints_why_fwt_is_null_with_heads(finished_store, capsys):
+    from pslora_cli.cli import main
+
+    _, store = finished_store
+    capsys.readouterr()
+    assert main(["eval", "--store", str(store), "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "FWT is null where tasks are scored with heads" in out and "R[i-1][i] > R[0][i]" in out  # not eaten as markup
