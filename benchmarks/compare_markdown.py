@@ -43,7 +43,7 @@ def main(out: str) -> int:
         minutes = statistics.mean(training_minutes(s) for s in stores)
         name = f"{method} (oracle: told the task)" if split and method == "per-task" else method
         print(f"| {name} | {row['runs']} | " + " | ".join(cell(row[k]) for k, _ in columns) + f" | {minutes:.1f} |")
-    paired = doc.get("paired")  # compare.json from before session 7 has none
+    paired = doc.get("paired")  # an older compare.json has none
     if paired and paired["methods"]:
         print(f"\nPaired differences from {paired['baseline']} (same seed and order), mean [95 % t interval]:\n")
         print("| method | pairs | Δ ACC | Δ BWT |\n| --- | --- | --- | --- |")

@@ -2,7 +2,7 @@
 folded model and the same prompts:
 
     loop         one `generate` call per example (batch 1, greedy, at most the longest answer): the baseline
-    batched      one `generate` call per batch of eval_batch_size, left-padded (pslora's scorer until session 7)
+    batched      one `generate` call per batch of eval_batch_size, left-padded (pslora's earlier scorer)
     exact-match  pslora's scorer (models/lm.py exact_match_hits): batches of eval_batch_size, the prompts' common
                  prefix read once per batch (causal LMs)
     rank         pslora's rank scorer (models/lm.py rank_hits): the log-likelihood of every option

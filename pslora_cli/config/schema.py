@@ -80,7 +80,7 @@ class Method:
     # reduction over a module's elements; "sum" applies to the literal variants only.
     reduction: str = setting("mean", (str,), choices=("mean", "sum"))
     # the loss's form (core/stability.py): "hinge+ratio" (this repository's METHOD.md;
-    # shared/METHOD.md §1b says why; averaged over modules), its halves
+    # METHOD.md §1b says why; averaged over modules), its halves
     # "direction-only" / "magnitude-only", or the paper's literal "dir+fro" and its relatives (summed over modules).
     variant: str = setting("hinge+ratio", (str,), choices=SCALED_VARIANTS + LITERAL_VARIANTS)
     # O-LoRA's lambda_1 for sum_{i<t} ||A_i A_t^T||_1 (null: the method's own, 0.5 for the o-lora methods and 0 for
