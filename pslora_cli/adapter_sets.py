@@ -11,6 +11,7 @@ update for them.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -68,7 +69,7 @@ class AdapterSet:
         if name in adapter.modules:
             return adapter.delta(name, device)
         shape = self.modules[name]
-        return torch.zeros((shape[0], int(torch.tensor(shape[1:]).prod())), device=device)
+        return torch.zeros((shape[0], math.prod(shape[1:])), device=device)
 
     def iter_deltas(self, name: str, device):
         """Every adapter's dense update of `name`, one at a time, in the weight's shape."""
