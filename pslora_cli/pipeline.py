@@ -26,13 +26,19 @@ def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: 
 
 
 def preflight(seq: Sequence, device) -> None:
-    """Checks that need the model, made before a store is created: N-LoRA's official form on square weights."""
-    if (seq.method.sparsity_weight or 0) > 0 and seq.method.sparsity_form == "official":
+    """Checks that need the model, made before a store is created: N-LoRA's official form on square weights,
+    InfLoRA on linear layers."""
+    sparsity = (seq.method.sparsity_weight or 0) > 0 and seq.method.sparsity_form == "official"
+    if sparsity or seq.method.spec.input_subspace:
         from .models import load_backbone, target_parameters
+        from .training.inflora import check_linear
         from .training.regularisers import check_sparsity_form
 
         params = target_parameters(load_backbone(seq.backbone, device).model, seq.lora.target_modules)
-        check_sparsity_form(seq.method, {name: tuple(p.shape) for name, p in params.items()})
+        shapes = {name: tuple(p.shape) for name, p in params.items()}
+        check_sparsity_form(seq.method, shapes)
+        if seq.method.spec.input_subspace:
+            check_linear(shapes)
 
 
 def run_sequence(session: Session, sequence_file: str, restart: bool = False) -> dict:

@@ -100,6 +100,10 @@ class Method:
     merge_scale: float | None = setting(None, NUMBER + (type(None),))
     # How earlier tasks enter task t's training forward pass: their running merge, their sum, or not at all.
     previous: str = setting("merge", (str,), choices=("merge", "sum", "none"))
+    # InfLoRA (core/subspace.py): the share of each task's input energy its subspace keeps, from the first task's
+    # value to the last's (the official configs' lamb 0.95 and lame 1.0).
+    subspace_threshold: float = setting(0.95, NUMBER, positive=True, legacy=0.95)
+    subspace_threshold_end: float = setting(1.0, NUMBER, positive=True, legacy=1.0)
 
     @property
     def spec(self):

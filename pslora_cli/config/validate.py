@@ -132,7 +132,10 @@ def _task(raw: Any, i: int, seen: dict[str, int], where: Where) -> Task:
 
 
 ORTHOGONALITY_DEFAULT = 0.5  # lambda_1 of the o-lora methods when the sequence gives none
-SPARSITY_DEFAULT = 0.4  # N-LoRA's lamda_1 in its official T5 scripts (scripts/order_1.sh .. order_3.sh)
+# N-LoRA's lamda_1 per form: 0.4 in its official T5 scripts (scripts/order_1.sh .. order_3.sh) for ||A B||_1; for
+# ||s B A||_1 the same pull in loss units, 0.4 x 3.9e-4, the ratio of the two forms' values summed over the square
+# modules of a SmolLM2-135M adapter trained on gen-mixed-order1's first task (METHOD.md, "Baselines").
+SPARSITY_DEFAULTS = {"official": 0.4, "update": 1.6e-4}
 
 
 def _resolve_method(method: dict, raw: dict, where: Where) -> None:
@@ -162,7 +165,10 @@ def _resolve_method(method: dict, raw: dict, where: Where) -> None:
     if method["orthogonality_weight"] is None:
         method["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
     if method["sparsity_weight"] is None:
-        method["sparsity_weight"] = SPARSITY_DEFAULT if spec.sparsity else 0.0
+        method["sparsity_weight"] = SPARSITY_DEFAULTS[method["sparsity_form"]] if spec.sparsity else 0.0
+    if not method["subspace_threshold"] <= method["subspace_threshold_end"] <= 1:
+        raise where("method.subspace_threshold", f"needs subspace_threshold <= subspace_threshold_end <= 1; got "
+                                                 f"{method['subspace_threshold']} and {method['subspace_threshold_end']}")
     for key, on in (("stability_weight", spec.stability), ("orthogonality_weight", spec.orthogonality),
                     ("sparsity_weight", spec.sparsity)):
         if on is False:
@@ -265,17 +271,17 @@ def stored_form(seq: dict) -> dict:
     defaults = {f.name: _default(f) for f in dataclasses.fields(Method)}  # refilled by validation anyway
     # the weights and scale a null resolved to, for this method and merge, are left out too: another method chosen
     # with --set method.name=... resolves its own
-    defaults |= resolved_defaults(spec, method.get("merge"))
+    defaults |= resolved_defaults(spec, method.get("merge"), method.get("sparsity_form", "official"))
     raw["method"] = {k: v for k, v in method.items() if k not in derived and v != defaults.get(k)}
     return raw
 
 
-def resolved_defaults(spec, merge: str | None) -> dict:
+def resolved_defaults(spec, merge: str | None, sparsity_form: str = "official") -> dict:
     """What validation puts in place of a null orthogonality_weight, sparsity_weight and merge_scale."""
     from ..core.merges import MERGE_SCALE_DEFAULTS
 
     out = {"merge_scale": MERGE_SCALE_DEFAULTS.get(merge, 1.0)}
     if spec is not None:
         out["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
-        out["sparsity_weight"] = SPARSITY_DEFAULT if spec.sparsity else 0.0
+        out["sparsity_weight"] = SPARSITY_DEFAULTS[sparsity_form] if spec.sparsity else 0.0
     return out

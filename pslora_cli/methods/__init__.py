@@ -25,6 +25,9 @@ class MethodSpec:
     # How task t's adapter starts: "new" (random A, B = 0), "previous" (task t-1's factors, trained on), or
     # "joint" (tasks 1..t trained together from scratch, one joint head per stage).
     init: str = "new"
+    # InfLoRA: A_t fixed before training from the task's inputs, away from the earlier tasks' input subspace
+    # (core/subspace.py); only B_t trains, and each task folder keeps the subspace after it.
+    input_subspace: bool = False
     # Each task scored with its own adapter alone (an oracle that is told the task): no merged stage.
     own_adapters: bool = False
 
@@ -57,4 +60,4 @@ def methods_help() -> str:
 
 
 # Registered in this order: the order of the help texts and of the choices in error messages.
-from . import ps_lora, inc_lora, o_lora, n_lora, seq_lora, magmax, per_task, multitask, custom  # noqa: E402,F401,I001
+from . import ps_lora, inc_lora, o_lora, n_lora, inflora, seq_lora, magmax, per_task, multitask, custom  # noqa: E402,F401,I001

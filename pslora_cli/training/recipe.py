@@ -81,6 +81,8 @@ class TaskTraining:
     steps_per_epoch: int = 1
     recent: list = field(default_factory=list)
     seconds_before: float = 0.0
+    model: nn.Module = None  # the model the runner wraps (unwrapped under DDP)
+    bases: dict | None = None  # InfLoRA: the earlier tasks' input subspace per module
 
     @property
     def task_id(self) -> str:
@@ -97,7 +99,10 @@ class TaskTraining:
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """Everything a resumed run must get back exactly: the trained tensors under stable names."""
-        trained = {f"lora.{name}": p for name, p in self.peft_model.named_parameters() if p.requires_grad}
+        # InfLoRA's frozen A_t is in the state too: a resumed run continues with the A it started with.
+        fixed = self.seq.method.spec.input_subspace
+        trained = {f"lora.{name}": p for name, p in self.peft_model.named_parameters()
+                   if p.requires_grad or (fixed and ".lora_A." in name)}
         return trained | {f"head.{name}": p for name, p in (self.head.named_parameters() if self.head else ())}
 
 
@@ -126,6 +131,10 @@ def train_task(seq: Sequence, index: int, data, previous_dirs: list[Path], out: 
         if ckpt.path is not None and every and step % every == 0 and step < run.total:
             save_state(run, ckpt, step, started)
     metrics = task_metrics(run, run.seconds_before + time.perf_counter() - started)
+    if run.bases is not None:
+        from .inflora import extend
+
+        metrics["input_subspace_dims"] = extend(run, run.bases, out.folder if out is not None else None)
     if out is not None:  # a rank other than 0 has no folder: rank 0 writes the adapter
         save_task(run, out)
     return metrics
@@ -152,6 +161,11 @@ def build(seq: Sequence, index: int, data, previous: list[AdapterFile], device: 
     else:
         run.head = make_head(run.backbone.feature_dim, len(data.classes), run.seed).to(device)
         model = TaskModel(run.backbone, run.peft_model, run.head)
+    run.model = model
+    if seq.method.spec.input_subspace:
+        from .inflora import design
+
+        run.bases = design(run, previous[-1].dir if previous else None)
     # Under torchrun every rank trains its own copy on its shard of each global batch; DDP averages gradients.
     run.runner = model if not distributed.world().active else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)

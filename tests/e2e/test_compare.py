@@ -231,3 +231,38 @@ def test_planned_commands_of_shuffled_orders_find_relative_data_files(tiny_bert,
     assert sorted(t["data"]["train"] for t in written["tasks"]) == ["a.csv", "b.csv"]
     assert main(order2[1:] + ["--json"]) == 0
     assert sorted(json.loads(capsys.readouterr().out)["trained"]) == ["a", "b"]
+
+
+def test_inflora_fixes_a_away_from_the_earlier_input_subspace_and_trains_b(tiny_bert, write_sequence, tmp_path,
+                                                                           capsys):
+    """InfLoRA's defining property on the tiny model: each later task's A is orthogonal to the input subspace the
+    earlier tasks left in the store (so its update leaves their outputs on that subspace unchanged), is the
+    official Uᵀ/√3, stays as designed while B trains; the subspace grows; retraining a task from the store gives
+    the same adapter."""
+    seq_file = write_sequence(tiny_sequence(tiny_bert, method={"name": "inflora"}, training={
+        "steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_batch_size": 64}))
+    store = tmp_path / "s"
+    assert main(["run", str(seq_file), "--store", str(store), "--json", "--quiet", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["merge"]["method"] == "sum"
+    p = "encoder.layer.1.attention.self.value"
+    sizes = []
+    for prev, task in (("t1", "t2"), ("t2", "t3")):
+        bases = load_file(str(store / "tasks" / prev / "input_bases.safetensors"))[p + ".weight"].double()
+        w = load_file(str(store / "tasks" / task / "adapter_model.safetensors"))
+        a = w[f"base_model.model.{p}.lora_A.weight"].double()
+        assert (a @ bases).abs().max() < 1e-5, task                       # A_t orthogonal to the earlier bases
+        assert torch.allclose(a @ a.T, torch.eye(4, dtype=torch.float64) / 3, atol=1e-5)
+        assert w[f"base_model.model.{p}.lora_B.weight"].abs().max() > 0    # B trained from 0
+        delta = adapter_delta(store / "tasks" / task, p).double()
+        assert (delta @ bases).abs().max() < 1e-5                          # outputs on the subspace unchanged
+        sizes.append(bases.shape[1])
+    meta = json.loads((store / "tasks" / "t3" / "meta.json").read_text())
+    last = load_file(str(store / "tasks" / "t3" / "input_bases.safetensors"))[p + ".weight"]
+    assert sizes[0] <= sizes[1] <= last.shape[1] == meta["train"]["input_subspace_dims"][p + ".weight"]
+    assert "input_bases.safetensors" in meta["sha256"]
+    # A later train-task reads the subspace from the store and continues exactly.
+    before = (store / "tasks" / "t2" / "adapter_model.safetensors").read_bytes()
+    assert main(["train-task", "--store", str(store), "--task", "t2", "--quiet", "--device", "cpu",
+                 "--no-eval"]) == 0
+    assert (store / "tasks" / "t2" / "adapter_model.safetensors").read_bytes() == before

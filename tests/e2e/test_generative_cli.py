@@ -194,3 +194,21 @@ def test_n_lora_s_official_form_on_a_grouped_query_model_is_refused_before_the_s
     assert code == 0, err
     meta = json.loads((store / "tasks" / "t1" / "meta.json").read_text())
     assert meta["train"]["final"]["sparsity_loss"] > 0
+
+
+def test_inflora_on_a_language_model_designs_a_from_the_prompt_and_answer_tokens(tiny_llama, write_sequence,
+                                                                                  tmp_path, capsys):
+    """Through the causal LM's training batches (right-padded: the padding is left out of the input matrix):
+    task 2's A is orthogonal to the subspace task 1 left in the store, on q_proj and on the narrower v_proj."""
+    from safetensors.torch import load_file
+
+    seq = write_sequence(sequence(tiny_llama, method={"name": "inflora"}))
+    store = tmp_path / "store"
+    code, doc, err = run_cli(capsys, "run", seq, "--store", store, "--device", "cpu", "--json", "--quiet")
+    assert code == 0, err
+    bases = load_file(str(store / "tasks" / "t1" / "input_bases.safetensors"))
+    w = load_file(str(store / "tasks" / "t2" / "adapter_model.safetensors"))
+    for name, basis in bases.items():
+        a = w["base_model.model." + name.removesuffix(".weight") + ".lora_A.weight"]
+        assert 1 <= basis.shape[1] <= basis.shape[0] == a.shape[1]
+        assert (a.double() @ basis.double()).abs().max() < 1e-5, name

@@ -74,3 +74,16 @@ def test_n_lora_validates_with_o_lora_s_protocol_and_its_weight():
         (0.4, 0.0, 0.0, "sum", "sum")
     assert sequence_from_text(text, "s.yaml", Path("."), ["method.name=ps-lora"]).method.sparsity_weight == 0.0
     assert sequence_from_text(text, "s.yaml", Path("."), ["method.name=o-lora"]).method.sparsity_weight == 0.0
+
+
+def test_the_update_form_has_its_own_default_weight():
+    from pathlib import Path
+
+    from pslora_cli.config import sequence_from_text
+
+    text = "name: s\ntasks:\n  - id: a\n    data: {type: wordnet, classes: [animal, food]}\n"
+    m = sequence_from_text(text, "s.yaml", Path("."), ["method.name=n-lora", "method.sparsity_form=update"]).method
+    assert m.sparsity_weight == 1.6e-4  # 0.4 x the two forms' measured ratio, 3.9e-4
+    m = sequence_from_text(text, "s.yaml", Path("."), ["method.name=n-lora", "method.sparsity_form=update",
+                                                       "method.sparsity_weight=0.01"]).method
+    assert m.sparsity_weight == 0.01

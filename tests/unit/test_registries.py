@@ -40,7 +40,7 @@ def error(overrides) -> str:
 
 def test_the_registry_holds_the_documented_methods():
     assert list(METHODS) == ["ps-lora", "ps-lora+o-lora", "ps-loss-only", "ps-merge-only", "inc-lora", "o-lora",
-                             "n-lora", "seq-lora", "magmax", "magmax-ind", "per-task", "multitask", "custom"]
+                             "n-lora", "inflora", "seq-lora", "magmax", "magmax-ind", "per-task", "multitask", "custom"]
     assert all(isinstance(spec, MethodSpec) and spec.name == name for name, spec in METHODS.items())
     assert all(f"{name}: " in methods_help() for name in METHODS)
 
