@@ -1,4 +1,4 @@
-"""GPU check of the lean stability loss (issue 6): run through benchmarks/gpu_check.sh on a CUDA machine.
+"""GPU check of the lean stability loss: run through benchmarks/gpu_check.sh on a CUDA machine.
 
 1. Correctness on the device: for every variant x reduction x history form, float64, the lean loss on CUDA vs the
    dense reference on CUDA and on the CPU (value and gradients; max relative difference).

@@ -1,4 +1,4 @@
-"""A tried and rejected alternative to the magnitude merge's fold (issue 19, item 2): per row block, all T products
+"""A tried and rejected alternative to the magnitude merge's fold: per row block, all T products
 into one (T, rows, d) buffer, then |.| on the bit patterns, argmax over the task dimension (ties to the earlier
 task) and a gather. Fewer passes over memory than folding task by task, but torch's argmax over a non-last
 dimension is not vectorised on the CPU. Times against the shipped merge and merge_floor.py's floor (the T products), same

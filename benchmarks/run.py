@@ -1,4 +1,4 @@
-"""Performance benchmarks of issue 6, each measured side by side in one run, with ratios:
+"""Performance benchmarks, each measured side by side in one run, with ratios:
 
   1. training step time and peak memory: PS-LoRA (lean loss) vs plain LoRA (PEFT) vs a naive dense loss
      (MiniLM-L6, T5-large-sized and LLaMA-7B-sized layers)            benchmarks/perf_train.py
@@ -11,7 +11,7 @@
 
 --quick: smaller cases (under a minute on a 2-core machine). --threads: torch CPU threads, 1 by default (0: torch's
 default), the same for every implementation. --record: write the tables into
-benchmarks/RESULTS.md, section "Performance (issue 6)" (only that section is touched; a rerun of the same command
+benchmarks/RESULTS.md, section "Performance" (only that section is touched; a rerun of the same command
 replaces its own entry). `make bench` runs this script.
 """
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from perf_common import machine, median, table  # noqa: E402
 
-SECTION = "## Performance (issue 6)"
+SECTION = "## Performance"
 RESULTS = HERE / "RESULTS.md"
 PARTS = ("merge", "train", "eval", "help")
 
@@ -116,7 +116,7 @@ def render(out: dict, args, header: dict) -> str:
                   f"max {h['max_s']:.3f}); importing pslora_cli.cli imports torch: {h['imports_torch']}.", ""]
     rows = targets(out)
     if rows:
-        lines += ["#### Targets of issue 6 (ratios from this run)", "", table(["target", "measured", "status"], rows),
+        lines += ["#### Targets (ratios from this run)", "", table(["target", "measured", "status"], rows),
                   ""]
     return "\n".join(lines)
 
