@@ -1,5 +1,7 @@
-# make demo     - set everything up and run the default sequence offline
-# make demo-lm  - the same for the generative track (SmolLM2, labels as text; 25 min measured on a 2-core CPU beside another run at 1 thread each, 55 min on a busier one)
+# make demo         - set everything up and run the default demo offline: gen-demo (SmolLM2 writes the answers,
+#                     three short tasks), the recommended method beside incremental LoRA, two runs side by side
+# make demo-encoder - the encoder demo: MiniLM with heads, the class-incremental wordnet-nouns sequence
+# make demo-lm      - the full generative sequence gen-mixed-order1 (four tasks of 100 steps), ps-lora
 # make test       - set everything up and run the tests (tests/unit, tests/e2e and the rest of tests/)
 # make test-unit  - only tests/unit: tiny random models and synthetic data, no data packages (under a minute)
 PYTHON ?= python3
@@ -10,7 +12,7 @@ DEB_PACKAGES := wordnet-base dataset-fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup demo demo-lm test test-unit test-e2e bench clean-demo debs
+.PHONY: setup demo demo-encoder demo-lm test test-unit test-e2e bench clean-demo debs
 
 setup: $(STAMP) debs
 
@@ -34,6 +36,9 @@ debs:
 	fi
 
 demo: setup
+	$(BIN)/pslora compare task_sequences/gen-demo.yaml --methods ps-lora,inc-lora --seeds 0 --jobs 2 --out demo-compare
+
+demo-encoder: setup
 	$(BIN)/pslora run task_sequences/wordnet-nouns.yaml --store demo-store
 
 demo-lm: setup
@@ -53,4 +58,4 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 clean-demo:
-	rm -rf demo-store demo-lm-store
+	rm -rf demo-compare demo-store demo-lm-store

@@ -137,12 +137,15 @@ def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, ba
     elif out.exists() and out.is_dir():
         raise InputError(f"--out {out}: is a folder; a .safetensors name writes the dense updates")
 
+    given = {"density": density, "scale": scale}
+    options = {k: given[k] for k in MERGES[method].options}
+
     def merged():
         for name in aset.modules:
-            yield name, merge_module(lambda n=name: aset.iter_deltas(n, device), method, density=density,
-                                     scale=scale).reshape(aset.modules[name])
+            yield name, merge_module(lambda n=name: aset.iter_deltas(n, device), method,
+                                     **options).reshape(aset.modules[name])
 
-    info = {"method": method, "options": {"density": density, "scale": scale}, "adapters": aset.describe(),
+    info = {"method": method, "options": options, "adapters": aset.describe(),
             "base_model": base or aset.base_model, "modules": len(aset.modules), "out": str(out)}
     if as_file:
         from .store.stream_write import write_streaming

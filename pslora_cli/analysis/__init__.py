@@ -20,11 +20,10 @@ histograms.csv (pooled), intervention.csv, correlation.csv, comparison.csv and t
 sign-agreement.png, intervention.png, compare.png.
 
 Modules: options (the command's options), stats (the statistics from the adapters, the accuracy drops, the
-comparison), intervention, files (CSV and writing), figures, tables (terminal), command (the entry point).
+comparison), intervention, files (CSV and writing), figures, tables (terminal); the command's entry point is commands/analyze.py.
 """
 
-from .command import analyze_shifts
 from .options import AnalysisOptions, parse_ks, parse_rank_by
 from .tables import print_analysis
 
-__all__ = ["AnalysisOptions", "analyze_shifts", "parse_ks", "parse_rank_by", "print_analysis"]
+__all__ = ["AnalysisOptions", "parse_ks", "parse_rank_by", "print_analysis"]

@@ -44,7 +44,8 @@ def analyze_shifts_cmd(
     bottom-k% subsets split by sign with their share of ‖D‖₁; correlation with the old-task accuracy drop when
     the store has an accuracy matrix. Files go to STORE/analysis/ and --out.
     """
-    from ..analysis import AnalysisOptions, analyze_shifts, parse_ks, parse_rank_by, print_analysis
+    from ..analysis import AnalysisOptions, parse_ks, parse_rank_by, print_analysis
+    from ..commands.analyze import analyze_shifts
 
     s = session(store, device, seed, json_, quiet, set_, threads)
     aopts = AnalysisOptions(rank_by=parse_rank_by(rank_by), ks=parse_ks(ks), bins=bins, max_samples=max_samples,

@@ -19,7 +19,7 @@ def store_ls(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
     from rich.table import Table
 
     from ..store import Store
-    from ..store.verify import store_listing
+    from ..commands.store import store_listing
 
     listing = store_listing(Store(store))
     if json_:
@@ -52,7 +52,7 @@ def store_verify(
     """Check the store: every file against its recorded sha256, the folders against the manifest's sequence,
     each adapter's modules and shapes against the base model, merges and checkpoints. Exit 2 on any problem."""
     from ..store import Store
-    from ..store.verify import verify_store
+    from ..commands.store import verify_store
 
     report = verify_store(Store(store), check_shapes=shapes)
     if json_:

@@ -32,7 +32,7 @@ def export_cmd(
 ):
     """Write the continual model (W0 + the merged updates, and the heads or prompts) as a folder that transformers
     or timm opens without pslora, with a README.md model card."""
-    from ..export import export_model
+    from ..commands.export import export_model
 
     s = session(store, device, None, json_, quiet, None, threads)
     seq, st, _ = s.open()
@@ -56,7 +56,7 @@ def predict_cmd(
     threads: ThreadsOpt = None,
 ):
     """Predict with the continual model: one line per input (label, score, input), or one JSON document."""
-    from ..predict import predict
+    from ..commands.predict import predict
 
     s = session(store, device, None, json_, quiet, None, threads)
     seq, st, _ = s.open()

@@ -53,7 +53,7 @@ def run_cmd(
 
     An interrupted run (Ctrl-C, SIGTERM, a crash) continues where it stopped when run again.
     """
-    from ..pipeline import run_sequence
+    from ..commands.run import run_sequence
 
     s = session(store, device, seed, json_, quiet, set_, threads)
     if data_dir is not None:
@@ -89,7 +89,7 @@ def compare_cmd(
     threads: ThreadsOpt = None,
 ):
     """Run SEQUENCE with several methods x seeds x orders (one store each) and compare them."""
-    from ..compare import compare, print_summary
+    from ..commands.compare import compare, print_summary
 
     s = session(out, device, None, json_, quiet, set_, threads)
     try:
@@ -123,7 +123,7 @@ def train_task_cmd(
 
     Ctrl-C or SIGTERM saves a checkpoint; the same command then resumes from it (--restart starts over).
     """
-    from ..pipeline import train_and_eval
+    from ..commands.run import train_and_eval
 
     s = session(store, device, seed, json_, quiet, set_, threads)
     result = train_and_eval(s, task, str(sequence) if sequence else None, eval_, restart=restart)
@@ -157,7 +157,7 @@ def merge_cmd(
     W0[key] + merged[key] is the merged weight of each adapted module. With --adapters, any PEFT LoRA adapters
     of one base model (ranks and alphas may differ) instead of the store's.
     """
-    from ..merging import merge_tasks
+    from ..commands.merge import merge_tasks
 
     if adapters:
         if tasks:
@@ -197,7 +197,7 @@ def eval_cmd(
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
     quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None,
 ):
-    from ..pipeline import evaluate_store
+    from ..commands.run import evaluate_store
 
     s = session(store, device, seed, json_, quiet, set_, threads)
     doc = evaluate_store(s, check_split(split))

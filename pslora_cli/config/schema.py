@@ -70,9 +70,8 @@ class Method:
     # and switches the stability and orthogonality terms on or off.
     name: str = setting("ps-lora", (str,))
     # lambda of the Parameter Stability Loss, for the default variant (a mean over modules of terms in units of
-    # the history's scale): 1 was the best decade of 0.1, 1, 10 on gen-mixed-order1 (benchmarks/RESULTS.md, "The
-    # stability loss that does what the paper says"). The literal dir+fro was tuned apart (0.01 on the encoder
-    # text sequences, which set it in their files).
+    # the history's scale): 1, the best decade on gen-mixed-order1 (benchmarks/RESULTS.md, "Verdict"). The literal
+    # dir+fro was tuned apart (0.01 on the encoder text sequences, which set it in their files).
     stability_weight: float = setting(1.0, NUMBER, minimum=0)
     # alpha of tanh(alpha*x): a fixed value, or adaptive = alpha_c / median|H| per module.
     alpha_mode: str = setting("adaptive", (str,), choices=("adaptive", "fixed"))
@@ -120,12 +119,13 @@ class Method:
     def options_for(self, merge: str) -> dict:
         """The keyword arguments of `merge` (the sequence's, or another chosen for one command): the scale as set,
         or that merge's own where the sequence left it at its merge's default (MagMax 0.5, the others 1)."""
-        from ..core.merges import MERGE_SCALE_DEFAULTS
+        from ..core.merges import MERGE_SCALE_DEFAULTS, MERGES
 
         scale = self.merge_scale
         if scale is None or (merge != self.merge and scale == MERGE_SCALE_DEFAULTS.get(self.merge, 1.0)):
             scale = MERGE_SCALE_DEFAULTS.get(merge, 1.0)
-        return {"density": self.merge_density, "scale": scale}
+        given = {"density": self.merge_density, "scale": scale}
+        return {k: given[k] for k in (MERGES[merge].options if merge in MERGES else given)}
 
     @property
     def stage_rule(self) -> str:

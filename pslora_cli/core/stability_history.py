@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .stability import conv_to_matrix
+from .lora import conv_to_matrix
 
 STORES = ("auto", "dense", "factors")
 

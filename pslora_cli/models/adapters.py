@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from ..core.merges import from_factors, merge_module
-from ..core.stability import conv_to_matrix, lora_delta
+from ..core.lora import conv_to_matrix, lora_delta
 from ..errors import InputError
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -166,9 +166,10 @@ def open_adapters(task_dirs: Iterable[Path]) -> list[AdapterFile]:
     return adapters
 
 
-def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device | str = "cpu", *,
-                  density: float = 0.2, scale: float = 1.0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (base parameter name, merged dense update) one module at a time.
+def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device | str = "cpu",
+                  **options) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (base parameter name, merged dense update) one module at a time; `options`: those the merge declares
+    (core/merges: TIES's density, task arithmetic's and MagMax's scale).
 
     Streams over modules and over tasks: at any moment one running result and one task's delta are held
     (TIES reads the tasks twice rather than holding them). A merge with `from_factors` (magnitude) holds even
@@ -181,8 +182,7 @@ def merged_deltas(adapters: list[AdapterFile], method: str, device: torch.device
         if factor_merge is not None:  # e.g. magnitude: block by block, the dense products never exist in full
             yield param, factor_merge(a.scaled_factors(param, device) for a in adapters)
             continue
-        yield param, merge_module(lambda: _deltas_in_one_buffer(adapters, param, device), method,
-                                  density=density, scale=scale)
+        yield param, merge_module(lambda: _deltas_in_one_buffer(adapters, param, device), method, **options)
 
 
 def _deltas_in_one_buffer(adapters: list[AdapterFile], param: str, device) -> Iterator[torch.Tensor]:

@@ -6,7 +6,8 @@ import peft  # noqa: F401
 import torch  # noqa: F401
 import transformers  # noqa: F401
 
-from pslora_cli import cli, merging, pipeline, session  # noqa: F401
+from pslora_cli import cli, session  # noqa: F401
+from pslora_cli.commands import merge, run  # noqa: F401
 from pslora_cli.data.text_sources import DEFAULT_WORDNET_DIR, wordnet_pools
 from pslora_cli.evaluation import matrix, scoring  # noqa: F401
 from pslora_cli.training import recipe, task  # noqa: F401

@@ -23,7 +23,7 @@ import yaml
 
 from conftest import run_cli, tiny_sequence, tree_state
 from pslora_cli.store import Store
-from pslora_cli.store.verify import verify_store
+from pslora_cli.commands.store import verify_store
 
 KILLS_IN_CI = int(os.environ.get("PSLORA_KILL_TEST_KILLS", "50"))
 

@@ -50,8 +50,8 @@ def test_no_pickle_loading_in_the_package():
 
 
 def test_default_threads_half_the_cores_unless_omp_says(monkeypatch):
-    import pslora_cli.session as session
-    from pslora_cli.session import default_threads
+    import pslora_cli.runtime as session
+    from pslora_cli.runtime import default_threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() == 3
@@ -65,7 +65,7 @@ def test_default_threads_half_the_cores_unless_omp_says(monkeypatch):
 def test_usable_cores_reads_cgroup_quotas(monkeypatch, tmp_path):
     import os
 
-    from pslora_cli.session import usable_cores
+    from pslora_cli.runtime import usable_cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     root, proc = tmp_path / "cg", tmp_path / "proc-self-cgroup"
@@ -89,7 +89,7 @@ def test_usable_cores_reads_the_quota_of_a_nested_cgroup(monkeypatch, tmp_path):
     """A Slurm job or a systemd slice sets its quota on the process's own cgroup or a parent, not on the root."""
     import os
 
-    from pslora_cli.session import usable_cores
+    from pslora_cli.runtime import usable_cores
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     root, proc = tmp_path / "cg", tmp_path / "proc-self-cgroup"

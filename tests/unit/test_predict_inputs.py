@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pslora_cli.errors import InputError
-from pslora_cli.predict import load_images, read_images, read_texts
+from pslora_cli.commands.predict import load_images, read_images, read_texts
 
 
 def test_read_images_checks_every_file_but_decodes_none(tmp_path, monkeypatch):

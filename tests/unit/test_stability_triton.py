@@ -9,7 +9,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel is defined: before stability_triton is imported
 
-from pslora_cli.core.stability import lora_delta, parameter_stability_loss  # noqa: E402
+from pslora_cli.core.lora import lora_delta
+from pslora_cli.core.stability import parameter_stability_loss  # noqa: E402
 from pslora_cli.core.stability_lean import HistoryFactors, lean_stability_loss, prepare_history  # noqa: E402
 
 F64 = torch.float64

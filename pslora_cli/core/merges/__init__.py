@@ -2,9 +2,10 @@
 by name with a one-line summary. The CLI's help, the sequence validator and `pslora merge` read MERGES; a merge's
 module is imported only when it runs, so that the list costs no torch import.
 
-Each merge module defines `merge(make_deltas, *, density, scale)`: `make_deltas` is a zero-argument callable
-returning a fresh iterable of the tasks' dense updates (so that a merge can stream over tasks, twice if it needs
-to, without holding them all); `density` is TIES's, `scale` task arithmetic's. A merge that can work from the LoRA
+Each merge module defines `merge(make_deltas, **options)`: `make_deltas` is a zero-argument callable returning a
+fresh iterable of the tasks' dense updates (so that a merge can stream over tasks, twice if it needs to, without
+holding them all); the options are the ones its MergeInfo declares (TIES's `density`, the `scale` of task
+arithmetic and MagMax), and a merge receives no other. A merge that can work from the LoRA
 factors without forming the dense products also defines `from_factors(iterable of (scale·B_i, A_i))`.
 """
 
@@ -20,6 +21,7 @@ class MergeInfo:
     name: str
     module: str
     summary: str
+    options: tuple[str, ...] = ()  # keyword options it takes: "density" (method.merge_density), "scale"
 
     def load(self) -> ModuleType:
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -29,22 +31,25 @@ MERGES: dict[str, MergeInfo] = {m.name: m for m in (
     MergeInfo("magnitude", "magnitude", "per element, the largest update in absolute value, with its sign (PS-LoRA)"),
     MergeInfo("sum", "summation", "the updates added"),
     MergeInfo("mean", "average", "the updates averaged"),
-    MergeInfo("ties", "ties", "TIES: trim to method.merge_density, elect signs, disjoint mean"),
-    MergeInfo("task-arithmetic", "task_arithmetic", "the updates added, times method.merge_scale"),
+    MergeInfo("ties", "ties", "TIES: trim to method.merge_density, elect signs, disjoint mean", ("density",)),
+    MergeInfo("task-arithmetic", "task_arithmetic", "the updates added, times method.merge_scale", ("scale",)),
     MergeInfo("last", "last", "the last task's update alone (sequential LoRA)"),
     MergeInfo("magmax", "magmax", "MagMax: per element the largest update in absolute value (the later task on ties), "
-                                  "times method.merge_scale (0.5 unless set)"),
+                                  "times method.merge_scale (0.5 unless set)", ("scale",)),
 )}
 # method.merge_scale where the sequence gives none: each merge's own (MagMax's official 0.5).
 MERGE_SCALE_DEFAULTS = {"magmax": 0.5}
 DEFAULT_MERGE = "magnitude"
 
 
-def merge_module(make_deltas, method: str = DEFAULT_MERGE, *, density: float = 0.2, scale: float = 1.0):
-    """Merge one module's updates with the merge named `method`."""
+def merge_module(make_deltas, method: str = DEFAULT_MERGE, **options):
+    """Merge one module's updates with the merge named `method`, given the options it declares (others: an error)."""
     if method not in MERGES:
         raise ValueError(f"unknown merge method {method!r}; expected one of {tuple(MERGES)}")
-    return MERGES[method].load().merge(make_deltas, density=density, scale=scale)
+    extra = set(options) - set(MERGES[method].options)
+    if extra:
+        raise ValueError(f"merge {method!r} takes no option {sorted(extra)[0]!r}")
+    return MERGES[method].load().merge(make_deltas, **options)
 
 
 def from_factors(method: str):

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
-from .serving import ContinualModel, continual_model
-from .store import Store, atomic_folder, check_output_folder
+from ..errors import InputError
+from ..serving import ContinualModel, continual_model
+from ..store import Store, atomic_folder, check_output_folder
 
 
 def export_model(seq, store: Store, device: torch.device, out: Path, task: str | None = None,
@@ -57,7 +57,7 @@ def _check_not_the_store(out: Path, store: Store) -> None:
 
 
 def _write_language_model(model: ContinualModel, folder: Path) -> str:
-    from .models.lm import generation_budget
+    from ..models.lm import generation_budget
 
     lm = model.backbone
     limit = model.seq.evaluation.max_new_tokens
@@ -98,9 +98,9 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
 def _write_timm(model: ContinualModel, folder: Path) -> str:
     from safetensors.torch import save_file
 
-    from .models import target_parameters
-    from .models.adapters import WeightFolder
-    from .models.vision import _architecture, build_model
+    from ..models import target_parameters
+    from ..models.adapters import WeightFolder
+    from ..models.vision import _architecture, build_model
 
     cfg, vision = model.seq.backbone, model.backbone
     # A fresh timm model (plain BatchNorm, not pslora's frozen copy) with the update folded in, and one classifier

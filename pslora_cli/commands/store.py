@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from ..errors import InputError
-from .files import sha256_file
-from .layout import ADAPTER, Store
+from ..store.files import sha256_file
+from ..store.layout import ADAPTER, Store
 
 
 def verify_store(store: Store, check_shapes: bool = True) -> dict:
@@ -135,7 +135,7 @@ def _check_matrix(store: Store, ids: list[str], report: dict) -> None:
 
 
 def _check_checkpoints(store: Store, ids: list[str], report: dict) -> None:
-    from .checkpoints import read_checkpoint
+    from ..store.checkpoints import read_checkpoint
 
     if store.checkpoints_dir.is_dir():
         for f in sorted(store.checkpoints_dir.glob("*.safetensors")):
@@ -147,7 +147,7 @@ def _check_checkpoints(store: Store, ids: list[str], report: dict) -> None:
 
 def store_listing(store: Store) -> dict:
     """What `pslora store ls` shows: the sequence, each task's state, the merges, the matrix."""
-    from .checkpoints import checkpoint_step
+    from ..store.checkpoints import checkpoint_step
 
     manifest = store.manifest()
     seq = manifest["sequence"]

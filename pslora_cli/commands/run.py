@@ -3,18 +3,18 @@
 
 from __future__ import annotations
 
-from . import distributed
-from .config import Sequence
-from .session import Session, data_loader, writing
-from .store import Store
-from .training.task import check_predecessors, train_one
+from .. import distributed
+from ..config import Sequence
+from ..session import Session, data_loader, writing
+from ..store import Store
+from ..training.task import check_predecessors, train_one
 
 
 def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: bool = True,
                   split: str = "test") -> dict:
     """Fill the accuracy matrix of `split` for the trained prefix; draw its figures (rank 0)."""
-    from .evaluation.matrix import complete_matrix, trained_prefix
-    from .report import plot_matrix
+    from ..evaluation.matrix import complete_matrix, trained_prefix
+    from ..report import plot_matrix
 
     doc = complete_matrix(seq, store, session.device, load, progress=session.reporter.info, split=split)
     k = trained_prefix(seq, store)
@@ -30,9 +30,9 @@ def preflight(seq: Sequence, device) -> None:
     InfLoRA on linear layers."""
     sparsity = (seq.method.sparsity_weight or 0) > 0 and seq.method.sparsity_form == "official"
     if sparsity or seq.method.spec.input_subspace:
-        from .models import load_backbone, target_parameters
-        from .training.inflora import check_linear
-        from .training.regularisers import check_sparsity_form
+        from ..models import load_backbone, target_parameters
+        from ..training.inflora import check_linear
+        from ..training.regularisers import check_sparsity_form
 
         params = target_parameters(load_backbone(seq.backbone, device).model, seq.lora.target_modules)
         shapes = {name: tuple(p.shape) for name, p in params.items()}
@@ -43,7 +43,7 @@ def preflight(seq: Sequence, device) -> None:
 
 def run_sequence(session: Session, sequence_file: str, restart: bool = False) -> dict:
     """`pslora run`: train every task not yet in the store, evaluating after each; merge; return the result."""
-    from .merging import merge_tasks
+    from .merge import merge_tasks
 
     seq, store, text = session.open(sequence_file, create=True)
     load = data_loader(seq)

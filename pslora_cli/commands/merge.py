@@ -8,9 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from .config import Sequence, canonical_hash
-from .errors import InputError
-from .store import Store, atomic_path, sha256_file, write_json_atomic
+from ..config import Sequence, canonical_hash
+from ..errors import InputError
+from ..store import Store, atomic_path, sha256_file, write_json_atomic
 
 
 def merge_tasks(seq: Sequence, store: Store, method: str, task_ids: list[str] | None, out: Path | None,
@@ -19,9 +19,9 @@ def merge_tasks(seq: Sequence, store: Store, method: str, task_ids: list[str] | 
     the store's merges and to `out`. Returns the merge's record."""
     import torch
 
-    from .core.merges import MERGES
-    from .models.adapters import merged_deltas, open_adapters
-    from .store.stream_write import write_streaming
+    from ..core.merges import MERGES
+    from ..models.adapters import merged_deltas, open_adapters
+    from ..store.stream_write import write_streaming
 
     if method not in MERGES:
         raise InputError(f"--method {method!r}: expected one of {', '.join(MERGES)}")

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import yaml
 
-from .config import parse_yaml
-from .core.metrics import paired_interval
-from .errors import InputError
-from .methods import METHODS
-from .pipeline import evaluate_store, run_sequence
-from .session import Session
-from .store import atomic_path, write_json_atomic, write_text_atomic
+from ..config import parse_yaml
+from ..core.metrics import paired_interval
+from ..errors import InputError
+from ..methods import METHODS
+from .run import evaluate_store, run_sequence
+from ..session import Session
+from ..store import atomic_path, write_json_atomic, write_text_atomic
 
 SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_accuracy", "avg_incremental_accuracy")
 SPLIT_METRICS = ("bwt_backbone", "bwt_heads")  # core.metrics.forgetting_split

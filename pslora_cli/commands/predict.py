@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
-from .serving import ContinualModel, continual_model
+from ..errors import InputError
+from ..serving import ContinualModel, continual_model
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -78,7 +78,7 @@ def load_images(paths: list[Path]) -> list:
     """The images of `paths` as arrays."""
     from PIL import Image
 
-    from .data.image_sources import pil_to_array
+    from ..data.image_sources import pil_to_array
 
     images = []
     for path in paths:
@@ -114,7 +114,7 @@ def predict(seq, store, device: torch.device, source: str, task: str | None = No
 
 
 def _is_image(seq) -> bool:
-    from .config.backbones import backbone_modality
+    from ..config.backbones import backbone_modality
 
     return backbone_modality(seq.backbone) == "image"
 
@@ -138,8 +138,8 @@ def _classify(model: ContinualModel, inputs: list, task: str | None, batch: int,
 
 def _generate(model: ContinualModel, inputs: list[str], task: str | None, batch: int, progress) -> list[dict]:
     """Greedy answers, as exact-match scoring generates them; score = the answer's probability under the model."""
-    from .data.prompts import Prompted
-    from .models.lm import generation_budget, normalise
+    from ..data.prompts import Prompted
+    from ..models.lm import generation_budget, normalise
 
     lm = model.backbone
     prompts = [p for p in model.prompts if p.task == task] if task is not None else []

@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import InputError, WorkError
-from .session import Session, default_threads
+from ..errors import InputError, WorkError
+from ..runtime import default_threads
+from ..session import Session
 
 
 def run_argv(run, base: Session, threads: int | None = None) -> list[str]:
@@ -102,9 +103,9 @@ def collect_runs(grid: list, base: Session, split: str) -> tuple[list[dict], lis
     """(the record of every finished run, the runs not finished): a finished store has every task trained; its
     matrix on `split` is completed where cells are missing (scoring only, nothing is trained)."""
     from .compare import run_record
-    from .config import load_sequence
-    from .pipeline import evaluate_store
-    from .store import Store
+    from ..config import load_sequence
+    from .run import evaluate_store
+    from ..store import Store
 
     runs, missing = [], []
     for run in grid:

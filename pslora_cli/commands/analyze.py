@@ -10,10 +10,10 @@ from ..config import Sequence
 from ..errors import InputError
 from ..session import Session
 from ..store import Store
-from .files import render_files, write_all
-from .intervention import intervene
-from .options import AnalysisOptions, parse_subset
-from .stats import analyze_store, comparison
+from ..analysis.files import render_files, write_all
+from ..analysis.intervention import intervene
+from ..analysis.options import AnalysisOptions, parse_subset
+from ..analysis.stats import analyze_store, comparison
 
 
 ADAPTERS_OUT = Path("pslora-shifts")  # where --adapters writes without --out
@@ -52,7 +52,7 @@ def analyze_shifts(session: Session, aopts: AnalysisOptions) -> dict:
 
 def _analyze_adapters(aopts: AnalysisOptions, device, reporter, started: float) -> dict:
     """--adapters: adapters from anywhere, no store: the statistics and figures, written to --out."""
-    from .stats import analyze_adapter_set
+    from ..analysis.stats import analyze_adapter_set
 
     for flag, given in (("--intervene", aopts.intervene), ("--compare", aopts.compare is not None)):
         if given:
