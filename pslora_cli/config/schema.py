@@ -17,12 +17,13 @@ _NO_LEGACY = object()
 
 
 def setting(default: Any, types: tuple, *, choices: tuple | None = None, minimum: float | None = None,
-            positive: bool = False, legacy: Any = _NO_LEGACY) -> Any:
-    """A dataclass field with its validation rule: allowed types, allowed values, lower bound. `legacy`: for a
-    field added after stores were written, the value those stores mean by its absence; the plain form (to_dict,
-    which store identities hash) leaves the field out at that value, so that they keep their identity."""
+            positive: bool = False, legacy: Any = _NO_LEGACY, help: str = "") -> Any:
+    """A dataclass field with its validation rule: allowed types, allowed values, lower bound, and its help text
+    (the README's settings table is generated from it: config/docs.py). `legacy`: for a field added after stores
+    were written, the value those stores mean by its absence; the plain form (to_dict, which store identities hash)
+    leaves the field out at that value, so that they keep their identity."""
     meta = {"types": types, "choices": choices, "minimum": minimum, "positive": positive,
-            "required": default is REQUIRED, "legacy": legacy}
+            "required": default is REQUIRED, "legacy": legacy, "help": help}
     if default is REQUIRED:
         return field(metadata=meta)
     if isinstance(default, (list, dict)):
@@ -32,31 +33,43 @@ def setting(default: Any, types: tuple, *, choices: tuple | None = None, minimum
 
 @dataclass(frozen=True)
 class Backbone:
-    # builtin: a model that ships inside a Python package (offline); huggingface: a hub id or local folder loaded
-    # with transformers; timm: any timm image model name.
-    source: str = setting("builtin", (str,), choices=("builtin", "huggingface", "timm"))
-    name: str = setting("all-minilm-l6-v2", (str,))
-    pooling: str = setting("mean", (str,), choices=("mean", "cls"))
-    max_length: int = setting(64, (int,), positive=True)
-    trust_remote_code: bool = setting(False, (bool,))
-    # Image backbones. pretrained: hub weights for timm names (false: random init, fixed seed); weights: a local
-    # .safetensors/.pth file for a timm model; image_size: the side images are resized to (null: the model's own);
-    # model_kwargs: passed to timm.create_model (e.g. img_size, patch_size, depth for a small ViT).
-    pretrained: bool = setting(True, (bool,))
-    weights: str | None = setting(None, (str, type(None)))
-    image_size: int | None = setting(None, (int, type(None)), positive=True)
-    model_kwargs: dict = setting({}, (dict,))
-    # What the model is: an encoder whose pooled features feed per-task heads, or a language model that writes the
-    # answer (causal-lm: LLaMA, SmolLM2; seq2seq-lm: T5). auto: from the model's config.
-    kind: str = setting("auto", (str,), choices=("auto", "encoder", "causal-lm", "seq2seq-lm"), legacy="encoder")
+    source: str = setting("builtin", (str,), choices=("builtin", "huggingface", "timm"),
+            help="builtin: a model shipped inside a Python package (offline); huggingface: a hub id or local folder "
+                 "loaded with transformers; timm: any timm image model name")
+    name: str = setting("all-minilm-l6-v2", (str,),
+            help="the model: all-minilm-l6-v2, efficientnet-lite0 or smollm2-135m-instruct for builtin; a hub id or "
+                 "local folder for huggingface; a timm model name")
+    pooling: str = setting("mean", (str,), choices=("mean", "cls"),
+            help="how an encoder's token features become one vector for the heads")
+    max_length: int = setting(64, (int,), positive=True,
+            help="tokens per text (128 for language models unless set); a longer prompt's text is cut at its end so "
+                 "that the instruction and the answer fit")
+    trust_remote_code: bool = setting(False, (bool,),
+            help="let transformers run the model repository's own code")
+    pretrained: bool = setting(True, (bool,),
+            help="timm names: the hub weights (false: random init with a fixed seed; image backbones only)")
+    weights: str | None = setting(None, (str, type(None)),
+            help="a local .safetensors/.pth file of weights for a timm model")
+    image_size: int | None = setting(None, (int, type(None)), positive=True,
+            help="the side images are resized to (null: the model's own)")
+    model_kwargs: dict = setting({}, (dict,),
+            help="passed to timm.create_model (e.g. img_size, patch_size, depth for a small ViT)")
+    kind: str = setting("auto", (str,), choices=("auto", "encoder", "causal-lm", "seq2seq-lm"), legacy="encoder",
+            help="encoder (pooled features feed per-task heads), causal-lm (LLaMA, SmolLM2) or seq2seq-lm (T5), which "
+                 "write the answer; auto: from the model's config")
 
 
 @dataclass(frozen=True)
 class Lora:
-    rank: int = setting(8, (int,), positive=True)
-    alpha: float = setting(16, NUMBER, positive=True)
-    target_modules: list = setting(["query", "value"], (list,))
-    dropout: float = setting(0.0, NUMBER)
+    rank: int = setting(8, (int,), positive=True,
+            help="r of each LoRA adapter")
+    alpha: float = setting(16, NUMBER, positive=True,
+            help="LoRA alpha; the update is (alpha / rank) · B·A")
+    target_modules: list = setting(["query", "value"], (list,),
+            help="the adapted modules (default: the attention query/value projections: [query, value] on BERT-style "
+                 "encoders, [q_proj, v_proj] on LLaMA-style LMs, [q, v] on T5)")
+    dropout: float = setting(0.0, NUMBER,
+            help="dropout on the LoRA path")
 
 
 # The stability loss's forms (the same tuples as core/stability.py's, which this torch-free module cannot import).
@@ -66,43 +79,46 @@ LITERAL_VARIANTS = ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")
 
 @dataclass(frozen=True)
 class Method:
-    # The continual-learning method (pslora_cli/methods): it fixes the merge and how earlier tasks enter training,
-    # and switches the stability and orthogonality terms on or off.
-    name: str = setting("ps-lora", (str,))
-    # lambda of the Parameter Stability Loss, for the default variant (a mean over modules of terms in units of
-    # the history's scale): 1, the best decade on gen-mixed-order1 (benchmarks/RESULTS.md, "Verdict"). The literal
-    # dir+fro was tuned apart (0.01 on the encoder text sequences, which set it in their files).
-    stability_weight: float = setting(1.0, NUMBER, minimum=0)
-    # alpha of tanh(alpha*x): a fixed value, or adaptive = alpha_c / median|H| per module.
-    alpha_mode: str = setting("adaptive", (str,), choices=("adaptive", "fixed"))
-    alpha: float = setting(2.0, NUMBER, minimum=0)
-    # reduction over a module's elements; "sum" applies to the literal variants only.
-    reduction: str = setting("mean", (str,), choices=("mean", "sum"))
-    # the loss's form (core/stability.py): "hinge+ratio" (this repository's METHOD.md;
-    # METHOD.md §1b says why; averaged over modules), its halves
-    # "direction-only" / "magnitude-only", or the paper's literal "dir+fro" and its relatives (summed over modules).
-    variant: str = setting("hinge+ratio", (str,), choices=SCALED_VARIANTS + LITERAL_VARIANTS)
-    # O-LoRA's lambda_1 for sum_{i<t} ||A_i A_t^T||_1 (null: the method's own, 0.5 for the o-lora methods and 0 for
-    # custom, so that custom adds O-LoRA's term only where asked).
-    orthogonality_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0)
-    # N-LoRA's lambda_1 for its l1 sparsity term on the new task's factors (training/regularisers.py; null: the
-    # method's own, 0.4 for n-lora as its official T5 scripts set it, 0 otherwise) and the term's form: "official"
-    # (sum over modules of ||A_t B_t||_1, the r x r product the official code computes, square modules only) or
-    # "update" (sum over modules of ||s B_t A_t||_1 = ||dW_t||_1, the paper's statement, any module).
-    sparsity_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0, legacy=0.0)
-    sparsity_form: str = setting("official", (str,), choices=("official", "update"), legacy="official")
-    # choices: the merge registry (core/merges), checked by the validator.
-    merge: str = setting("magnitude", (str,))
-    merge_density: float = setting(0.2, NUMBER)  # TIES: fraction of each update kept by the trim step
-    # task arithmetic and MagMax: scale of the merged update (null: the merge's own, 1 for task arithmetic, 0.5 for
-    # MagMax as its official code applies it)
-    merge_scale: float | None = setting(None, NUMBER + (type(None),))
-    # How earlier tasks enter task t's training forward pass: their running merge, their sum, or not at all.
-    previous: str = setting("merge", (str,), choices=("merge", "sum", "none"))
-    # InfLoRA (core/subspace.py): the share of each task's input energy its subspace keeps, from the first task's
-    # value to the last's (the official configs' lamb 0.95 and lame 1.0).
-    subspace_threshold: float = setting(0.95, NUMBER, positive=True, legacy=0.95)
-    subspace_threshold_end: float = setting(1.0, NUMBER, positive=True, legacy=1.0)
+    name: str = setting("ps-lora", (str,),
+            help="the continual-learning method (README, Methods): it fixes the merge and how earlier tasks enter "
+                 "training, and switches the loss terms on or off")
+    stability_weight: float = setting(1.0, NUMBER, minimum=0,
+            help="λ of the Parameter Stability Loss (for the scaled variants a mean over modules of terms in units of "
+                 "the history's scale, comparable across models)")
+    alpha_mode: str = setting("adaptive", (str,), choices=("adaptive", "fixed"),
+            help="α of tanh(α·x): adaptive (alpha / median|H| per module) or fixed")
+    alpha: float = setting(2.0, NUMBER, minimum=0,
+            help="the α constant (adaptive: alpha / median|H|)")
+    reduction: str = setting("mean", (str,), choices=("mean", "sum"),
+            help="reduction over a module's elements; sum applies to the literal variants only")
+    variant: str = setting("hinge+ratio", (str,), choices=SCALED_VARIANTS + LITERAL_VARIANTS,
+            help="the loss's form (METHOD.md): hinge+ratio (opposing entries and the update's size in units of the "
+                 "history's scale), its halves direction-only and magnitude-only; the paper's literal dir+fro and its "
+                 "relatives weighted-dir+fro, dir+factor, deviation")
+    orthogonality_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0,
+            help="O-LoRA's λ1 for Σ_{i<t} ‖A_i A_tᵀ‖₁ (null: the method's own, 0.5 for the o-lora methods, 0 "
+                 "otherwise)")
+    sparsity_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0, legacy=0.0,
+            help="N-LoRA's l1 weight (null: the method's own for n-lora, 0.4 with sparsity_form official and 1.6e-4 "
+                 "with update; 0 otherwise)")
+    sparsity_form: str = setting("official", (str,), choices=("official", "update"), legacy="official",
+            help="N-LoRA's term: official (Σ_m ‖A_t B_t‖₁, the r x r product its code computes, square modules only) "
+                 "or update (Σ_m ‖s B_t A_t‖₁ = ‖ΔW_t‖₁, the paper's statement, any module)")
+    merge: str = setting("magnitude", (str,),
+            help="how the task updates are merged (pslora merge --help lists them); fixed by the method except for "
+                 "custom and per-task")
+    merge_density: float = setting(0.2, NUMBER,
+            help="TIES: the fraction of each update kept by the trim step")
+    merge_scale: float | None = setting(None, NUMBER + (type(None),),
+            help="task arithmetic and MagMax: scale of the merged update (null: the merge's own, 1 for task "
+                 "arithmetic, 0.5 for MagMax)")
+    previous: str = setting("merge", (str,), choices=("merge", "sum", "none"),
+            help="how earlier tasks enter task t's training forward pass: their running merge, their sum, or not at "
+                 "all")
+    subspace_threshold: float = setting(0.95, NUMBER, positive=True, legacy=0.95,
+            help="InfLoRA: the share of the first task's input energy its subspace keeps (the official lamb)")
+    subspace_threshold_end: float = setting(1.0, NUMBER, positive=True, legacy=1.0,
+            help="InfLoRA: the share for the last task (the official lame); the threshold runs linearly between them")
 
     @property
     def spec(self):
@@ -136,42 +152,54 @@ class Method:
 
 @dataclass(frozen=True)
 class Training:
-    steps: int | None = setting(120, (int, type(None)), positive=True)
-    epochs: int | None = setting(None, (int, type(None)), positive=True)
-    batch_size: int = setting(16, (int,), positive=True)
-    learning_rate: float = setting(1e-3, NUMBER, positive=True)
-    head_learning_rate: float = setting(5e-3, NUMBER, positive=True)
-    weight_decay: float = setting(0.0, NUMBER, minimum=0)
-    eval_batch_size: int = setting(128, (int,), positive=True)
-    # Save the training state every this many steps (0: only when interrupted), so that a crash loses at most
-    # that much work; `train-task`/`run` resume from it.
-    checkpoint_every: int = setting(25, (int,), minimum=0)
-    # Forward-pass precision: bf16 autocast ("auto": on GPUs that support it); loss, merge, adapters: float32.
-    precision: str = setting("auto", (str,), choices=("auto", "fp32", "bf16"))
-    # Learning-rate schedule: linear warm-up over the first 10% of steps then linear decay, or constant (O-LoRA).
-    schedule: str = setting("warmup-linear", (str,), choices=("warmup-linear", "constant"), legacy="warmup-linear")
-    # Micro-batches of batch_size per optimiser step (the effective batch is their product).
-    grad_accumulation: int = setting(1, (int,), positive=True, legacy=1)
+    steps: int | None = setting(120, (int, type(None)), positive=True,
+            help="optimiser steps per task (null: epochs decide)")
+    epochs: int | None = setting(None, (int, type(None)), positive=True,
+            help="passes over each task's training data, when steps is null")
+    batch_size: int = setting(16, (int,), positive=True,
+            help="examples per micro-batch")
+    learning_rate: float = setting(1e-3, NUMBER, positive=True,
+            help="AdamW learning rate of the LoRA factors")
+    head_learning_rate: float = setting(5e-3, NUMBER, positive=True,
+            help="AdamW learning rate of the heads (encoders)")
+    weight_decay: float = setting(0.0, NUMBER, minimum=0,
+            help="AdamW weight decay")
+    eval_batch_size: int = setting(128, (int,), positive=True,
+            help="examples per batch when scoring")
+    checkpoint_every: int = setting(25, (int,), minimum=0,
+            help="save the training state every this many steps (0: only when interrupted); train-task and run resume "
+                 "from it")
+    precision: str = setting("auto", (str,), choices=("auto", "fp32", "bf16"),
+            help="forward-pass precision: bf16 autocast (auto: on GPUs that support it); loss, merge and adapters stay "
+                 "float32")
+    schedule: str = setting("warmup-linear", (str,), choices=("warmup-linear", "constant"), legacy="warmup-linear",
+            help="learning-rate schedule: linear warm-up over the first 10 % of steps then linear decay, or constant "
+                 "(O-LoRA)")
+    grad_accumulation: int = setting(1, (int,), positive=True, legacy=1,
+            help="micro-batches of batch_size per optimiser step (the effective batch is their product)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
-    id: str = setting(REQUIRED, (str,))
-    description: str = setting("", (str,))
-    data: dict = setting(REQUIRED, (dict,))  # checked by the data layer (pslora_cli/data)
-    # Language models: instruction, template and answer texts (data/prompts.py); null: the defaults.
-    prompt: dict | None = setting(None, (dict, type(None)), legacy=None)
+    id: str = setting(REQUIRED, (str,),
+            help="the task's name, unique in the sequence")
+    description: str = setting("", (str,),
+            help="free text")
+    data: dict = setting(REQUIRED, (dict,),
+            help="the task's data source (README, Data sources), checked by the data layer")
+    prompt: dict | None = setting(None, (dict, type(None)), legacy=None,
+            help="language models only: instruction, template and answer texts (null: the defaults)")
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    # heads: argmax of the task heads (encoders); exact-match: greedy generation compared with the answer text
-    # (the paper's metric); rank: the option with the highest likelihood. auto: heads for encoders, exact-match
-    # for language models.
-    scorer: str = setting("auto", (str,), choices=("auto", "heads", "exact-match", "rank"))
-    # exact-match: the most tokens the model may write before its end token (null: the longest answer's tokens + 16,
-    # room for a sentence, so that an answer that runs on past the label is seen and scored wrong).
-    max_new_tokens: int | None = setting(None, (int, type(None)), positive=True, legacy=None)
+    scorer: str = setting("auto", (str,), choices=("auto", "heads", "exact-match", "rank"),
+            help="heads: argmax of the task heads (encoders); exact-match: the greedy answer, generated to its end "
+                 "token, compared whole with the answer text; rank: the option with the highest likelihood; auto: "
+                 "heads for encoders, exact-match for language models")
+    max_new_tokens: int | None = setting(None, (int, type(None)), positive=True, legacy=None,
+            help="exact-match: the most tokens the model may write (null: the longest answer's tokens + 16, so that an "
+                 "answer that runs on is seen and scored wrong)")
 
 
 # Parts of the sequence that define what a store holds; the rest (training, method, seed) may be overridden per
@@ -181,10 +209,15 @@ IDENTITY_KEYS = ("backbone", "lora", "scenario", "tasks")
 
 @dataclass(frozen=True)
 class Sequence:
-    name: str = setting(REQUIRED, (str,))
-    description: str = setting("", (str,))
-    scenario: str = setting("class-incremental", (str,), choices=("class-incremental", "task-incremental"))
-    seed: int = setting(0, (int,))
+    name: str = setting(REQUIRED, (str,),
+            help="the sequence's name")
+    description: str = setting("", (str,),
+            help="free text")
+    scenario: str = setting("class-incremental", (str,), choices=("class-incremental", "task-incremental"),
+            help="class-incremental (one classifier grows by each task's classes; scored without the task id too) or "
+                 "task-incremental (each task scored with its own head or prompt)")
+    seed: int = setting(0, (int,),
+            help="the seed of data splits, initialisation and batch order; one per store")
     backbone: Backbone = field(default_factory=Backbone)
     lora: Lora = field(default_factory=Lora)
     method: Method = field(default_factory=Method)
