@@ -137,9 +137,10 @@ def _classify(model: ContinualModel, inputs: list, task: str | None, batch: int,
 
 
 def _generate(model: ContinualModel, inputs: list[str], task: str | None, batch: int, progress) -> list[dict]:
-    """Greedy answers, as exact-match scoring generates them; score = the answer's probability under the model."""
+    """Greedy answers through the scorer's own path (models/lm.py `generated_answers`, with exact match's budget
+    and prompt cut); score = the answer's probability under the model."""
     from ..data.prompts import Prompted
-    from ..models.lm import generation_budget, normalise
+    from ..models.lm import generated_answers, generation_budget, normalise
 
     lm = model.backbone
     prompts = [p for p in model.prompts if p.task == task] if task is not None else []
@@ -150,20 +151,13 @@ def _generate(model: ContinualModel, inputs: list[str], task: str | None, batch:
     examples = [Prompted(prompt.prefix if prompt else "", text, prompt.suffix if prompt else "") for text in inputs]
     out = []
     for start in range(0, len(examples), batch):
-        enc = lm.collate_prompts(examples[start:start + batch], reserve, model.device)
-        gen = lm.model.generate(**enc, max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_id,
-                                eos_token_id=lm.eos_id, output_scores=True, return_dict_in_generate=True)
-        new = gen.sequences if lm.kind == "seq2seq-lm" else gen.sequences[:, enc["input_ids"].shape[1]:]
-        logprobs = lm.model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
-        for row, lp in zip(new.tolist(), logprobs.tolist()):
-            if lm.kind == "seq2seq-lm":
-                row = row[1:]  # the decoder's start token has no score
-            n = row.index(lm.eos_id) + 1 if lm.eos_id in row else len(row)
-            text = lm.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+        texts, scores = generated_answers(lm, examples[start:start + batch], budget, model.device, reserve,
+                                          with_scores=True)
+        for text, score in zip(texts, scores):
+            text = text.strip()
             match = [c for c, a in zip(prompt.classes, prompt.answers) if normalise(a) == normalise(text)] \
                 if prompt else []
-            out.append({"label": text, "score": math.exp(sum(lp[:n])), "task": task,
-                        "class": match[0] if match else None})
+            out.append({"label": text, "score": score, "task": task, "class": match[0] if match else None})
         if progress:
             progress(min(start + batch, len(examples)), len(examples), {})
     return out

@@ -10,6 +10,7 @@ once into an ordinary float32 folder in the user's cache, which later loads take
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -246,33 +247,48 @@ def exact_match_hits(lm: LanguageModel, examples: list, labels: list[int], answe
     return torch.tensor(hits, dtype=torch.bool, device=device)
 
 
-def generated_answers(lm: LanguageModel, examples: list, budget: int, device, reserve: int | None = None) -> list[str]:
+def generated_answers(lm: LanguageModel, examples: list, budget: int, device, reserve: int | None = None,
+                      with_scores: bool = False) -> list[str] | tuple[list[str], list[float]]:
     """The text each prompt's greedy continuation holds, up to the end token or `budget` tokens: `greedy_causal`
     where it writes what `generate` writes, else `generate`, whose output for a decoder-only model starts with the
     prompt (cut off here). Prompts are cut to leave `reserve` tokens of max_length (default: the budget); the
-    answer may run past max_length, which bounds only what the model reads."""
+    answer may run past max_length, which bounds only what the model reads. `with_scores`: also each answer's
+    probability under the model (its tokens and the end token). The one answer path of `eval` and `predict`."""
     reserve = budget if reserve is None else reserve
     if lm.kind == "causal-lm" and argmax_is_generate(lm.model):
-        new = greedy_causal(lm, [lm.prompt_ids(ex, reserve) for ex in examples], budget, device)
+        prompts = [lm.prompt_ids(ex, reserve) for ex in examples]
+        new, logprobs = greedy_causal(lm, prompts, budget, device, True) if with_scores else \
+            (greedy_causal(lm, prompts, budget, device), None)
     else:
         batch = lm.collate_prompts(examples, reserve, device)
-        out = lm.model.generate(**batch, max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_id,
-                                eos_token_id=lm.eos_id)
+        options = {"output_scores": True, "return_dict_in_generate": True} if with_scores else {}
+        gen = lm.model.generate(**batch, max_new_tokens=budget, do_sample=False, pad_token_id=lm.pad_id,
+                                eos_token_id=lm.eos_id, **options)
+        sequences = gen.sequences if with_scores else gen
         # a decoder-only model's output starts with the (padded) prompt, an encoder-decoder's with the start token
-        out = out[:, batch["input_ids"].shape[1]:] if lm.kind == "causal-lm" else out[:, 1:]
-        new = [row[:row.index(lm.eos_id)] if lm.eos_id in row else row for row in out.tolist()]
-    return lm.tokenizer.batch_decode(new, skip_special_tokens=True)
+        out = sequences[:, batch["input_ids"].shape[1]:] if lm.kind == "causal-lm" else sequences[:, 1:]
+        new = [row[:row.index(lm.eos_id) + 1] if lm.eos_id in row else row for row in out.tolist()]
+        logprobs = lm.model.compute_transition_scores(sequences, gen.scores, normalize_logits=True).tolist() \
+            if with_scores else None
+    texts = lm.tokenizer.batch_decode(new, skip_special_tokens=True)
+    if not with_scores:
+        return texts
+    return texts, [math.exp(sum(lp[:len(row)])) for row, lp in zip(new, logprobs)]
 
 
 @torch.inference_mode()
-def greedy_causal(lm: LanguageModel, prompts: list[list[int]], steps: int, device) -> list[list[int]]:
+def greedy_causal(lm: LanguageModel, prompts: list[list[int]], steps: int, device, with_logprobs: bool = False):
     """Each prompt's greedy continuation, at most `steps` tokens and ending at the end token: the tokens
-    `generate(do_sample=False)` writes (the prompts read as `_read_prompts` does)."""
+    `generate(do_sample=False)` writes (the prompts read as `_read_prompts` does); `with_logprobs`: also the
+    log-probability of each written token."""
     hidden, cache, mask = _read_prompts(lm, prompts, device)
-    head, written = lm.model.get_output_embeddings(), []
+    head, written, scores = lm.model.get_output_embeddings(), [], []
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for step in range(steps):
-        token = head(hidden).argmax(-1)
+        logits = head(hidden)
+        token = logits.argmax(-1)
+        if with_logprobs:
+            scores.append(logits.float().log_softmax(-1).gather(1, token[:, None])[:, 0])
         written.append(token.masked_fill(done, lm.pad_id))
         done |= token == lm.eos_id
         if bool(done.all()) or step == steps - 1:
@@ -285,7 +301,9 @@ def greedy_causal(lm: LanguageModel, prompts: list[list[int]], steps: int, devic
     answers = []
     for row in torch.stack(written, 1).tolist():
         answers.append(row[:row.index(lm.eos_id) + 1] if lm.eos_id in row else row)
-    return answers
+    if not with_logprobs:
+        return answers
+    return answers, torch.stack(scores, 1).tolist()
 
 
 # Generation settings under which generate(do_sample=False) is more than the argmax of the logits, with their

@@ -464,3 +464,21 @@ def test_exact_match_cuts_long_prompts_as_training_does_whatever_the_budget(monk
     reserve = len(lm.answer_ids("yes"))
     assert seen[0] == seen[1] == [lm.prompt_ids(long, reserve)]
     assert trained_prompt[:len(seen[0][0])] == seen[0][0] and len(seen[0][0]) > 1
+
+
+def test_predict_s_answer_probability_is_the_same_on_both_decoders():
+    """`generated_answers(with_scores=True)`, predict's path: the greedy decoder's token log-probabilities give the
+    answer probability `generate`'s transition scores give, and the same texts as without scores."""
+    from pslora_cli.models.lm import generated_answers
+
+    tok = word_tokenizer()
+    model = sensitive(tiny_llama(tok)).double()
+    lm = LanguageModel(model=model, tokenizer=tok, kind="causal-lm", max_length=64, path="")
+    examples = [example(t) for t in ("a good film", "bad", "a film good bad film very long")]
+    with torch.inference_mode():
+        texts, fast = generated_answers(lm, examples, 5, "cpu", 2, with_scores=True)
+        assert texts == generated_answers(lm, examples, 5, "cpu", 2)
+        model.generation_config.repetition_penalty = 1.0 + 1e-12  # not neutral: forces the generate path
+        slow_texts, slow = generated_answers(lm, examples, 5, "cpu", 2, with_scores=True)
+    assert slow_texts == texts and all(0 < p <= 1 for p in fast)
+    assert fast == pytest.approx(slow, rel=1e-6)
