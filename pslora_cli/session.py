@@ -99,6 +99,41 @@ def _check_same_identity(seq: Sequence, store: Store, sequence_file) -> None:
                          f"(differs in: {', '.join(differing)}); use another --store")
 
 
+# Settings that change what a task's adapter is; checkpointing and the scoring batch do not.
+_NOT_TRAINING = {"training": ("checkpoint_every", "eval_batch_size")}
+
+
+def check_same_training(seq: Sequence, store: Store) -> None:
+    """`run` continues a store only with the method and training settings its tasks were trained with: a task
+    added under other settings, or a finished store reused under them (by `compare`), would be reported under a
+    configuration it was not trained with."""
+    mine = seq.section("method", "training")
+    for task_id in seq.task_ids:
+        if not store.has_task(task_id):
+            continue
+        recorded = store.task_meta(task_id).get("config", {})
+        for section in ("method", "training"):
+            old, new = recorded.get(section), mine[section]
+            if old is None:
+                continue
+            for key in sorted(set(old) | set(new)):
+                if key in _NOT_TRAINING.get(section, ()) or old.get(key) == new.get(key) or _idle(seq, key, old):
+                    continue
+                raise InputError(f"{store.root}: task {task_id} was trained with {section}.{key}={old.get(key)!r}, "
+                                 f"this run asks {new.get(key)!r}; use another --store, or --set "
+                                 f"{section}.{key}={old.get(key)} to continue it")
+
+
+def _idle(seq: Sequence, key: str, old: dict) -> bool:
+    """A method setting that changes nothing for this method: N-LoRA's form without its term, InfLoRA's
+    thresholds for another method."""
+    if key == "sparsity_form":
+        return not old.get("sparsity_weight") and not seq.method.sparsity_weight
+    if key.startswith("subspace_threshold"):
+        return not seq.method.spec.input_subspace
+    return False
+
+
 def check_seed(seq: Sequence, store: Store) -> None:
     """A store holds one seed: the data split follows it, so a task trained under one seed and scored (or trained
     against) under another would meet its own training rows in the test split."""

@@ -105,6 +105,7 @@ def collect_runs(grid: list, base: Session, split: str) -> tuple[list[dict], lis
     from .compare import run_record
     from ..config import load_sequence
     from .run import evaluate_store
+    from ..session import check_same_training
     from ..store import Store
 
     runs, missing = [], []
@@ -118,6 +119,7 @@ def collect_runs(grid: list, base: Session, split: str) -> tuple[list[dict], lis
         if len(store.trained_prefix(seq.task_ids)) < len(seq.tasks):
             missing.append(run)
             continue
+        check_same_training(seq, store)
         session = dataclasses.replace(base, store_path=run.store, seed=run.seed, json=True,
                                       overrides=list(base.overrides) + [f"method.name={run.method}"])
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import distributed
 from ..config import Sequence
-from ..session import Session, data_loader, writing
+from ..session import Session, check_same_training, data_loader, writing
 from ..store import Store
 from ..training.task import check_predecessors, train_one
 
@@ -46,6 +46,8 @@ def run_sequence(session: Session, sequence_file: str, restart: bool = False) ->
     from .merge import merge_tasks
 
     seq, store, text = session.open(sequence_file, create=True)
+    if store.exists():
+        check_same_training(seq, store)
     load = data_loader(seq)
     for i in range(len(seq.tasks)):  # read and validate every task's data before any training
         load(i)

@@ -266,3 +266,28 @@ def test_inflora_fixes_a_away_from_the_earlier_input_subspace_and_trains_b(tiny_
     assert main(["train-task", "--store", str(store), "--task", "t2", "--quiet", "--device", "cpu",
                  "--no-eval"]) == 0
     assert (store / "tasks" / "t2" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_a_store_is_continued_or_reused_only_under_the_settings_it_was_trained_with(tiny_bert, write_sequence,
+                                                                                    tmp_path, capsys):
+    """`run` on a store trained under other method settings, and `compare` (sequential or --collect) over a
+    finished store trained under other settings, exit 2 naming the key, with nothing written."""
+    from conftest import tree_state
+
+    seq = write_sequence(two_tasks(tiny_bert))
+    out = tmp_path / "cmp"
+    args = ["compare", str(seq), "--methods", "ps-lora", "--seeds", "0", "--out", str(out), "--device", "cpu",
+            "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = tree_state(out)
+    for extra in ([], ["--collect"]):
+        assert main(args + extra + ["--set", "method.variant=magnitude-only"]) == 2
+        err = capsys.readouterr().err
+        assert "trained with method.variant='hinge+ratio', this run asks 'magnitude-only'" in err, err
+    store = out / "ps-lora" / "order1-seed0"
+    assert main(["run", str(seq), "--store", str(store), "--device", "cpu", "--quiet",
+                 "--set", "training.learning_rate=0.01"]) == 2
+    assert "training.learning_rate=0.005, this run asks 0.01" in capsys.readouterr().err
+    assert tree_state(out) == before
+    assert main(args + ["--set", "training.checkpoint_every=3"]) == 0  # not a training setting
