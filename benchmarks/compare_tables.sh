@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The method tables of benchmarks/RESULTS.md (issue 5), each produced by the shipped `pslora compare`:
+# The method tables of benchmarks/RESULTS.md, each produced by the shipped `pslora compare`:
 #   bash benchmarks/compare_tables.sh [text|mixed|fmnist ...]     (default: all three)
 # Each (method, seed) trains into its own store under benchmarks/out/compare-*/; re-running resumes and
 # trains only what is missing, then reprints the table. One torch thread per run: two runs side by side use the
