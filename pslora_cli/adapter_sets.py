@@ -122,7 +122,7 @@ def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, ba
                       density: float = 0.2, scale: float | None = None, force: bool = False) -> dict:
     """Merge the adapters with the registered merge `method`; write the dense updates (`out` ending in
     .safetensors) or, for a folder, the base model with the merge folded in, as its stock library writes it."""
-    from .core.merges import MERGE_SCALE_DEFAULTS, MERGES, merge_module
+    from .core.merges import MERGE_SCALE_DEFAULTS, MERGES, declared_options, merge_module
 
     if method not in MERGES or method == "last":
         choices = ", ".join(m for m in MERGES if m != "last")
@@ -137,8 +137,7 @@ def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, ba
     elif out.exists() and out.is_dir():
         raise InputError(f"--out {out}: is a folder; a .safetensors name writes the dense updates")
 
-    given = {"density": density, "scale": scale}
-    options = {k: given[k] for k in MERGES[method].options}
+    options = declared_options(method, density=density, scale=scale)
 
     def merged():
         for name in aset.modules:

@@ -135,13 +135,13 @@ class Method:
     def options_for(self, merge: str) -> dict:
         """The keyword arguments of `merge` (the sequence's, or another chosen for one command): the scale as set,
         or that merge's own where the sequence left it at its merge's default (MagMax 0.5, the others 1)."""
-        from ..core.merges import MERGE_SCALE_DEFAULTS, MERGES
+        from ..core.merges import MERGE_SCALE_DEFAULTS, MERGES, declared_options
 
         scale = self.merge_scale
         if scale is None or (merge != self.merge and scale == MERGE_SCALE_DEFAULTS.get(self.merge, 1.0)):
             scale = MERGE_SCALE_DEFAULTS.get(merge, 1.0)
         given = {"density": self.merge_density, "scale": scale}
-        return {k: given[k] for k in (MERGES[merge].options if merge in MERGES else given)}
+        return declared_options(merge, **given) if merge in MERGES else given
 
     @property
     def stage_rule(self) -> str:

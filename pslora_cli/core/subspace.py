@@ -29,15 +29,18 @@ def threshold(task_index: int, num_tasks: int, start: float, end: float) -> floa
 
 
 class InputMatrix:
-    """Running mean of x xᵀ over the rows of the inputs seen (rows: tokens; columns: d_in), in float64."""
+    """Running mean of x xᵀ over the rows of the inputs seen (rows: tokens; columns: d_in), in float64, on the
+    inputs' device."""
 
     def __init__(self, dim: int):
-        self.sum = torch.zeros(dim, dim, dtype=torch.float64)
+        self.dim = dim
+        self.sum: torch.Tensor | None = None
         self.count = 0
 
     def add(self, rows: torch.Tensor) -> None:
-        rows = rows.detach().reshape(-1, rows.shape[-1]).to(torch.float64).cpu()
-        self.sum += rows.T @ rows
+        rows = rows.detach().reshape(-1, self.dim).to(torch.float64)
+        product = rows.T @ rows
+        self.sum = product if self.sum is None else self.sum + product
         self.count += rows.shape[0]
 
     @property
@@ -69,10 +72,9 @@ def extend_basis(matrix: torch.Tensor, basis: torch.Tensor | None, keep: float) 
     whose cumulative share of the squared singular values stays under `keep` (at least one); later, the earlier
     basis plus the top directions of the projected matrix until the share captured reaches `keep`. Columns
     orthonormal, at most d_in."""
-    _, s_all, _ = torch.linalg.svd(matrix, full_matrices=False)
-    total = (s_all ** 2).sum()
+    u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
+    total = (s ** 2).sum()
     if basis is None or basis.shape[1] == 0:
-        u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
         share = torch.cumsum(s ** 2, 0) / total
         r = max(int((share < keep).sum()), 1)
         return u[:, :r].contiguous()

@@ -70,7 +70,7 @@ def input_matrices(run) -> dict[str, torch.Tensor]:
         for h in handles:
             h.remove()
         run.model.train(was_training)
-    return {name: s.value for name, s in sums.items()}
+    return {name: s.value.cpu() for name, s in sums.items()}
 
 
 def design(run, previous_dir: Path | None) -> dict[str, torch.Tensor]:

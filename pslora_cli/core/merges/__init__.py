@@ -42,6 +42,11 @@ MERGE_SCALE_DEFAULTS = {"magmax": 0.5}
 DEFAULT_MERGE = "magnitude"
 
 
+def declared_options(method: str, **given) -> dict:
+    """Of `given` (density, scale), the options the merge named `method` declares."""
+    return {k: given[k] for k in MERGES[method].options}
+
+
 def merge_module(make_deltas, method: str = DEFAULT_MERGE, **options):
     """Merge one module's updates with the merge named `method`, given the options it declares (others: an error)."""
     if method not in MERGES:
