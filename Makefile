@@ -55,7 +55,7 @@ test-e2e: setup
 	$(BIN)/python -m pytest -q tests/e2e
 
 bench: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/performance/run.py
 
 clean-demo:
 	rm -rf demo-compare demo-store demo-lm-store

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
-exec "$PY" benchmarks/gpu_check.py --device cuda "$@"
+exec "$PY" benchmarks/performance/gpu_check.py --device cuda "$@"

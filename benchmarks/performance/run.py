@@ -1,13 +1,13 @@
 """Performance benchmarks, each measured side by side in one run, with ratios:
 
   1. training step time and peak memory: PS-LoRA (lean loss) vs plain LoRA (PEFT) vs a naive dense loss
-     (MiniLM-L6, T5-large-sized and LLaMA-7B-sized layers)            benchmarks/perf_train.py
+     (MiniLM-L6, T5-large-sized and LLaMA-7B-sized layers)            benchmarks/performance/perf_train.py
   2. merging 4, 15, 50 task adapters: our streaming magnitude merge vs PEFT add_weighted_adapter (ties,
-     magnitude_prune) vs naive stack-and-argmax: wall time, peak RSS   benchmarks/perf_merge.py
-  3. evaluation throughput: merge folded into the weights vs PEFT unmerged adapters   benchmarks/perf_eval.py
+     magnitude_prune) vs naive stack-and-argmax: wall time, peak RSS   benchmarks/performance/perf_merge.py
+  3. evaluation throughput: merge folded into the weights vs PEFT unmerged adapters   benchmarks/performance/perf_eval.py
   4. `pslora --help` latency (fresh processes)
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only train,merge,eval,help] [--threads N] [--record]
+    .venv/bin/python benchmarks/performance/run.py [--quick] [--only train,merge,eval,help] [--threads N] [--record]
 
 --quick: smaller cases (under a minute on a 2-core machine). --threads: torch CPU threads, 1 by default (0: torch's
 default), the same for every implementation. --record: write the tables into
@@ -29,12 +29,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))
 
 from perf_common import machine, median, table  # noqa: E402
 
 SECTION = "## Performance"
-RESULTS = HERE / "RESULTS.md"
+RESULTS = HERE.parent / "RESULTS.md"
 PARTS = ("merge", "train", "eval", "help")
 
 
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
             skip_next = True
         elif a != "--record" and not a.startswith("--json="):
             shown.append(a)
-    command = " ".join(["python benchmarks/run.py"] + shown)
+    command = " ".join(["python benchmarks/performance/run.py"] + shown)
     import torch
     import peft
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Behaviour check for a restructuring: the same 2-task class-incremental sequence (MiniLM, real WordNet data)
 # with inc-lora, seq-lora and ps-lora (variant dir+fro), `pslora run` then `pslora merge --out`, written to OUT.
-# Run it with two checkouts and compare the outputs with benchmarks/equivalence_compare.py.
-#   usage: benchmarks/equivalence.sh OUT [PYTHON]      (PYTHONPATH selects the checkout)
+# Run it with two checkouts and compare the outputs with benchmarks/checks/equivalence_compare.py.
+#   usage: benchmarks/checks/equivalence.sh OUT [PYTHON]      (PYTHONPATH selects the checkout)
 set -euo pipefail
 out=${1:?usage: equivalence.sh OUT [PYTHON]}
 python=${2:-python}
-here=$(cd "$(dirname "$0")/.." && pwd)
+here=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
 for method in inc-lora seq-lora ps-lora; do
   store="$out/$method"

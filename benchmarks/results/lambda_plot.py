@@ -1,7 +1,7 @@
 """ACC and BWT against λ, one line per loss variant, from finished `pslora run` stores (one seed each), with the
 λ = 0 result (the merge alone) drawn as a horizontal line.
 
-    .venv/bin/python benchmarks/lambda_plot.py --out benchmarks/figures/lambda-gen.png \
+    .venv/bin/python benchmarks/results/lambda_plot.py --out benchmarks/figures/lambda-gen.png \
         --zero 78.0,-17.3 [--recorded dir+fro:0.01:79.0:-15.3 ...] STORE [STORE ...]
 
 --zero ACC,BWT is the λ = 0 point and --recorded VARIANT:λ:ACC:BWT a point whose store is gone (both in percent).
@@ -14,7 +14,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from paired import metrics  # benchmarks/paired.py: a store's seed and primary metrics
+from paired import metrics  # benchmarks/results/paired.py: a store's seed and primary metrics
 
 
 def store_point(store: Path) -> tuple[str, float, float, float]:

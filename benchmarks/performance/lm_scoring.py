@@ -10,7 +10,7 @@ folded model and the same prompts:
 and whether the batched scorers give the loop's answers example by example. The stage is the store's last (all trained
 tasks merged, as `pslora eval` folds it); the whole accuracy matrix costs about (cells / tasks) times this.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lm_scoring.py STORE [--threads 1] [--limit N]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/performance/lm_scoring.py STORE [--threads 1] [--limit N]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> int:

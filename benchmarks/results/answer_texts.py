@@ -3,7 +3,7 @@ task's test (or validation) prompts at one stage, with their counts, and how man
 texts, and each task's accuracy under the whole-answer exact match and under the earlier prefix match (generation
 cut at the longest answer's tokens): they differ where the model runs on past a gold label.
 
-    .venv/bin/python benchmarks/answer_texts.py STORE [--stage T] [--split test|validation] [--threads N]
+    .venv/bin/python benchmarks/results/answer_texts.py STORE [--stage T] [--split test|validation] [--threads N]
         (stage 0 = the base model; default: the last trained stage)
 """
 
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main() -> int:

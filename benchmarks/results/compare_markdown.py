@@ -2,7 +2,7 @@
 benchmarks/RESULTS.md, adding each store's training time (the sum of its tasks' `train.seconds` in meta.json,
 which a resumed or re-printed compare does not re-measure).
 
-    .venv/bin/python benchmarks/compare_markdown.py benchmarks/out/compare-mixed
+    .venv/bin/python benchmarks/results/compare_markdown.py benchmarks/out/compare-mixed
 """
 
 import json
@@ -61,4 +61,6 @@ def interval(d: dict) -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(print(__doc__))
     sys.exit(main(sys.argv[1]))

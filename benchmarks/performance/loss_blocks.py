@@ -2,7 +2,7 @@
 3 earlier tasks as stacked factors, as training keeps it) for several block sizes, interleaved round by round so
 that load on the machine hits them alike; prints the median time and the ratio to the default block size.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loss_blocks.py [--rounds 7]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/performance/loss_blocks.py [--rounds 7]
 """
 
 import argparse
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pslora_cli.core import stability_lean  # noqa: E402
 from pslora_cli.core.stability import adaptive_alpha, lora_delta  # noqa: E402
 

@@ -2,7 +2,7 @@
 pslora_cli (e.g. the previous commit), on the same synthetic adapters; checks the outputs are bitwise equal.
 
     mkdir -p /tmp/old && git archive HEAD~1 pslora_cli | tar -x -C /tmp/old && mv /tmp/old/pslora_cli /tmp/old/pslora_old
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/merge_ab.py /tmp/old [--tasks 15] [--rounds 5]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/performance/merge_ab.py /tmp/old [--tasks 15] [--rounds 5]
 """
 
 import argparse

@@ -249,7 +249,7 @@ def report(res: dict) -> str:
 if __name__ == "__main__":
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     res = run("--quick" in sys.argv)
     print(report(res))
     print(json.dumps({"agree": res.get("agree")}))

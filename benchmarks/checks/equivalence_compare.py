@@ -1,6 +1,6 @@
-"""Compare two outputs of benchmarks/equivalence.sh: merged tensors (max |difference|) and the accuracy matrices.
+"""Compare two outputs of benchmarks/checks/equivalence.sh: merged tensors (max |difference|) and the accuracy matrices.
 
-    python benchmarks/equivalence_compare.py OLD_OUT NEW_OUT      exit 1 when a difference exceeds 1e-6
+    python benchmarks/checks/equivalence_compare.py OLD_OUT NEW_OUT      exit 1 when a difference exceeds 1e-6
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Shared helpers of the issue-6 performance benchmarks (benchmarks/run.py): timing, memory, forked cases, tables."""
+"""Shared helpers of the performance benchmarks (benchmarks/performance/run.py): timing, memory, forked cases, tables."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MB = 1 << 20
 
 

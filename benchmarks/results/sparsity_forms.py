@@ -2,7 +2,7 @@
 update) over its square modules, and their ratio, from which the update form's default weight is set
 (config/validate.py, SPARSITY_DEFAULTS).
 
-    python benchmarks/sparsity_forms.py TASK_FOLDER      (a store's tasks/<id> or any PEFT adapter folder)
+    python benchmarks/results/sparsity_forms.py TASK_FOLDER      (a store's tasks/<id> or any PEFT adapter folder)
 """
 
 from __future__ import annotations
@@ -37,4 +37,6 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(print(__doc__))
     main(sys.argv[1])

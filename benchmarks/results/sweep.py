@@ -1,7 +1,7 @@
 """Sweep PS-LoRA's open choices (METHOD.md [choice]) on a sequence with `pslora compare`, one config at a time,
 and print a markdown table of ACC / BWT / forgetting (mean ± std over seeds).
 
-    .venv/bin/python benchmarks/sweep.py task_sequences/wordnet-nouns.yaml --seeds 0 --out benchmarks/out/sweep \
+    .venv/bin/python benchmarks/results/sweep.py task_sequences/wordnet-nouns.yaml --seeds 0 --out benchmarks/out/sweep \
         [--set training.steps=60 ...]
 """
 

@@ -4,7 +4,7 @@ T dense products B_i @ A_i alone (into one reused buffer: the arithmetic no merg
 on the same factors, in memory, one after the other in each round, rounds interleaved; the ratio is the median of
 the per-round ratios. The merge's result is checked against a plain stack-and-argmax on the first round.
 
-    .venv/bin/python benchmarks/merge_floor.py [--sizes 1024,2048,4096] [--tasks 4,15,50] [--rounds 3] [--threads 1]
+    .venv/bin/python benchmarks/performance/merge_floor.py [--sizes 1024,2048,4096] [--tasks 4,15,50] [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 RANK = 8
 

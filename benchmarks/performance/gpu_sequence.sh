@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# On a CUDA machine, from the repository root:  bash benchmarks/gpu_sequence.sh
+# On a CUDA machine, from the repository root:  bash benchmarks/performance/gpu_sequence.sh
 # The default sequence (task_sequences/wordnet-nouns.yaml) three ways, timed side by side: one process on the CPU,
 # one plain process on the GPU, and torchrun with one GPU (NCCL process group + DDP). Prints wall times and the
 # task-agnostic ACC of each run (record them in benchmarks/RESULTS.md with the machine).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-$(mktemp -d)}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -4,7 +4,7 @@ task) and a gather. Fewer passes over memory than folding task by task, but torc
 dimension is not vectorised on the CPU. Times against the shipped merge and merge_floor.py's floor (the T products), same
 factors, rounds interleaved, medians; the result is checked equal to the shipped merge.
 
-    .venv/bin/python benchmarks/merge_argmax_trial.py [--cases 1024x4,2048x15,2048x50] [--rounds 3]
+    .venv/bin/python benchmarks/performance/merge_argmax_trial.py [--cases 1024x4,2048x15,2048x50] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from merge_floor import factors, floor  # noqa: E402
 
 

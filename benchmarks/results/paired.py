@@ -2,7 +2,7 @@
 of A and B, the mean ± sample std of each, and of A − B the mean with a two-sided 95 % t interval (n − 1 degrees of
 freedom; with 2 seeds the interval is wide by construction). Stores are paired by the seed in their manifest.
 
-    .venv/bin/python benchmarks/paired.py --a STORE [STORE ...] --b STORE [STORE ...] [--names A,B]
+    .venv/bin/python benchmarks/results/paired.py --a STORE [STORE ...] --b STORE [STORE ...] [--names A,B]
         [--split test|validation]           (the matrix `pslora eval --split` wrote; default test)
         [--b-recorded SEED=ACC,BWT ...]     (a result recorded in RESULTS.md whose store is gone, in %)
 """
@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pslora_cli.core.metrics import paired_interval  # noqa: E402
 
 

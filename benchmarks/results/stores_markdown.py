@@ -1,7 +1,7 @@
 """Markdown for RESULTS.md from finished stores (each one `pslora run`): per store its method, seed, ACC, BWT,
 forgetting, learning accuracy and training time, then each store's primary accuracy matrix.
 
-    .venv/bin/python benchmarks/stores_markdown.py [--split validation] STORE [STORE ...]
+    .venv/bin/python benchmarks/results/stores_markdown.py [--split validation] STORE [STORE ...]
 """
 
 import json
@@ -36,6 +36,8 @@ def main(stores: list[Path], split: str = "test") -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help"):
+        sys.exit(print(__doc__))
     split = "test"
     if args[:1] == ["--split"]:
         split, args = args[1], args[2:]

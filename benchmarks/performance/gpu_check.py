@@ -12,7 +12,7 @@
    merge` runs) vs the fold of the dense products on the device, bitwise; then the time of merging 15 rank-8 task
    updates of a 4096x4096 module from their factors on the device vs on the CPU (no file reading).
 
-    python benchmarks/gpu_check.py [--device cuda] [--tokens 2048] [--small]
+    python benchmarks/performance/gpu_check.py [--device cuda] [--tokens 2048] [--small]
 
 --device cpu --small runs the same code on the CPU with small sizes (a check of the script itself).
 """
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402

@@ -2,7 +2,7 @@
 (transformers' AutoModel / pipeline, timm's create_model("local-dir:..."), safetensors) on every task's test set;
 print the accuracies next to what `pslora eval` recorded for the last stage (eval/matrix.json).
 
-    .venv/bin/python benchmarks/export_check.py STORE [--out DIR]
+    .venv/bin/python benchmarks/checks/export_check.py STORE [--out DIR]
 
 pslora is used only to export and to read the test sets (the same data the matrix was scored on) and, for images,
 to turn them into the pixel batches the model's config.json describes."""
