@@ -26,6 +26,8 @@ class Session:
     base_dir: Path | None = None  # where relative data paths resolve (default: the sequence file's folder)
     reporter: Reporter | None = None
     threads: int | None = None  # torch's CPU threads (None: default_threads())
+    # merges the command runs besides the sequence's (merge --method; a compare grid's): their options may be set
+    merges: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.reporter is None:
@@ -53,7 +55,8 @@ class Session:
         self.device  # noqa: B018
         store = Store(self.store_path)
         if sequence_file is not None:
-            seq, text = load_sequence(sequence_file, self.all_overrides, base_dir=self.base_dir)
+            seq, text = load_sequence(sequence_file, self.all_overrides, base_dir=self.base_dir,
+                                      also_merges=self.merges)
             if store.exists():
                 _check_same_identity(seq, store, sequence_file)
                 _check_base_model(seq, store)
@@ -69,7 +72,7 @@ class Session:
             raise InputError(f"{store.root}: not a pslora store; pass --sequence FILE (or use `pslora run FILE`) "
                              f"to start one")
         manifest = store.manifest()
-        seq = sequence_from_stored(manifest["sequence"], str(store.sequence_copy), self.all_overrides)
+        seq = sequence_from_stored(manifest["sequence"], str(store.sequence_copy), self.all_overrides, self.merges)
         if self.all_overrides and identity_hash(seq) != manifest["identity_hash"]:
             raise InputError("--set: backbone, lora, scenario and tasks are fixed for a store; "
                              "only method, training and seed settings may be overridden")

@@ -225,7 +225,8 @@ def step_timing(device, d, tokens, reps):
 def merge_check(device: str, d: int, tasks: int, reps: int) -> tuple[list, bool]:
     """Rows of table 3 and whether the device's fold equals the CPU reference bitwise."""
     from pslora_cli.core.merges.magnitude import magnitude_merge_factors
-    from pslora_cli.core.merges.running import RunningMerge, pick_larger
+    from pslora_cli.core.merges.magnitude import pick_larger
+    from pslora_cli.core.merges.running import RunningMerge
 
     g = torch.Generator().manual_seed(0)
     special = torch.tensor([float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 1e-45])

@@ -33,14 +33,14 @@ def is_main_rank() -> bool:
     return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
-def session(store, device="auto", seed=None, json_=False, quiet=False, set_=None, threads=None):
+def session(store, device="auto", seed=None, json_=False, quiet=False, set_=None, threads=None, merges=()):
     """The Session of a command (ranks other than 0 report nothing)."""
     from ..report import Reporter
     from ..session import Session
 
     reporter = Reporter(quiet=quiet, json_mode=json_) if is_main_rank() else Reporter(quiet=True, json_mode=True)
     return Session(store_path=store, device_name=device, seed=seed, overrides=list(set_ or []), json=json_,
-                   quiet=quiet, reporter=reporter, threads=threads)
+                   quiet=quiet, reporter=reporter, threads=threads, merges=tuple(m for m in merges if m))
 
 
 def emit_json(obj) -> None:

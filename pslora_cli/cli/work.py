@@ -164,7 +164,7 @@ def merge_cmd(
             raise InputError("--tasks: picks a store's tasks; with --adapters every adapter given is merged")
         merge_adapters_cmd(adapters, out, method, base, density, scale, force, device, json_, quiet, threads)
         return
-    s = session(store, device, seed, json_, quiet, set_, threads)
+    s = session(store, device, seed, json_, quiet, set_, threads, merges=(method,))
     seq, st, _ = s.open()
     if out is not None and out.suffix != ".safetensors":
         raise InputError(f"--out {out}: the merged update is written as .safetensors")

@@ -94,6 +94,8 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
     if not sequence_file.is_file():
         raise InputError(f"{sequence_file}: sequence file not found")
     files = order_files(sequence_file, orders, out_dir)
+    # a merge option given to the grid is for the methods whose merge takes it (MagMax's scale beside ps-lora)
+    base = dataclasses.replace(base, merges=tuple(dict.fromkeys(METHODS[m].merge for m in methods if METHODS[m].merge)))
     grid = [GridRun(method, order, seed, file, out_dir / method / f"order{order}-seed{seed}", sequence_file.parent)
             for method in methods for order, file in enumerate(files, start=1) for seed in seeds]
     if mode == "plan":

@@ -13,17 +13,21 @@ import sys
 import time
 from pathlib import Path
 
+from ..config.validate import applies_to_merge
 from ..errors import InputError, WorkError
+from ..methods import METHODS
 from ..runtime import default_threads
 from ..session import Session
 
 
 def run_argv(run, base: Session, threads: int | None = None) -> list[str]:
-    """The `pslora run` arguments of one grid run: absolute paths, its seed, method and the grid's overrides."""
+    """The `pslora run` arguments of one grid run: absolute paths, its seed, method and the grid's overrides (a
+    merge option only for a run whose merge takes it: the grid's settings apply where they mean something)."""
     argv = ["run", str(Path(run.file).resolve()), "--store", str(Path(run.store).resolve()), "--seed", str(run.seed),
             "--set", f"method.name={run.method}", "--data-dir", str(Path(run.data_dir).resolve())]
     for override in base.overrides:
-        argv += ["--set", override]
+        if applies_to_merge(override, METHODS[run.method].merge):
+            argv += ["--set", override]
     argv += ["--device", base.device_name]
     if threads is not None:
         argv += ["--threads", str(threads)]
@@ -115,7 +119,7 @@ def collect_runs(grid: list, base: Session, split: str) -> tuple[list[dict], lis
             missing.append(run)
             continue
         seq, _ = load_sequence(run.file, list(base.overrides) + [f"method.name={run.method}", f"seed={run.seed}"],
-                               base_dir=run.data_dir)
+                               base_dir=run.data_dir, also_merges=base.merges)
         if len(store.trained_prefix(seq.task_ids)) < len(seq.tasks):
             missing.append(run)
             continue

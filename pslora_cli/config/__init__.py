@@ -22,28 +22,32 @@ __all__ = ["IDENTITY_KEYS", "Backbone", "Lora", "Method", "Sequence", "Task", "T
            "sequence_from_text", "validate_sequence"]
 
 
-def load_sequence(path: str | Path, overrides: list[str] | None = None,
-                  base_dir: Path | None = None) -> tuple[Sequence, str]:
-    """Read, override and validate a sequence file. Returns (sequence, raw YAML text)."""
+def load_sequence(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None,
+                  also_merges: tuple[str, ...] = ()) -> tuple[Sequence, str]:
+    """Read, override and validate a sequence file. Returns (sequence, raw YAML text). also_merges: the merges a
+    command runs besides the sequence's, whose options the overrides may set."""
     text = read_sequence_file(path)
-    return sequence_from_text(text, str(path), base_dir or Path(path).parent, overrides), text
+    return sequence_from_text(text, str(path), base_dir or Path(path).parent, overrides, also_merges), text
 
 
-def sequence_from_text(text: str, file: str, base_dir: Path, overrides: list[str] | None = None) -> Sequence:
+def sequence_from_text(text: str, file: str, base_dir: Path, overrides: list[str] | None = None,
+                       also_merges: tuple[str, ...] = ()) -> Sequence:
     raw = parse_yaml(text, file)
     if not isinstance(raw, dict):
         raise InputError(f"{file}: expected a mapping at the top level (name, backbone, tasks, ...)")
     if overrides:
         raw = apply_overrides(raw, overrides, file)
-    return validate_sequence(raw, file, base_dir, line_map(text))
+    return validate_sequence(raw, file, base_dir, line_map(text), also_merges)
 
 
-def sequence_from_stored(stored: dict, file: str, overrides: list[str] | None = None) -> Sequence:
-    """The sequence a store recorded (Sequence.to_dict), with `--set` overrides applied."""
+def sequence_from_stored(stored: dict, file: str, overrides: list[str] | None = None,
+                         also_merges: tuple[str, ...] = ()) -> Sequence:
+    """The sequence a store recorded (Sequence.to_dict), with `--set` overrides applied (also_merges: merges the
+    command runs besides the sequence's, whose options the overrides may set)."""
     raw = stored_form(stored)
     if overrides:
         raw = apply_overrides(raw, overrides, file)
-    return validate_sequence(raw, file, Path(stored.get("base_dir", ".")))
+    return validate_sequence(raw, file, Path(stored.get("base_dir", ".")), also_merges=also_merges)
 
 
 def canonical_hash(obj: Any) -> str:

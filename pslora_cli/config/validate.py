@@ -138,8 +138,9 @@ ORTHOGONALITY_DEFAULT = 0.5  # lambda_1 of the o-lora methods when the sequence 
 SPARSITY_DEFAULTS = {"official": 0.4, "update": 1.6e-4}
 
 
-def _resolve_method(method: dict, raw: dict, where: Where) -> None:
-    """Apply the method's fixed settings (methods registry) and check the merge against the merge registry."""
+def _resolve_method(method: dict, raw: dict, where: Where, also_merges: tuple[str, ...] = ()) -> None:
+    """Apply the method's fixed settings (methods registry) and check the merge against the merge registry
+    (also_merges: merges a command runs besides the sequence's, whose options may be set too)."""
     from ..core.merges import DEFAULT_MERGE, MERGE_SCALE_DEFAULTS, MERGES
     from ..methods import METHODS
 
@@ -160,6 +161,7 @@ def _resolve_method(method: dict, raw: dict, where: Where) -> None:
             method[key] = fixed
     if method["merge"] not in MERGES:
         raise where("method.merge", f"must be one of {', '.join(MERGES)}; got {method['merge']!r}")
+    _check_merge_options(method, raw, (method["merge"], *[m for m in also_merges if m in MERGES]), where)
     if method["merge_scale"] is None:
         method["merge_scale"] = MERGE_SCALE_DEFAULTS.get(method["merge"], 1.0)
     if method["orthogonality_weight"] is None:
@@ -175,6 +177,37 @@ def _resolve_method(method: dict, raw: dict, where: Where) -> None:
             method[key] = 0.0
         elif on and method[key] <= 0:
             raise where(f"method.{key}", f"method {name} needs {key} > 0")
+
+
+MERGE_OPTION_KEYS = {"merge_density": "density", "merge_scale": "scale"}
+
+
+def applies_to_merge(override: str, merge: str | None) -> bool:
+    """Whether a `--set key=value` can matter to a run whose merge is `merge` (None: the sequence chooses)."""
+    from ..core.merges import MERGES
+
+    key = override.split("=", 1)[0].strip()
+    option = MERGE_OPTION_KEYS.get(key.removeprefix("method."))
+    return merge is None or option is None or not key.startswith("method.") or option in MERGES[merge].options
+
+
+def _check_merge_options(method: dict, raw: dict, merges: tuple[str, ...], where: Where) -> None:
+    """A merge option set away from its default must belong to a merge in play: the sequence's, or one the
+    command runs (`pslora merge --method ties --set method.merge_density=0.5`); else it would change nothing."""
+    from ..core.merges import MERGE_SCALE_DEFAULTS, MERGES
+
+    fields = {f.name: f for f in dataclasses.fields(Method)}
+    defaults = {key: _default(fields[key]) for key in MERGE_OPTION_KEYS}  # density 0.2, scale null
+    for key, option in MERGE_OPTION_KEYS.items():
+        value = raw.get(key, defaults[key])
+        unchanged = value == defaults[key] or (key == "merge_scale" and value == MERGE_SCALE_DEFAULTS.get(merges[0],
+                                                                                                        1.0))
+        if unchanged or any(option in MERGES[m].options for m in merges):
+            continue
+        takers = [m.name for m in MERGES.values() if option in m.options]
+        raise where(f"method.{key}", f"merge {merges[0]!r} takes no {option}, which is an option of "
+                                     f"{', '.join(takers)} (set method.merge, or run `pslora merge --method "
+                                     f"{takers[0]}` on the store)")
 
 
 def _resolve_backbone(sections: dict, raw: dict, where: Where) -> None:
@@ -230,8 +263,10 @@ def _check_modality(seq: Sequence, where: Where) -> None:
                         f"backbone ({backbone.source} {backbone.name}) is {kind} model")
 
 
-def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int] | None = None) -> Sequence:
-    """Validate a parsed sequence mapping; returns the typed Sequence with every default filled in."""
+def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int] | None = None,
+                      also_merges: tuple[str, ...] = ()) -> Sequence:
+    """Validate a parsed sequence mapping; returns the typed Sequence with every default filled in
+    (also_merges: the merges a command runs besides the sequence's, whose options may be set)."""
     where = Where(file, lines)
     top = validate_mapping(raw, Sequence, "", where, extra_keys=("tasks",))
     sections = {name: validate_mapping(raw.get(name), cls, name, where) for name, cls in SECTIONS.items()}
@@ -244,7 +279,7 @@ def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int]
     seen: dict[str, int] = {}
     typed_tasks = tuple(_task(task, i, seen, where) for i, task in enumerate(tasks))
     _check_sections(sections, where)
-    _resolve_method(sections["method"], dict(raw.get("method") or {}), where)
+    _resolve_method(sections["method"], dict(raw.get("method") or {}), where, also_merges)
     _resolve_backbone(sections, raw, where)
     seq = Sequence(**top, **{name: cls(**sections[name]) for name, cls in SECTIONS.items()}, tasks=typed_tasks,
                    base_dir=str(Path(base_dir).resolve()))

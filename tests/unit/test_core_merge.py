@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from pslora_cli.core.merges import MERGES, merge_module
 from pslora_cli.core.merges.magnitude import _row_blocks, magnitude_merge, magnitude_merge_factors
 from pslora_cli.core.merges.running import FOLDS as METHODS
-from pslora_cli.core.merges.running import RunningMerge, merge_deltas, pick_larger
+from pslora_cli.core.merges.magnitude import pick_larger
+from pslora_cli.core.merges.running import RunningMerge, merge_deltas
 from pslora_cli.core.merges.ties import ties_merge, trim_mask
 
 

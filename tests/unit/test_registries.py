@@ -213,3 +213,36 @@ def test_another_method_on_a_stored_sequence_resolves_its_own_weights_and_scale(
     assert nlora.method.sparsity_weight == 0.4
     kept = parse(["method.name=custom", "method.orthogonality_weight=0.2"])
     assert sequence_from_stored(kept.to_dict(), "manifest.json").method.orthogonality_weight == 0.2
+
+
+@pytest.mark.parametrize("override, merge", [("method.merge_density=0.5", "magnitude"),
+                                             ("method.merge_scale=0.3", "magnitude"),
+                                             ("method.merge_density=0.5", "magmax")])
+def test_a_merge_option_the_merge_does_not_take_is_refused_naming_the_key(override, merge):
+    name = "magmax" if merge == "magmax" else "ps-lora"
+    key = override.split("=")[0]
+    with pytest.raises(InputError, match=rf"^seq\.yaml: {key}: merge '{merge}' takes no"):
+        parse([f"method.name={name}", override])
+
+
+def test_a_merge_option_is_accepted_where_a_merge_in_play_takes_it():
+    from pslora_cli.commands.grid import run_argv
+    from pslora_cli.config import sequence_from_stored
+
+    assert parse(["method.name=custom", "method.merge=ties", "method.merge_density=0.5"]).method.merge_density == 0.5
+    assert parse(["method.name=magmax", "method.merge_scale=0.3"]).method.merge_scale == 0.3
+    assert parse(["method.name=ps-lora", "method.merge_scale=1.0"]).method.merge_scale == 1.0  # its own default
+    stored = parse(["method.name=ps-lora"]).to_dict()
+    with pytest.raises(InputError, match="method.merge_density"):
+        sequence_from_stored(stored, "manifest.json", ["method.merge_density=0.5"])
+    # `pslora merge --method ties --set method.merge_density=0.5` on a magnitude store
+    seq = sequence_from_stored(stored, "manifest.json", ["method.merge_density=0.5"], also_merges=("ties",))
+    assert seq.method.options_for("ties") == {"density": 0.5}
+    # a grid's merge option reaches the runs whose merge takes it, and the others' plan lines leave it out
+    from types import SimpleNamespace
+
+    base = SimpleNamespace(overrides=["method.merge_scale=0.3", "training.steps=5"], device_name="cpu")
+    for method, kept in (("magmax", True), ("ps-lora", False)):
+        run = SimpleNamespace(file="s.yaml", store="st", seed=0, method=method, data_dir=".")
+        argv = run_argv(run, base)
+        assert ("method.merge_scale=0.3" in argv) == kept and "training.steps=5" in argv
