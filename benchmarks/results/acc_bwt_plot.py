@@ -1,0 +1,93 @@
+"""ACC against BWT per method: the mean over seeds with its two-sided 95 % t interval on both axes (a point
+alone where one seed was run), from finished stores and from results recorded in RESULTS.md whose stores are
+gone. Up and right is better: more accurate at the end, less forgetting.
+
+    .venv/bin/python benchmarks/results/acc_bwt_plot.py --out benchmarks/figures/acc-bwt-gen-mixed-order1.png \
+        [--split test|validation] [--title TEXT] \
+        METHOD=STORE [METHOD=STORE ...] [METHOD@SEED=ACC,BWT ...]      (recorded figures in %)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import metrics  # noqa: E402  a store's seed and primary metrics
+from pslora_cli.core.metrics import paired_interval  # noqa: E402
+
+
+def points(items: list[str], split: str) -> dict[str, dict[int, tuple[float, float]]]:
+    """method -> seed -> (ACC, BWT) in %."""
+    out: dict[str, dict[int, tuple[float, float]]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise SystemExit(f"{item!r}: expected METHOD=STORE or METHOD@SEED=ACC,BWT")
+        if "@" in name:
+            name, _, seed = name.partition("@")
+            acc, bwt = (float(v) for v in value.split(","))
+            out.setdefault(name, {})[int(seed)] = (acc, bwt)
+        else:
+            seed, m = metrics(Path(value), split)
+            out.setdefault(name, {})[seed] = (100 * m["acc"], 100 * m["bwt"])
+    return out
+
+
+def summarise(per_seed: dict[int, tuple[float, float]]) -> dict:
+    accs, bwts = [v[0] for v in per_seed.values()], [v[1] for v in per_seed.values()]
+    ia, ib = paired_interval(accs), paired_interval(bwts)  # the t interval of a mean (differences from 0)
+    return {"n": len(accs), "acc": statistics.mean(accs), "bwt": statistics.mean(bwts),
+            "acc_ci": None if ia["low"] is None else (ia["low"], ia["high"]),
+            "bwt_ci": None if ib["low"] is None else (ib["low"], ib["high"])}
+
+
+def plot(summary: dict[str, dict], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for i, (name, s) in enumerate(summary.items()):
+        color = f"C{i % 10}"
+        xerr = None if s["bwt_ci"] is None else [[s["bwt"] - s["bwt_ci"][0]], [s["bwt_ci"][1] - s["bwt"]]]
+        yerr = None if s["acc_ci"] is None else [[s["acc"] - s["acc_ci"][0]], [s["acc_ci"][1] - s["acc"]]]
+        ax.errorbar([s["bwt"]], [s["acc"]], xerr=xerr, yerr=yerr, fmt="o" if s["n"] > 1 else "s", color=color,
+                    capsize=3, mfc=color if s["n"] > 1 else "white")
+        ax.annotate(f"{name} (n={s['n']})", (s["bwt"], s["acc"]), textcoords="offset points", xytext=(6, 5),
+                    fontsize=8, color=color)
+    ax.set_xlabel("BWT (points; 0 = no forgetting)")
+    ax.set_ylabel("ACC (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.text(0.01, 0.01, "bars: 95 % t interval over seeds; open square: one seed", transform=ax.transAxes,
+            fontsize=7, color="0.4")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("items", nargs="+")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--split", default="test", choices=("test", "validation"))
+    ap.add_argument("--title", default="")
+    args = ap.parse_args()
+    summary = {name: summarise(per_seed) for name, per_seed in points(args.items, args.split).items()}
+    for name, s in summary.items():
+        ci = "" if s["acc_ci"] is None else f" ACC [{s['acc_ci'][0]:.1f}, {s['acc_ci'][1]:.1f}]" \
+                                            f" BWT [{s['bwt_ci'][0]:.1f}, {s['bwt_ci'][1]:.1f}]"
+        print(f"{name}: n={s['n']} ACC {s['acc']:.1f} BWT {s['bwt']:.1f}{ci}")
+    plot(summary, args.out, args.title or f"ACC vs BWT ({args.split})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
