@@ -91,10 +91,11 @@ class Method:
             help="the α constant (adaptive: alpha / median|H|)")
     reduction: str = setting("mean", (str,), choices=("mean", "sum"),
             help="reduction over a module's elements; sum applies to the literal variants only")
-    variant: str = setting("hinge+ratio", (str,), choices=SCALED_VARIANTS + LITERAL_VARIANTS,
-            help="the loss's form (METHOD.md): hinge+ratio (opposing entries and the update's size in units of the "
-                 "history's scale), its halves direction-only and magnitude-only; the paper's literal dir+fro and its "
-                 "relatives weighted-dir+fro, dir+factor, deviation")
+    variant: str = setting("magnitude-only", (str,), choices=SCALED_VARIANTS + LITERAL_VARIANTS,
+            help="the loss's form (METHOD.md): magnitude-only (the update's size in units of the history's scale; "
+                 "chosen on validation), hinge+ratio (adds a cost on entries opposing the history's sign), "
+                 "direction-only (that cost alone); the paper's literal dir+fro and its relatives weighted-dir+fro, "
+                 "dir+factor, deviation")
     orthogonality_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0,
             help="O-LoRA's λ1 for Σ_{i<t} ‖A_i A_tᵀ‖₁ (null: the method's own, 0.5 for the o-lora methods, 0 "
                  "otherwise)")

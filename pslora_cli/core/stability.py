@@ -4,7 +4,7 @@ Notation: D = ΔW_t = s·B_t A_t is the current task's update (trainable through
 history (detached here: it never receives a gradient), α > 0 is the tanh sharpness, N the module's element count,
 rms(X) = ‖X‖_F / sqrt(N).
 
-The default, "hinge+ratio" (METHOD.md §1b: designed from the properties P1-P5, which tests/unit check):
+"hinge+ratio" (METHOD.md §1b: designed from the properties P1-P5, which tests/unit check):
     direction half  mean(relu(−tanh(αH) ⊙ D)) / rms(H)
         only entries of D that oppose the history's (soft) sign cost anything, in proportion to their size: the
         gradient does not fade on large opposite entries, and agreeing entries are neither charged nor rewarded.
@@ -13,7 +13,8 @@ The default, "hinge+ratio" (METHOD.md §1b: designed from the properties P1-P5, 
     Both halves are ratios to H's own scale, so they are alike in size (their gradients have norm ≈ 1/‖H‖_F) and
     the loss is unchanged by tiling D and H, or by scaling both (λ means the same on every module). Where H = 0
     there is no history to keep: both halves are 0. "direction-only" and "magnitude-only" are its two halves
-    alone (the other half is 0). These variants take reduction "mean" only, and the training total averages them
+    alone (the other half is 0). The default is "magnitude-only": chosen on the validation split (METHOD.md, "The
+    default"); it has P2-P5 and, blind to signs, not P1. These variants take reduction "mean" only, and the training total averages them
     over modules (MODULE_MEAN_VARIANTS).
 
 The literal reconstruction of the paper (METHOD.md §1; it rewards re-applying H, §1b) and its relatives:
@@ -46,7 +47,7 @@ from torch import Tensor
 
 from .lora import conv_to_matrix, factor_matrices, lora_delta  # noqa: F401  (the loss's inputs)
 
-DEFAULT_VARIANT = "hinge+ratio"
+DEFAULT_VARIANT = "magnitude-only"
 # Scale-free variants: a mean over a module's elements, in units of H's scale; averaged over modules in training.
 MODULE_MEAN_VARIANTS = ("hinge+ratio", "direction-only", "magnitude-only")
 LITERAL_VARIANTS = ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")

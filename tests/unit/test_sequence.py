@@ -144,4 +144,4 @@ def test_stability_variants_and_reductions():
     assert parse(GOOD).method.variant == stability.DEFAULT_VARIANT
     assert parse(GOOD, ["method.variant=dir+fro", "method.reduction=sum"]).method.reduction == "sum"
     msg = error(GOOD, ["method.reduction=sum"])
-    assert msg.startswith("seq.yaml: method.reduction: variant 'hinge+ratio' is a mean over elements by construction")
+    assert msg.startswith("seq.yaml: method.reduction: variant 'magnitude-only' is a mean over elements by construction")

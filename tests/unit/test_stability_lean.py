@@ -203,7 +203,7 @@ def test_explicit_fallback_when_alpha_needs_grad():
 def test_double_backward_is_refused():
     a, b, h, _ = _inputs(11)
     for strategy in STRATEGIES:  # rather than return a first gradient whose own gradient would be wrong
-        loss = lean_stability_loss(a, b, 1.0, h, alpha=1.0, strategy=strategy)
+        loss = lean_stability_loss(a, b, 1.0, h, alpha=1.0, strategy=strategy, variant="hinge+ratio")
         with pytest.raises(RuntimeError, match="double backward"):
             torch.autograd.grad(loss, (a,), create_graph=True)
 

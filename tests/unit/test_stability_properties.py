@@ -1,6 +1,8 @@
-"""The properties P1-P5 of METHOD.md §1b, checked on the default loss exactly as training calls it:
-parameter_stability_loss(D, H, alpha=adaptive_alpha(H)) and stability_terms with every other option at its default;
-and, where the literal form is known to break one, that it still does (it stays available unchanged as "dir+fro")."""
+"""The properties P1-P5 of METHOD.md §1b, checked on "hinge+ratio" (the form designed from them) exactly as
+training calls it: parameter_stability_loss(D, H, alpha=adaptive_alpha(H)) and stability_terms with every other
+option at its default; the default "magnitude-only" (its magnitude half alone, chosen on validation: METHOD.md,
+"The default") keeps P2-P5 and, being sign-blind, not P1; and, where the literal form is known to break one, that
+it still does (it stays available unchanged as "dir+fro")."""
 
 import types
 
@@ -21,8 +23,17 @@ def _history(seed=0, d=384, r=8, tasks=2, scale=1e-4):
                for _ in range(tasks)) * scale
 
 
+DESIGNED = "hinge+ratio"
+
+
 def _loss(d, h, **options):
+    options.setdefault("variant", DESIGNED)
     return parameter_stability_loss(d, h, alpha=adaptive_alpha(h), **options)
+
+
+def _terms(d, h, alpha, **options):
+    options.setdefault("variant", DESIGNED)
+    return stability_terms(d, h, alpha=alpha, **options)
 
 
 def _grad(fn, d):
@@ -35,9 +46,23 @@ def _same_norm(x, like):
     return x * (torch.linalg.vector_norm(like) / torch.linalg.vector_norm(x))
 
 
-def test_the_default_is_the_designed_variant():
-    assert DEFAULT_VARIANT == "hinge+ratio" and Method().variant == DEFAULT_VARIANT
+def test_the_default_is_the_magnitude_half_chosen_on_validation():
+    assert DEFAULT_VARIANT == "magnitude-only" and Method().variant == DEFAULT_VARIANT
     assert Method().reduction == "mean" and Method().alpha_mode == "adaptive"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_default_is_sign_blind_and_keeps_p2_to_p5(seed):
+    h = _history(seed)
+    default = lambda d, hh=h: parameter_stability_loss(d, hh, alpha=adaptive_alpha(hh))  # noqa: E731
+    assert default(-h).item() == pytest.approx(default(h).item(), rel=1e-12)  # no P1: the sign is not seen
+    assert default(-h).item() == pytest.approx(_loss(-h, h, variant="magnitude-only").item(), rel=1e-12)
+    along = [default(c * h).item() for c in (0.0, 0.5, 1.0, 2.0, 8.0)]
+    assert along == pytest.approx([0.0, 0.5, 1.0, 2.0, 8.0], rel=1e-12)  # P2: ‖D‖/‖H‖, never falls along H
+    pull = -(_grad(default, -3 * h) * h).sum() / -(_grad(default, -0.1 * h) * h).sum()
+    assert pull.item() == pytest.approx(1.0, rel=1e-9)  # P4: a pull of constant strength
+    assert default(h.repeat(2, 3), h.repeat(2, 3)).item() == pytest.approx(1.0, rel=1e-12)  # P5: tiled
+    assert default(40 * h, 40 * h).item() == pytest.approx(1.0, rel=1e-12)  # P5: scaled
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -48,8 +73,8 @@ def test_p1_opposing_costs_more_than_agreeing(seed):
     g = torch.Generator().manual_seed(100 + seed)
     mags = _same_norm(torch.rand(h.shape, generator=g, dtype=F64), h)
     assert _loss(-mags * h.sign(), h) > _loss(mags * h.sign(), h)
-    direction_opposed, _ = stability_terms(-h, h, alpha=adaptive_alpha(h))
-    direction_agreed, _ = stability_terms(h, h, alpha=adaptive_alpha(h))
+    direction_opposed, _ = _terms(-h, h, adaptive_alpha(h))
+    direction_agreed, _ = _terms(h, h, adaptive_alpha(h))
     assert direction_opposed > 0 and direction_agreed == 0
 
 
@@ -69,14 +94,14 @@ def test_p3_both_halves_act_at_the_histories_scale(seed):
     g = torch.Generator().manual_seed(200 + seed)
     for d in (_same_norm(torch.randn(h.shape, generator=g, dtype=F64), h), -h,
               _same_norm(torch.randn(h.shape, generator=g, dtype=F64) - h, h)):
-        g_dir = _grad(lambda x: stability_terms(x, h, alpha=alpha)[0], d)
-        g_mag = _grad(lambda x: stability_terms(x, h, alpha=alpha)[1], d)
+        g_dir = _grad(lambda x: _terms(x, h, alpha)[0], d)
+        g_mag = _grad(lambda x: _terms(x, h, alpha)[1], d)
         ratio = (torch.linalg.vector_norm(g_dir) / torch.linalg.vector_norm(g_mag)).item()
         assert 0.1 <= ratio <= 10, ratio
     # the literal form with its mean reduction: the magnitude half is inert (~900x weaker)
     d = _same_norm(torch.randn(h.shape, generator=g, dtype=F64), h)
-    g_dir = _grad(lambda x: stability_terms(x, h, alpha=alpha, variant="dir+fro")[0], d)
-    g_mag = _grad(lambda x: stability_terms(x, h, alpha=alpha, variant="dir+fro")[1], d)
+    g_dir = _grad(lambda x: _terms(x, h, alpha, variant="dir+fro")[0], d)
+    g_mag = _grad(lambda x: _terms(x, h, alpha, variant="dir+fro")[1], d)
     assert torch.linalg.vector_norm(g_dir) > 100 * torch.linalg.vector_norm(g_mag)
 
 
