@@ -13,9 +13,9 @@ rms(X) = ‖X‖_F / sqrt(N).
     Both halves are ratios to H's own scale, so they are alike in size (their gradients have norm ≈ 1/‖H‖_F) and
     the loss is unchanged by tiling D and H, or by scaling both (λ means the same on every module). Where H = 0
     there is no history to keep: both halves are 0. "direction-only" and "magnitude-only" are its two halves
-    alone (the other half is 0). The default is "magnitude-only": chosen on the validation split (METHOD.md, "The
-    default"); it has P2-P5 and, blind to signs, not P1. These variants take reduction "mean" only, and the training total averages them
-    over modules (MODULE_MEAN_VARIANTS).
+    alone (the other half is 0). The default is "magnitude-only", chosen on the validation split (METHOD.md, "λ"):
+    it has P2-P5 and, blind to signs, not P1. These variants take reduction "mean" only, and the training total
+    averages them over modules (MODULE_MEAN_VARIANTS).
 
 The literal reconstruction of the paper (METHOD.md §1; it rewards re-applying H, §1b) and its relatives:
     direction term  E = 1 − tanh(α·D) ⊙ tanh(α·H)      (elementwise, in [0, 2])

@@ -1,7 +1,7 @@
 """The properties P1-P5 of METHOD.md §1b, checked on "hinge+ratio" (the form designed from them) exactly as
 training calls it: parameter_stability_loss(D, H, alpha=adaptive_alpha(H)) and stability_terms with every other
 option at its default; the default "magnitude-only" (its magnitude half alone, chosen on validation: METHOD.md,
-"The default") keeps P2-P5 and, being sign-blind, not P1; and, where the literal form is known to break one, that
+"λ") keeps P2-P5 and, being sign-blind, not P1; and, where the literal form is known to break one, that
 it still does (it stays available unchanged as "dir+fro")."""
 
 import types
@@ -56,7 +56,6 @@ def test_the_default_is_sign_blind_and_keeps_p2_to_p5(seed):
     h = _history(seed)
     default = lambda d, hh=h: parameter_stability_loss(d, hh, alpha=adaptive_alpha(hh))  # noqa: E731
     assert default(-h).item() == pytest.approx(default(h).item(), rel=1e-12)  # no P1: the sign is not seen
-    assert default(-h).item() == pytest.approx(_loss(-h, h, variant="magnitude-only").item(), rel=1e-12)
     along = [default(c * h).item() for c in (0.0, 0.5, 1.0, 2.0, 8.0)]
     assert along == pytest.approx([0.0, 0.5, 1.0, 2.0, 8.0], rel=1e-12)  # P2: ‖D‖/‖H‖, never falls along H
     pull = -(_grad(default, -3 * h) * h).sum() / -(_grad(default, -0.1 * h) * h).sum()
