@@ -1,6 +1,7 @@
-"""ACC against BWT per method: the mean over seeds with its two-sided 95 % t interval on both axes (a point
-alone where one seed was run), from finished stores and from results recorded in RESULTS.md whose stores are
-gone. Up and right is better: more accurate at the end, less forgetting.
+"""ACC against BWT per method: the mean over seeds with its two-sided 95 % t interval on both axes (with two
+seeds the two seeds' range instead, since a 2-seed t interval is ±12.7 standard errors; a point alone for one
+seed), from finished stores and from results recorded in RESULTS.md whose stores are gone.
+Up and right is better: more accurate at the end, less forgetting.
 
     .venv/bin/python benchmarks/results/acc_bwt_plot.py --out benchmarks/figures/acc-bwt-gen-mixed-order1.png \
         [--split test|validation] [--title TEXT] \
@@ -39,9 +40,11 @@ def points(items: list[str], split: str) -> dict[str, dict[int, tuple[float, flo
 
 def summarise(per_seed: dict[int, tuple[float, float]]) -> dict:
     accs, bwts = [v[0] for v in per_seed.values()], [v[1] for v in per_seed.values()]
+    out = {"n": len(accs), "acc": statistics.mean(accs), "bwt": statistics.mean(bwts)}
+    if len(accs) == 2:
+        return {**out, "acc_ci": (min(accs), max(accs)), "bwt_ci": (min(bwts), max(bwts))}
     ia, ib = paired_interval(accs), paired_interval(bwts)  # the t interval of a mean (differences from 0)
-    return {"n": len(accs), "acc": statistics.mean(accs), "bwt": statistics.mean(bwts),
-            "acc_ci": None if ia["low"] is None else (ia["low"], ia["high"]),
+    return {**out, "acc_ci": None if ia["low"] is None else (ia["low"], ia["high"]),
             "bwt_ci": None if ib["low"] is None else (ib["low"], ib["high"])}
 
 
@@ -57,15 +60,15 @@ def plot(summary: dict[str, dict], out: Path, title: str) -> None:
         xerr = None if s["bwt_ci"] is None else [[s["bwt"] - s["bwt_ci"][0]], [s["bwt_ci"][1] - s["bwt"]]]
         yerr = None if s["acc_ci"] is None else [[s["acc"] - s["acc_ci"][0]], [s["acc_ci"][1] - s["acc"]]]
         ax.errorbar([s["bwt"]], [s["acc"]], xerr=xerr, yerr=yerr, fmt="o" if s["n"] > 1 else "s", color=color,
-                    capsize=3, mfc=color if s["n"] > 1 else "white")
+                    capsize=3, mfc=color if s["n"] > 2 else "white")
         ax.annotate(f"{name} (n={s['n']})", (s["bwt"], s["acc"]), textcoords="offset points", xytext=(6, 5),
                     fontsize=8, color=color)
     ax.set_xlabel("BWT (points; 0 = no forgetting)")
     ax.set_ylabel("ACC (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.text(0.01, 0.01, "bars: 95 % t interval over seeds; open square: one seed", transform=ax.transAxes,
-            fontsize=7, color="0.4")
+    ax.text(0.01, 0.01, "filled: 95 % t interval over 3+ seeds; open circle: the two seeds' range; "
+            "open square: one seed", transform=ax.transAxes, fontsize=7, color="0.4")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)
