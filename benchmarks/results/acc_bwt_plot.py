@@ -48,6 +48,24 @@ def summarise(per_seed: dict[int, tuple[float, float]]) -> dict:
             "bwt_ci": None if ib["low"] is None else (ib["low"], ib["high"])}
 
 
+def place_labels(fig, ax, summary: dict[str, dict]) -> None:
+    """Each label at the first offset around its point that overlaps no label placed before it."""
+    renderer = fig.canvas.get_renderer()
+    offsets = [(6, 5), (6, -12), (-6, 5), (-6, -12), (6, 16), (6, -23), (-6, 16), (-6, -23)]
+    placed = []
+    order = sorted(summary.items(), key=lambda kv: -kv[1]["acc"])
+    colors = {name: f"C{i % 10}" for i, name in enumerate(summary)}
+    for name, s in order:
+        for dx, dy in offsets:
+            label = ax.annotate(f"{name} (n={s['n']})", (s["bwt"], s["acc"]), textcoords="offset points",
+                                xytext=(dx, dy), fontsize=8, color=colors[name], ha="left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == offsets[-1]:
+                placed.append(box)
+                break
+            label.remove()
+
+
 def plot(summary: dict[str, dict], out: Path, title: str) -> None:
     import matplotlib
 
@@ -61,8 +79,6 @@ def plot(summary: dict[str, dict], out: Path, title: str) -> None:
         yerr = None if s["acc_ci"] is None else [[s["acc"] - s["acc_ci"][0]], [s["acc_ci"][1] - s["acc"]]]
         ax.errorbar([s["bwt"]], [s["acc"]], xerr=xerr, yerr=yerr, fmt="o" if s["n"] > 1 else "s", color=color,
                     capsize=3, mfc=color if s["n"] > 2 else "white")
-        ax.annotate(f"{name} (n={s['n']})", (s["bwt"], s["acc"]), textcoords="offset points", xytext=(6, 5),
-                    fontsize=8, color=color)
     ax.set_xlabel("BWT (points; 0 = no forgetting)")
     ax.set_ylabel("ACC (%)")
     ax.set_title(title, fontsize=10)
@@ -70,6 +86,7 @@ def plot(summary: dict[str, dict], out: Path, title: str) -> None:
     ax.text(0.01, 0.01, "filled: 95 % t interval over 3+ seeds; open circle: the two seeds' range; "
             "open square: one seed", transform=ax.transAxes, fontsize=7, color="0.4")
     fig.tight_layout()
+    place_labels(fig, ax, summary)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)
     plt.close(fig)
