@@ -48,13 +48,12 @@ def summarise(per_seed: dict[int, tuple[float, float]]) -> dict:
             "bwt_ci": None if ib["low"] is None else (ib["low"], ib["high"])}
 
 
-def place_labels(fig, ax, summary: dict[str, dict]) -> None:
+def place_labels(fig, ax, summary: dict[str, dict], colors: dict[str, str]) -> None:
     """Each label at the first offset around its point that overlaps no label placed before it."""
     renderer = fig.canvas.get_renderer()
     offsets = [(6, 5), (6, -12), (-6, 5), (-6, -12), (6, 16), (6, -23), (-6, 16), (-6, -23)]
     placed = []
     order = sorted(summary.items(), key=lambda kv: -kv[1]["acc"])
-    colors = {name: f"C{i % 10}" for i, name in enumerate(summary)}
     for name, s in order:
         for dx, dy in offsets:
             label = ax.annotate(f"{name} (n={s['n']})", (s["bwt"], s["acc"]), textcoords="offset points",
@@ -73,8 +72,9 @@ def plot(summary: dict[str, dict], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
-    for i, (name, s) in enumerate(summary.items()):
-        color = f"C{i % 10}"
+    colors = {name: f"C{i % 10}" for i, name in enumerate(summary)}
+    for name, s in summary.items():
+        color = colors[name]
         xerr = None if s["bwt_ci"] is None else [[s["bwt"] - s["bwt_ci"][0]], [s["bwt_ci"][1] - s["bwt"]]]
         yerr = None if s["acc_ci"] is None else [[s["acc"] - s["acc_ci"][0]], [s["acc_ci"][1] - s["acc"]]]
         ax.errorbar([s["bwt"]], [s["acc"]], xerr=xerr, yerr=yerr, fmt="o" if s["n"] > 1 else "s", color=color,
@@ -86,7 +86,7 @@ def plot(summary: dict[str, dict], out: Path, title: str) -> None:
     ax.text(0.01, 0.01, "filled: 95 % t interval over 3+ seeds; open circle: the two seeds' range; "
             "open square: one seed", transform=ax.transAxes, fontsize=7, color="0.4")
     fig.tight_layout()
-    place_labels(fig, ax, summary)
+    place_labels(fig, ax, summary, colors)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)
     plt.close(fig)

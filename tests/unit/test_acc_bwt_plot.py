@@ -28,7 +28,7 @@ def test_labels_of_coinciding_points_do_not_overlap():
     ax.set_ylim(50, 100)
     for s in summary.values():
         ax.plot([s["bwt"]], [s["acc"]], "o")
-    plot.place_labels(fig, ax, summary)
+    plot.place_labels(fig, ax, summary, {name: "k" for name in summary})
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
     assert len(boxes) == 3
