@@ -119,11 +119,24 @@ def print_matrix(reporter: Reporter, doc: dict, k: int) -> None:
         reporter.out.print(metrics_table(doc["metrics"], doc["primary"]))
         for metric, note in (doc["metrics"].get("notes") or {}).items():
             reporter.out.print(f"{metric.upper()} is {note}.", markup=False, highlight=False)
+        for task_id, record in (doc.get("selection") or {}).items():
+            reporter.out.print(selection_line(task_id, record), markup=False, highlight=False)
         split = doc["metrics"].get("forgetting_split") or {}
         if split.get("mostly"):
             reporter.out.print(f"Forgetting (task-agnostic BWT {100 * (split['bwt_backbone'] + split['bwt_heads']):+.1f}): "
                                f"backbone {100 * split['bwt_backbone']:+.1f} (task-aware BWT), heads "
                                f"{100 * split['bwt_heads']:+.1f}; mostly in the {split['mostly']}.")
+
+
+def selection_line(task_id: str, record: dict) -> str:
+    """One line: what the selection protocol chose for a task, on what (validation) accuracy."""
+    if not record.get("values"):
+        return f"selection ({record['protocol']}) {task_id}: {record.get('note', 'nothing chosen')}"
+    values = ", ".join(f"{k}={v:g}" for k, v in record["values"].items())
+    tries = " / ".join(f"{_fmt(a['accuracy'])}" for a in record.get("attempts", []))
+    ref = f", reference {_fmt(record['reference'])}" if record.get("reference") is not None else ""
+    note = f" ({record['note']})" if record.get("note") else ""
+    return f"selection ({record['protocol']}) {task_id}: {values}{note}; validation accuracy of the tries {tries}{ref}"
 
 
 def plot_matrix(doc: dict, k: int, out_dir: Path) -> list[Path]:

@@ -134,7 +134,9 @@ def _idle(seq: Sequence, key: str, old: dict) -> bool:
         return not old.get("sparsity_weight") and not seq.method.sparsity_weight
     if key.startswith("subspace_threshold"):
         return not seq.method.spec.input_subspace
-    return False
+    from .training.selection import tuned_fields
+
+    return key in tuned_fields(seq)  # chosen per task by the selection protocol (recorded in meta.json)
 
 
 def check_seed(seq: Sequence, store: Store) -> None:

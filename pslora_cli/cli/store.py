@@ -27,7 +27,7 @@ def store_ls(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
         return
     table = Table(title=f"{listing['store']}: sequence {listing['sequence']!r} ({listing['scenario']}), "
                         f"base model {listing['base_model']['name']}", title_justify="left")
-    for col in ("task", "trained", "classes", "train examples", "steps", "seconds", "final loss"):
+    for col in ("task", "trained", "classes", "train examples", "steps", "seconds", "final loss", "chosen"):
         table.add_column(col)
     for t in listing["tasks"]:
         trained = "yes" if t["trained"] else "no"
@@ -36,7 +36,8 @@ def store_ls(store: StoreOpt = DEFAULT_STORE, json_: JsonOpt = False):
                 else " (damaged checkpoint)"
         table.add_row(t["id"], trained, ", ".join(t.get("classes", [])),
                       str(t.get("num_train", "")), str(t.get("steps", "")), str(t.get("seconds", "")),
-                      f"{t['final_loss']:.4f}" if "final_loss" in t else "")
+                      f"{t['final_loss']:.4f}" if "final_loss" in t else "",
+                      ", ".join(f"{k}={v:g}" for k, v in ((t.get("selection") or {}).get("values") or {}).items()))
     console = Console(highlight=False)
     console.print(table)
     console.print(f"merges: {', '.join(listing['merges']) or 'none'}")

@@ -7,7 +7,8 @@ from .. import distributed
 from ..config import Sequence
 from ..session import Session, check_same_training, data_loader, writing
 from ..store import Store
-from ..training.task import check_predecessors, train_one
+from ..training.selection import train_selected
+from ..training.task import check_predecessors
 
 
 def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: bool = True,
@@ -22,6 +23,8 @@ def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: 
     doc["figures"] = [str(p) for p in plot_matrix(doc, k, store.split_eval_dir(split))] if figures and main else []
     distributed.barrier()
     doc["trained_prefix"] = k
+    chosen = {t: store.task_meta(t).get("selection") for t in seq.task_ids[:k]}
+    doc["selection"] = {t: record for t, record in chosen.items() if record} or None
     return doc
 
 
@@ -59,7 +62,7 @@ def run_sequence(session: Session, sequence_file: str, restart: bool = False) ->
         for task_id in seq.task_ids:
             if store.has_task(task_id):
                 continue
-            train_one(seq, store, task_id, session.device, session.reporter, load, restart=restart)
+            train_selected(seq, store, task_id, session.device, session.reporter, load, restart=restart)
             trained.append(task_id)
             complete_eval(seq, store, session, load, figures=False)  # the figures come at the end
         doc = complete_eval(seq, store, session, load)
@@ -81,7 +84,7 @@ def train_and_eval(session: Session, task_id: str, sequence_file: str | None, ev
         preflight(seq, session.device)
     with writing(store):
         session.ensure_created(seq, store, text)
-        meta = train_one(seq, store, task_id, session.device, session.reporter, load, restart=restart)
+        meta = train_selected(seq, store, task_id, session.device, session.reporter, load, restart=restart)
         doc = complete_eval(seq, store, session, load) if evaluate else None
     return {"store": str(store.root), "task": meta, "matrix": doc}
 

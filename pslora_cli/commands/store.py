@@ -159,7 +159,8 @@ def store_listing(store: Store) -> dict:
         if entry["trained"]:
             meta = store.task_meta(t["id"])
             entry.update(classes=meta["classes"], num_train=meta["num_train"], steps=meta["train"]["steps"],
-                         seconds=meta["train"]["seconds"], final_loss=meta["train"]["final"]["loss"])
+                         seconds=meta["train"]["seconds"], final_loss=meta["train"]["final"]["loss"],
+                         selection=meta.get("selection"))
         tasks.append(entry)
     return {"store": str(store.root), "sequence": seq["name"], "scenario": seq["scenario"],
             "base_model": manifest["base_model"], "tasks": tasks, "merges": [p.name for p in store.merge_files()],

@@ -203,6 +203,27 @@ class Evaluation:
                  "answer that runs on is seen and scored wrong)")
 
 
+SELECTION_PROTOCOLS = ("fixed", "stability-decay", "first-tasks")
+
+
+@dataclass(frozen=True)
+class Selection:
+    protocol: str = setting("fixed", (str,), choices=SELECTION_PROTOCOLS, legacy="fixed",
+            help="how the method's strength (the knobs it declares: README, Methods) is chosen without seeing later "
+                 "tasks: fixed (as set); stability-decay (per task: the task trained without the regulariser gives "
+                 "the reference validation accuracy; the strongest candidate is tried first and weakened until the "
+                 "new task's validation accuracy is within the tolerance of it; De Lange et al. 2021); first-tasks "
+                 "(every candidate on the first k tasks, the best validation accuracy over them kept for the rest)")
+    tolerance: float = setting(0.2, NUMBER, minimum=0, legacy=0.2,
+            help="stability-decay: p, the accepted drop: accuracy >= (1 - p) x the reference's")
+    decay: float = setting(0.5, NUMBER, positive=True, legacy=0.5,
+            help="α, how a candidate is weakened: a weight times α, a threshold's unprotected share divided by α")
+    candidates: int = setting(10, (int,), positive=True, legacy=10,
+            help="the most settings tried per choice (the strongest and its weakenings), the same for every method")
+    first_tasks: int = setting(3, (int,), positive=True, legacy=3,
+            help="first-tasks: k, the tasks chosen on (A-GEM's 3)")
+
+
 # Parts of the sequence that define what a store holds; the rest (training, method, seed) may be overridden per
 # command and is recorded with each task.
 IDENTITY_KEYS = ("backbone", "lora", "scenario", "tasks")
@@ -224,6 +245,7 @@ class Sequence:
     method: Method = field(default_factory=Method)
     training: Training = field(default_factory=Training)
     evaluation: Evaluation = field(default_factory=Evaluation)
+    selection: Selection = field(default_factory=Selection)
     tasks: tuple[Task, ...] = ()
     base_dir: str = "."  # where relative data paths resolve: the sequence file's folder
 
@@ -264,6 +286,8 @@ class Sequence:
     def to_dict(self) -> dict:
         """The plain form stored in a store's manifest and hashed (method.init is recorded for older readers)."""
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if not out["selection"]:  # every selection setting at its legacy value: stores keep their identity
+            del out["selection"]
         out["method"]["init"] = self.method.spec.init
         return out
 
@@ -288,4 +312,5 @@ def _plain(value: Any) -> Any:
     return value
 
 
-SECTIONS = {"backbone": Backbone, "lora": Lora, "method": Method, "training": Training, "evaluation": Evaluation}
+SECTIONS = {"backbone": Backbone, "lora": Lora, "method": Method, "training": Training, "evaluation": Evaluation,
+            "selection": Selection}

@@ -12,6 +12,38 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Knob:
+    """A setting a selection protocol may tune (config/schema.py, Selection), declared by the method it belongs to.
+
+    kind "weight": a loss term's weight; stronger is larger, weakening multiplies by the decay α, off is 0.
+    kind "share": a share of energy kept protected (InfLoRA's threshold θ); stronger is closer to 1, weakening
+    divides the unprotected share 1 − θ by α, off protects nothing.
+    The strongest candidate is ten times the method's own default (in unprotected share for a "share"), the same
+    rule for every method, so that no method's range was drawn for it. `acts_from`: the first task (0-based) whose
+    training the knob changes (1 for terms that read the earlier tasks: at task 0 there is nothing to choose)."""
+    field: str
+    kind: str = "weight"
+    acts_from: int = 1
+
+    def strongest(self, default: float) -> float:
+        return default * 10 if self.kind == "weight" else 1 - (1 - default) / 10
+
+    def weaken(self, value: float, decay: float) -> float:
+        return value * decay if self.kind == "weight" else 1 - (1 - value) / decay
+
+    def candidates(self, default: float, decay: float, count: int) -> list[float]:
+        """The values tried, strongest first (rounded to 12 significant digits, so that records read cleanly)."""
+        values = [self.strongest(default)]
+        while len(values) < count:
+            values.append(self.weaken(values[-1], decay))
+        return [float(f"{v:.12g}") for v in values]
+
+    @property
+    def off(self) -> float:
+        return 0.0
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     summary: str
@@ -30,6 +62,8 @@ class MethodSpec:
     input_subspace: bool = False
     # Each task scored with its own adapter alone (an oracle that is told the task): no merged stage.
     own_adapters: bool = False
+    # What a selection protocol may tune (Knob); empty: nothing (inc-lora, seq-lora, the bounds), run as it is.
+    knobs: tuple[Knob, ...] = ()
 
     @property
     def trains_jointly(self) -> bool:
