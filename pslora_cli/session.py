@@ -132,7 +132,7 @@ def _idle(seq: Sequence, key: str, old: dict) -> bool:
     thresholds for another method."""
     if key == "sparsity_form":
         return not old.get("sparsity_weight") and not seq.method.sparsity_weight
-    if key.startswith("subspace_threshold"):
+    if key.startswith("subspace_"):
         return not seq.method.spec.input_subspace
     from .training.selection import tuned_fields
 

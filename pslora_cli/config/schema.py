@@ -116,8 +116,13 @@ class Method:
     previous: str = setting("merge", (str,), choices=("merge", "sum", "none"),
             help="how earlier tasks enter task t's training forward pass: their running merge, their sum, or not at "
                  "all")
-    subspace_threshold: float = setting(0.95, NUMBER, positive=True, legacy=0.95,
-            help="InfLoRA: the share of the first task's input energy its subspace keeps (the official lamb)")
+    subspace_threshold: float | None = setting(None, NUMBER + (type(None),), positive=True, legacy=0.95,
+            help="InfLoRA: the share of the first task's input energy its subspace keeps (null: the official value "
+                 "of the recipe, 0.995 for language models (gainlora's threshold), 0.95 for images (InfLoRA's lamb))")
+    subspace_design: str = setting("auto", (str,), choices=("auto", "inputs", "random"), legacy="inputs",
+            help="InfLoRA: how A_t is made: inputs (the image recipe: top singular vectors of the task's inputs "
+                 "outside the earlier subspace) or random (the language-model recipe: a random A with the earlier "
+                 "subspace projected out, rows scaled to 1/√3); auto: random for language models, inputs otherwise")
     subspace_threshold_end: float = setting(1.0, NUMBER, positive=True, legacy=1.0,
             help="InfLoRA: the share for the last task (the official lame); the threshold runs linearly between them")
 

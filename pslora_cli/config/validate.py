@@ -168,9 +168,6 @@ def _resolve_method(method: dict, raw: dict, where: Where, also_merges: tuple[st
         method["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
     if method["sparsity_weight"] is None:
         method["sparsity_weight"] = SPARSITY_DEFAULTS[method["sparsity_form"]] if spec.sparsity else 0.0
-    if not method["subspace_threshold"] <= method["subspace_threshold_end"] <= 1:
-        raise where("method.subspace_threshold", f"needs subspace_threshold <= subspace_threshold_end <= 1; got "
-                                                 f"{method['subspace_threshold']} and {method['subspace_threshold_end']}")
     for key, on in (("stability_weight", spec.stability), ("orthogonality_weight", spec.orthogonality),
                     ("sparsity_weight", spec.sparsity)):
         if on is False:
@@ -208,6 +205,25 @@ def _check_merge_options(method: dict, raw: dict, merges: tuple[str, ...], where
         raise where(f"method.{key}", f"merge {merges[0]!r} takes no {option}, which is an option of "
                                      f"{', '.join(takers)} (set method.merge, or run `pslora merge --method "
                                      f"{takers[0]}` on the store)")
+
+
+# InfLoRA's recipes (methods/inflora.py): the language-model one of liangyanshuo/gainlora (threshold 0.995 in every
+# T5 script), the image one of liangyanshuo/InfLoRA (lamb 0.95 in configs/cifar100_inflora.json).
+INFLORA_RECIPES = {True: ("random", 0.995), False: ("inputs", 0.95)}
+
+
+def _resolve_inflora(sections: dict, where: Where) -> None:
+    """InfLoRA's design and threshold by the backbone's kind (resolved before this)."""
+    method = sections["method"]
+    design, threshold = INFLORA_RECIPES[sections["backbone"]["kind"] in ("causal-lm", "seq2seq-lm")]
+    if method["subspace_design"] == "auto":
+        method["subspace_design"] = design
+    if method["subspace_threshold"] is None:
+        method["subspace_threshold"] = threshold if method["subspace_design"] == design else \
+            INFLORA_RECIPES[design == "inputs"][1]
+    if not method["subspace_threshold"] <= method["subspace_threshold_end"] <= 1:
+        raise where("method.subspace_threshold", f"needs subspace_threshold <= subspace_threshold_end <= 1; got "
+                                                 f"{method['subspace_threshold']} and {method['subspace_threshold_end']}")
 
 
 def _resolve_backbone(sections: dict, raw: dict, where: Where) -> None:
@@ -281,6 +297,7 @@ def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int]
     _check_sections(sections, where)
     _resolve_method(sections["method"], dict(raw.get("method") or {}), where, also_merges)
     _resolve_backbone(sections, raw, where)
+    _resolve_inflora(sections, where)
     seq = Sequence(**top, **{name: cls(**sections[name]) for name, cls in SECTIONS.items()}, tasks=typed_tasks,
                    base_dir=str(Path(base_dir).resolve()))
     _check_modality(seq, where)

@@ -67,6 +67,17 @@ def design_down_projection(matrix: torch.Tensor, basis: torch.Tensor | None, ran
     return project_out(a.T, basis).T.contiguous()
 
 
+def random_down_projection(a: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+    """The language-model recipe's A_t (liangyanshuo/gainlora, `src/cl_trainer_inflora.py`, `get_reg_matrix`): the
+    randomly initialised A (rank x d_in) with its component in the earlier subspace removed, A − A M Mᵀ, each row
+    then scaled to norm 1/√3. Before the first task there is no subspace and the official code leaves A as
+    initialised."""
+    if basis is None or basis.shape[1] == 0:
+        return a
+    projected = project_out(a.to(torch.float64).T, basis.to(torch.float64)).T
+    return projected / (projected.norm(dim=1, keepdim=True) / A_SCALE)
+
+
 def extend_basis(matrix: torch.Tensor, basis: torch.Tensor | None, keep: float) -> torch.Tensor:
     """The input subspace after a task whose input matrix is `matrix`: for the first task, the top directions
     whose cumulative share of the squared singular values stays under `keep` (at least one); later, the earlier

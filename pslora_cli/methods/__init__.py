@@ -20,10 +20,12 @@ class Knob:
     divides the unprotected share 1 − θ by α, off protects nothing.
     The strongest candidate is ten times the method's own default (in unprotected share for a "share"), the same
     rule for every method, so that no method's range was drawn for it. `acts_from`: the first task (0-based) whose
-    training the knob changes (1 for terms that read the earlier tasks: at task 0 there is nothing to choose)."""
+    training the knob changes (1 for terms that read the earlier tasks: at task 0 there is nothing to choose).
+    Only kind "weight" knobs have an off value (a share's off, no protection, is not one of its settings)."""
     field: str
     kind: str = "weight"
     acts_from: int = 1
+    per_task: bool = True  # False: a run-level setting (first-tasks tunes it; stability decay leaves it as set)
 
     def strongest(self, default: float) -> float:
         return default * 10 if self.kind == "weight" else 1 - (1 - default) / 10

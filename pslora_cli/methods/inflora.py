@@ -13,10 +13,21 @@ training, M is extended from the task's input matrix through the trained model a
 (`input_bases.safetensors`), which the next task reads: a resumed or later `train-task` continues exactly. The
 earlier adapters are summed into training and into the final model, as the official code sums every task's
 B_i A_i. Linear layers only: a convolution's input is not a token vector (refused before the store is created).
+
+Two official recipes, chosen by the backbone's kind (method.subspace_design, method.subspace_threshold): images
+take the one above (InfLoRA, lamb 0.95); language models take gainlora's (liangyanshuo/gainlora, read:
+`src/cl_trainer_inflora.py`, `get_reg_matrix` and `get_repsentation`; `gen_script_*_inflora.sh`: threshold 0.995):
+A_t is the randomly initialised A with its part in the earlier subspace removed (A − A M Mᵀ), rows scaled to norm
+1/√3, frozen (the first task keeps A as initialised), B_t trains from 0, and the subspace grows after each task by
+the same rule with threshold (1 − θ)·t/T + θ. On SmolLM2 the image recipe's top singular vectors of the inputs
+protect only 1–13 of 576 input directions per module at 0.95; the language-model recipe is the one its authors run
+on T5 and LLaMA. Its threshold is a run-level knob (it shapes the subspace every later task reads): the first-tasks
+protocol tunes it; stability decay, which tunes per task, leaves it as set.
 """
 
-from . import MethodSpec, register
+from . import Knob, MethodSpec, register
 
 register(MethodSpec("inflora", "InfLoRA: A_t fixed away from earlier tasks' input subspace, only B_t trains, "
                                "earlier adapters summed", stability=False, orthogonality=False,
-                    merge="sum", previous="sum", input_subspace=True))
+                    merge="sum", previous="sum", input_subspace=True,
+                    knobs=(Knob("subspace_threshold", kind="share", per_task=False),)))

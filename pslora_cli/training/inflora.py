@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.subspace import InputMatrix, design_down_projection, extend_basis, threshold
+from ..core.subspace import InputMatrix, design_down_projection, extend_basis, random_down_projection, threshold
 from ..errors import InputError, WorkError
 
 BASES_FILE = "input_bases.safetensors"
@@ -74,9 +74,16 @@ def input_matrices(run) -> dict[str, torch.Tensor]:
 
 
 def design(run, previous_dir: Path | None) -> dict[str, torch.Tensor]:
-    """Fix every adapted module's A_t from the task's inputs and the earlier subspace; freeze it. Returns the
-    earlier subspace per module (what `extend` grows after training)."""
+    """Fix every adapted module's A_t (method.subspace_design: from the task's inputs, or random) away from the
+    earlier subspace; freeze it. Returns the earlier subspace per module (what `extend` grows after training)."""
     bases = previous_bases(previous_dir, run.layers)
+    if run.seq.method.subspace_design == "random":
+        with torch.no_grad():
+            for name, layer in run.layers.items():
+                weight = layer.lora_A["default"].weight
+                weight.copy_(random_down_projection(weight.detach(), bases[name]).to(weight.dtype))
+                weight.requires_grad_(False)
+        return bases
     if run.labels is None:  # an encoder's batches index the labels
         run.labels = torch.tensor(run.data.train_y, dtype=torch.long)
     matrices = input_matrices(run)

@@ -32,8 +32,12 @@ SELECTION_DIR = "selection"
 
 
 def knobs(seq: Sequence) -> tuple:
-    """The knobs the sequence's protocol tunes: none under `fixed` or for a method that declares none."""
-    return () if seq.selection.protocol == "fixed" else seq.method.spec.knobs
+    """The knobs the sequence's protocol tunes: none under `fixed` or for a method that declares none; stability
+    decay tunes per-task knobs only."""
+    protocol = seq.selection.protocol
+    if protocol == "fixed":
+        return ()
+    return tuple(k for k in seq.method.spec.knobs if k.per_task or protocol != "stability-decay")
 
 
 def tuned_fields(seq: Sequence) -> set[str]:

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from pslora_cli.core.subspace import InputMatrix, design_down_projection, extend_basis, project_out, threshold
+from pslora_cli.core.subspace import (InputMatrix, design_down_projection, extend_basis, project_out,
+                                     random_down_projection, threshold)
 from pslora_cli.errors import InputError
 from pslora_cli.training.inflora import check_linear
 
@@ -81,6 +82,38 @@ def test_the_new_update_leaves_outputs_on_the_earlier_subspace_unchanged():
     # Without the projection (a plain top-r design), the update would reach task 1's subspace.
     u = torch.linalg.svd(x2.T @ x2, full_matrices=False)[0]
     assert ((2.0 * b2 @ (u[:, :rank].T / math.sqrt(3))) @ m1).abs().max() > 1e-3
+
+
+def test_the_language_model_recipe_removes_the_earlier_subspace_from_a_random_a():
+    """gainlora's A_t: the random A minus its part in span(M), rows at norm 1/√3; the new update maps span(M) to 0
+    whatever B learns; before the first task A stays as initialised."""
+    g = torch.Generator().manual_seed(1)
+    d, rank = 16, 4
+    basis = torch.linalg.qr(torch.randn(d, 5, generator=g, dtype=torch.float64))[0]
+    a = torch.randn(rank, d, generator=g, dtype=torch.float64)
+    designed = random_down_projection(a, basis)
+    assert (designed @ basis).abs().max() < 1e-12
+    assert torch.allclose(designed.norm(dim=1), torch.full((rank,), 1 / math.sqrt(3), dtype=torch.float64))
+    # the direction kept is the random A's own outside the subspace, not the inputs' top singular vectors
+    outside = a - a @ basis @ basis.T
+    assert torch.allclose(designed, outside / outside.norm(dim=1, keepdim=True) / math.sqrt(3), atol=1e-12)
+    b = torch.randn(d, rank, generator=g, dtype=torch.float64)
+    assert ((b @ designed) @ basis).abs().max() < 1e-12
+    assert random_down_projection(a, None) is a
+    assert ((b @ a) @ basis).abs().max() > 1e-3  # without it the update would reach the earlier subspace
+
+
+@pytest.mark.parametrize("kind, design, threshold_value", [("causal-lm", "random", 0.995), ("encoder", "inputs", 0.95)])
+def test_each_model_kind_gets_its_official_recipe(tmp_path, kind, design, threshold_value, monkeypatch):
+    from pslora_cli.config import validate, validate_sequence
+
+    monkeypatch.setattr(validate, "backbone_kind", lambda backbone: kind)
+    raw = {"name": "x", "backbone": {"source": "huggingface", "name": "some/model"}, "method": {"name": "inflora"},
+           "tasks": [{"id": "t1", "data": {"type": "files", "train": "t.csv"}}]}
+    monkeypatch.setattr(validate, "_check_modality", lambda seq, where: None)
+    monkeypatch.setattr(validate, "_check_generative", lambda seq, where: None)
+    seq = validate_sequence(raw, "x.yaml", tmp_path)
+    assert (seq.method.subspace_design, seq.method.subspace_threshold) == (design, threshold_value)
 
 
 def test_a_convolution_is_refused_by_name():
