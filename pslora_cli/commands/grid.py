@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -63,6 +64,34 @@ def _devices(base: Session) -> list[str | None]:
     return ids if len(ids) > 1 else [None]
 
 
+PROGRESS_EVERY = 30.0  # seconds between the progress lines of the running runs
+_TASK_LINE = re.compile(r"training task (\S+) \((\d+)/(\d+)\)")
+_STEP_LINE = re.compile(r"task (\S+): step (\d+)/(\d+) .*?([\d.]+) step/s")
+
+
+def run_progress(log: Path, elapsed: float) -> str:
+    """One line on a running grid run from its log: the task (i/T), the step, and a rough ETA for the run (the
+    steps left at the current task's rate; evaluation and selection tries are not counted)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return "no log yet"
+    tasks, steps = _TASK_LINE.findall(tail), _STEP_LINE.findall(tail)
+    if not tasks:
+        return f"starting ({elapsed:.0f} s)"
+    task_id, i, total_tasks = tasks[-1][0], int(tasks[-1][1]), int(tasks[-1][2])
+    text = f"task {i}/{total_tasks} ({task_id})"
+    if steps and steps[-1][0] == task_id:
+        step, total_steps, rate = int(steps[-1][1]), int(steps[-1][2]), float(steps[-1][3])
+        text += f", step {step}/{total_steps}"
+        if rate > 0:
+            left = (total_steps - step + (total_tasks - i) * total_steps) / rate
+            text += f", ETA ~{left / 60:.0f} min of training"
+    return text + f" ({elapsed / 60:.0f} min so far)"
+
+
 def run_parallel(grid: list, base: Session, jobs: int, out_dir: Path) -> None:
     """Run the grid's runs `jobs` at a time as `pslora run` processes (each resumes its store); logs in
     OUT/logs/. A failed run is reported and the others go on; any failure ends with a WorkError naming them. The
@@ -73,7 +102,12 @@ def run_parallel(grid: list, base: Session, jobs: int, out_dir: Path) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     pending, running, failed = list(enumerate(grid)), {}, []
     free_devices = list(range(len(devices))) * max(1, -(-jobs // len(devices)))
+    last_report = time.perf_counter()
     while pending or running:
+        if time.perf_counter() - last_report >= PROGRESS_EVERY and running:
+            last_report = time.perf_counter()
+            for run, name, log, slot, started in running.values():
+                base.reporter.info(f"   {name}: {run_progress(logs / (name + '.log'), time.perf_counter() - started)}")
         while pending and len(running) < jobs:
             i, run = pending.pop(0)
             slot = free_devices.pop(0)
@@ -82,7 +116,8 @@ def run_parallel(grid: list, base: Session, jobs: int, out_dir: Path) -> None:
                 env["CUDA_VISIBLE_DEVICES"] = devices[slot]
             name = f"{run.method}-order{run.order}-seed{run.seed}"
             log = open(logs / f"{name}.log", "w", encoding="utf-8")
-            argv = [sys.executable, "-m", "pslora_cli", *run_argv(run, base, threads), "--quiet"]
+            # not --quiet: the run's progress lines fill its log as it goes, and the watcher reads them from there
+            argv = [sys.executable, "-m", "pslora_cli", *run_argv(run, base, threads)]
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
             running[proc] = (run, name, log, slot, time.perf_counter())
             base.reporter.info(f"== started {name} ({i + 1}/{len(grid)}, {threads} thread(s)"

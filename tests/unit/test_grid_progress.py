@@ -1,0 +1,44 @@
+"""A compare grid a user can watch: each run's log fills as it goes (the child is not --quiet) and the watcher
+turns its last lines into task i/T, step and an ETA."""
+
+from __future__ import annotations
+
+from pslora_cli.commands import grid
+
+
+def test_progress_line_reads_the_task_the_step_and_an_eta(tmp_path):
+    log = tmp_path / "run.log"
+    assert grid.run_progress(log, 5) == "no log yet"
+    log.write_text("created store x for sequence 'gen-demo' (3 tasks)\n")
+    assert grid.run_progress(log, 5).startswith("starting")
+    log.write_text("training task sentiment (1/3): 2 classes\ntask sentiment: step 30/30 loss 0.1 acc 1.00 "
+                   "0.5 step/s\ntraining task animal (2/3): 2 classes\n"
+                   "task animal: step 10/30 loss 0.4700 acc 0.75 0.5 step/s\n")
+    line = grid.run_progress(log, 600)
+    # 20 steps of this task and 30 of the last one at 0.5 step/s: 100 s
+    assert line.startswith("task 2/3 (animal), step 10/30, ETA ~2 min of training"), line
+    assert "10 min so far" in line
+
+
+def test_grid_children_are_not_quiet(tmp_path, monkeypatch):
+    """Their progress is what fills the logs: a --quiet child leaves them empty for minutes."""
+    from types import SimpleNamespace
+
+    from pslora_cli.session import Session
+
+    started = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, argv, **kwargs):
+            started.append(argv)
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(grid.subprocess, "Popen", Done)
+    run = SimpleNamespace(file=tmp_path / "s.yaml", store=tmp_path / "st", seed=0, method="inc-lora",
+                          data_dir=tmp_path, order=1)
+    grid.run_parallel([run], Session(store_path=tmp_path, device_name="cpu", quiet=True), 1, tmp_path)
+    assert len(started) == 1 and "--quiet" not in started[0] and "run" in started[0]
