@@ -6,9 +6,11 @@ from a baseline (same seed, same order) with its 95 % interval.
 from __future__ import annotations
 
 import csv
+import contextlib
 import dataclasses
 import io
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -108,13 +110,15 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
         runs, missing = collect_runs(grid, base, split)
         if not runs:
             raise InputError(f"{out_dir}: no finished store of this grid yet ({len(missing)} runs to go)")
-    elif jobs > 1:
-        from .grid import collect_runs, run_parallel
-
-        run_parallel(grid, base, jobs, out_dir)
-        runs, missing = collect_runs(grid, base, split)
     else:
-        runs, missing = [_run_here(run, base, sequence_file, split) for run in grid], []
+        with task_cache(out_dir):
+            if jobs > 1:
+                from .grid import collect_runs, run_parallel
+
+                run_parallel(grid, base, jobs, out_dir)
+                runs, missing = collect_runs(grid, base, split)
+            else:
+                runs, missing = [_run_here(run, base, sequence_file, split) for run in grid], []
     summary = {}
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
@@ -136,6 +140,21 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
     doc["figure"] = str(plot_curves(runs, methods, out_dir / ("curves.png" if split == "test" else f"curves-{split}.png")))
     doc["files"] = [str(out_dir / f"{name}.json"), str(out_dir / f"{name}.csv")]
     return doc
+
+
+@contextlib.contextmanager
+def task_cache(out_dir: Path):
+    """The grid's runs share OUT/task-cache (training/cache.py) unless PSLORA_TASK_CACHE is set (empty: off)."""
+    from ..training.cache import ENV
+
+    if ENV in os.environ:
+        yield
+        return
+    os.environ[ENV] = str(Path(out_dir).resolve() / "task-cache")
+    try:
+        yield
+    finally:
+        os.environ.pop(ENV, None)
 
 
 def _run_here(run: GridRun, base: Session, sequence_file: Path, split: str) -> dict:

@@ -13,6 +13,7 @@ from ..config import Sequence, canonical_hash
 from ..errors import InputError
 from ..report import Reporter
 from ..store import Store
+from . import cache
 
 
 def check_predecessors(seq: Sequence, store: Store, task_id: str) -> int:
@@ -87,11 +88,22 @@ def train_one(seq: Sequence, store: Store, task_id: str, device, reporter: Repor
                       + ", ".join(f"{label} {n}" for label, n in sorted(dropped.items())[:10])
                       + "; data.unknown_labels: error refuses them)")
     main = distributed.world().is_main
-    with (store.new_task(task_id) if main else contextlib.nullcontext()) as out:
-        with reporter.steps(f"task {task_id}") as progress, stop_on_signals() as stop_requested:
-            ckpt = Checkpointing(checkpoint, resume_key(seq, i, previous_sha, data), stop_requested, reporter.info)
-            metrics = train_task(seq, i, data, [store.task_files(t).adapter_dir for t in earlier], out, device,
-                                 progress, ckpt)
+    root = cache.cache_dir() if not distributed.world().active else None
+    key = cache.training_key(seq, i, [store.task_meta(t)["sha256"] for t in earlier], data.fingerprint) \
+        if root is not None else None
+    with (cache.claimed(root, key) if key else contextlib.nullcontext()) as entry, \
+            (store.new_task(task_id) if main else contextlib.nullcontext()) as out:
+        cached = cache.usable(entry) if entry is not None else None
+        if cached is not None:
+            cache.take(entry, out.folder)
+            metrics = dict(cached["train"], reused={"cache": str(root), "key": key})
+            reporter.info(f"task {task_id}: the same training is in the task cache ({key[:12]}): reused")
+        else:
+            with reporter.steps(f"task {task_id}") as progress, stop_on_signals() as stop_requested:
+                ckpt = Checkpointing(checkpoint, resume_key(seq, i, previous_sha, data), stop_requested,
+                                     reporter.info)
+                metrics = train_task(seq, i, data, [store.task_files(t).adapter_dir for t in earlier], out,
+                                     device, progress, ckpt)
         meta = {
             "task": task_id, "index": i, "classes": load(i).classes,
             "num_train": len(data.train_x), "num_test": len(data.test_x),
@@ -105,6 +117,8 @@ def train_one(seq: Sequence, store: Store, task_id: str, device, reporter: Repor
             meta |= {"generative": True, "answers": load(i).answers, "scorer": seq.scorer}
         if out is not None:
             meta = out.seal(meta)
+            if entry is not None and cached is None:
+                cache.put(entry, out.folder)
     if main:
         checkpoint.unlink(missing_ok=True)  # the task is saved; a leftover checkpoint would only be resumed to the end
     distributed.barrier()

@@ -1,0 +1,93 @@
+"""The task cache (training/cache.py): identical task trainings across a grid's stores are trained once and reused
+bitwise; what acts on the training is in the key and what does not is out of it; a damaged entry is not used."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from conftest import run_cli
+from pslora_cli.config import load_sequence
+from pslora_cli.training import cache
+from pslora_cli.training.selection import with_values
+from test_selection import write_tasks
+
+
+def sequence_file(tmp_path, word_bert) -> str:
+    seq = {"name": "cache", "scenario": "task-incremental", "seed": 0,
+           "backbone": {"source": "huggingface", "name": str(word_bert), "max_length": 16},
+           "lora": {"rank": 2, "alpha": 4, "target_modules": ["query", "value"]},
+           "training": {"steps": 3, "batch_size": 8, "learning_rate": 1e-2, "checkpoint_every": 0,
+                        "precision": "fp32"},
+           "tasks": write_tasks(tmp_path, 2)}
+    path = tmp_path / "cache.yaml"
+    path.write_text(yaml.safe_dump(seq, sort_keys=False))
+    return str(path)
+
+
+def meta(store, task) -> dict:
+    return json.loads((store / "tasks" / task / "meta.json").read_text())
+
+
+def adapter_sha(store, task) -> str:
+    return meta(store, task)["sha256"]["adapter_model.safetensors"]
+
+
+def test_a_second_store_reuses_the_identical_first_task_bitwise(word_bert, tmp_path, capsys, monkeypatch):
+    path = sequence_file(tmp_path, word_bert)
+    code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / "fresh", "--set", "method.name=inc-lora")
+    assert code == 0, err
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "task-cache"))
+    for method in ("ps-lora", "inc-lora", "o-lora"):
+        code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / method, "--set", f"method.name={method}")
+        assert code == 0, err
+    assert "reused" not in meta(tmp_path / "ps-lora", "t1")["train"]
+    for method in ("inc-lora", "o-lora"):  # their first task is ps-lora's: no history, so no term acts
+        assert meta(tmp_path / method, "t1")["train"]["reused"]["key"]
+        assert adapter_sha(tmp_path / method, "t1") == adapter_sha(tmp_path / "ps-lora", "t1")
+        assert meta(tmp_path / method, "t1")["config"]["method"]["name"] == method
+    # bitwise what training it again gives
+    assert adapter_sha(tmp_path / "inc-lora", "t1") == adapter_sha(tmp_path / "fresh", "t1")
+    # the second task reads the history: each method trains its own
+    assert "reused" not in meta(tmp_path / "o-lora", "t2")["train"]
+    assert adapter_sha(tmp_path / "o-lora", "t2") != adapter_sha(tmp_path / "inc-lora", "t2")
+    assert adapter_sha(tmp_path / "inc-lora", "t2") == adapter_sha(tmp_path / "fresh", "t2")
+
+
+def test_the_key_holds_what_acts_and_only_that(word_bert, tmp_path):
+    path = sequence_file(tmp_path, word_bert)
+
+    def key(i, *overrides, earlier=None, values=None):
+        seq, _ = load_sequence(path, list(overrides))
+        seq = with_values(seq, values or {})
+        return cache.training_key(seq, i, earlier if earlier is not None else [{"a": "1"}] * i, "fp")
+
+    assert key(0, "method.name=ps-lora") == key(0, "method.name=inc-lora") == key(0, "method.name=o-lora")
+    assert key(0, "method.name=ps-lora") == key(0, "method.name=ps-lora", "method.stability_weight=5")
+    assert key(1, "method.name=ps-lora") != key(1, "method.name=ps-lora", "method.stability_weight=5")
+    assert key(1, "method.name=ps-lora") != key(1, "method.name=ps-merge-only")
+    assert key(1, "method.name=ps-merge-only") != key(1, "method.name=inc-lora")  # merge vs sum folded in
+    # stability decay's reference (the knob off) is the method without its term
+    assert key(1, "method.name=o-lora", values={"orthogonality_weight": 0.0}) == key(1, "method.name=inc-lora")
+    assert key(1, "method.name=ps-lora", values={"stability_weight": 0.0}) == key(1, "method.name=ps-merge-only")
+    assert key(0, "method.name=inc-lora") != key(0, "method.name=inc-lora", "training.learning_rate=0.5")
+    assert key(0, "method.name=inc-lora") == key(0, "method.name=inc-lora", "training.checkpoint_every=7")
+    assert key(0, "method.name=inc-lora") != key(0, "method.name=n-lora", "method.sparsity_form=update")
+    assert key(0, "method.name=inc-lora") != key(0, "method.name=seq-lora")  # continues the previous adapter
+    assert key(1, "method.name=inc-lora", earlier=[{"a": "1"}]) != key(1, "method.name=inc-lora",
+                                                                       earlier=[{"a": "2"}])
+
+
+def test_a_damaged_entry_is_trained_again(word_bert, tmp_path, capsys, monkeypatch):
+    path = sequence_file(tmp_path, word_bert)
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "task-cache"))
+    assert run_cli(capsys, "run", path, "--store", tmp_path / "a", "--set", "method.name=inc-lora")[0] == 0
+    entries = [p for p in (tmp_path / "task-cache").iterdir() if p.is_dir()]
+    assert len(entries) == 2
+    for e in entries:
+        (e / "adapter_model.safetensors").write_bytes(b"damaged")
+    code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / "b", "--set", "method.name=inc-lora")
+    assert code == 0, err
+    assert "reused" not in meta(tmp_path / "b", "t1")["train"]
+    assert adapter_sha(tmp_path / "b", "t1") == adapter_sha(tmp_path / "a", "t1")
