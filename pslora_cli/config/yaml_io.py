@@ -51,6 +51,8 @@ def _refuse_recursion(root, file: str) -> None:
         if any(node is a for a in ancestors):
             raise InputError(f"{file}: line {node.start_mark.line + 1}: a YAML alias refers to a value that contains "
                              f"it (a recursive alias); write the value out")
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node, file)
         children = [v for pair in node.value for v in pair] if isinstance(node, yaml.MappingNode) else \
             node.value if isinstance(node, yaml.SequenceNode) else []
         sizes[id(node)] = 1 + sum(size(child, ancestors + (node,)) for child in children)
@@ -61,6 +63,20 @@ def _refuse_recursion(root, file: str) -> None:
 
     if root is not None:
         size(root, ())
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode, file: str) -> None:
+    """A key given twice in one mapping: YAML loaders keep the later silently (a second `training:` block replaced
+    the first and set a run off for 99,999 steps); refused, naming both lines."""
+    seen: dict[str, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        line = key_node.start_mark.line + 1
+        if key_node.value in seen:
+            raise InputError(f"{file}: line {line}: key {key_node.value!r} is given twice in one mapping (lines "
+                             f"{seen[key_node.value]} and {line}); keep one")
+        seen[key_node.value] = line
 
 
 def line_map(text: str) -> dict[str, int]:

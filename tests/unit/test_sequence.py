@@ -145,3 +145,22 @@ def test_stability_variants_and_reductions():
     assert parse(GOOD, ["method.variant=dir+fro", "method.reduction=sum"]).method.reduction == "sum"
     msg = error(GOOD, ["method.reduction=sum"])
     assert msg.startswith("seq.yaml: method.reduction: variant 'magnitude-only' is a mean over elements by construction")
+
+
+def test_a_key_given_twice_in_one_mapping_is_refused_naming_both_lines(tmp_path, capsys):
+    from conftest import run_cli
+
+    text = ("name: twice\ntraining:\n  steps: 3\ntasks:\n  - id: t1\n    data: {type: files, train: t.csv}\n"
+            "training:\n  steps: 99999\n")
+    with pytest.raises(InputError, match=r"line 7: key 'training' is given twice in one mapping \(lines 2 and 7\)"):
+        parse_yaml(text, "twice.yaml")
+    with pytest.raises(InputError, match="lines 1 and 2"):
+        parse_yaml("a: 1\na: 2\n", "x")
+    with pytest.raises(InputError, match="key 'steps' is given twice"):
+        parse_yaml("training:\n  steps: 1\n  steps: 2\n", "x")
+    assert parse_yaml("base: &b {steps: 1}\ntraining:\n  <<: *b\n  lr: 2\n", "x")["training"] == {"steps": 1, "lr": 2}
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / "store")
+    assert code == 2 and "given twice" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "store").exists()
