@@ -1,10 +1,13 @@
 """Paired differences of two methods over the same seeds, from finished stores: per seed the primary ACC and BWT
 of A and B, the mean ± sample std of each, and of A − B the mean with a two-sided 95 % t interval (n − 1 degrees of
-freedom; with 2 seeds the interval is wide by construction). Stores are paired by the seed in their manifest.
+freedom; with 2 seeds the interval is wide by construction). Stores are paired by (sequence, seed) from their
+manifests: orders are different sequences, and two stores of one side with the same sequence and seed are an error
+(one would silently replace the other).
 
     .venv/bin/python benchmarks/results/paired.py --a STORE [STORE ...] --b STORE [STORE ...] [--names A,B]
         [--split test|validation]           (the matrix `pslora eval --split` wrote; default test)
-        [--b-recorded SEED=ACC,BWT ...]     (a result recorded in RESULTS.md whose store is gone, in %)
+        [--b-recorded [SEQUENCE:]SEED=ACC,BWT ...]  (a result recorded in RESULTS.md whose store is gone, in %;
+                                                     without SEQUENCE it pairs with that seed of any sequence)
 """
 
 from __future__ import annotations
@@ -19,17 +22,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pslora_cli.core.metrics import paired_interval  # noqa: E402
 
 
-def metrics(store: Path, split: str = "test") -> tuple[int, dict]:
-    seed = json.loads((store / "manifest.json").read_text())["sequence"]["seed"]
+def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
+    sequence = json.loads((store / "manifest.json").read_text())["sequence"]
     folder = store / "eval" if split == "test" else store / "eval" / split
     doc = json.loads((folder / "matrix.json").read_text())
-    return seed, doc["metrics"]["primary"]
+    return (sequence["name"], sequence["seed"]), doc["metrics"]["primary"]
 
 
-def recorded(text: str) -> tuple[int, dict]:
-    seed, _, values = text.partition("=")
+def recorded(text: str) -> tuple[tuple[str, int], dict]:
+    key, _, values = text.partition("=")
+    sequence, _, seed = key.rpartition(":")
     acc, bwt = (float(v) / 100 for v in values.split(","))
-    return int(seed), {"acc": acc, "bwt": bwt}
+    return (sequence or "*", int(seed)), {"acc": acc, "bwt": bwt}
+
+
+def side(stores: list[Path], rows: list[str], split: str, name: str) -> dict:
+    """(sequence, seed) -> metrics of one method; a key given twice is an error naming both."""
+    out, where = {}, {}
+    for key, value, origin in [(*metrics(s, split), str(s)) for s in stores] + [(*recorded(r), r) for r in rows]:
+        if key in out:
+            raise SystemExit(f"{name}: {origin} and {where[key]} are both sequence {key[0]} seed {key[1]}; pass one")
+        out[key], where[key] = value, origin
+    return out
+
+
+def pairs(a: dict, b: dict) -> list[tuple[tuple[str, int], dict, dict]]:
+    """The (key, a, b) with the same sequence and seed (a recorded row without a sequence matches any)."""
+    out = []
+    for key in sorted(a):
+        sequence, seed = key
+        if sequence == "*":
+            found = [v for (_, other), v in b.items() if other == seed]
+            match = found[0] if len(found) == 1 else None
+        else:
+            match = b.get(key, b.get(("*", seed)))
+        if match is not None:
+            out.append((key, a[key], match))
+    return out
 
 
 def summary(values: list[float]) -> str:
@@ -55,15 +84,17 @@ def main() -> int:
     ap.add_argument("--b-recorded", nargs="*", default=[])
     args = ap.parse_args()
     name_a, name_b = args.names.split(",")
-    a = dict(metrics(s, args.split) for s in args.a) | dict(recorded(r) for r in args.a_recorded)
-    b = dict(metrics(s, args.split) for s in args.b) | dict(recorded(r) for r in args.b_recorded)
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        raise SystemExit("no seed in common")
+    a = side(args.a, args.a_recorded, args.split, name_a)
+    b = side(args.b, args.b_recorded, args.split, name_b)
+    matched = pairs(a, b)
+    if not matched:
+        raise SystemExit("no (sequence, seed) in common")
+    keys = ",".join(f"{seq}:{seed}" if len({k[0] for k, _, _ in matched}) > 1 else str(seed)
+                    for (seq, seed), _, _ in matched)
     for key, label in (("acc", "ACC"), ("bwt", "BWT")):
-        va, vb = [a[s][key] for s in seeds], [b[s][key] for s in seeds]
+        va, vb = [x[key] for _, x, _ in matched], [y[key] for _, _, y in matched]
         per_seed = ", ".join(f"{100 * x:.1f} vs {100 * y:.1f}" for x, y in zip(va, vb))
-        print(f"| {label} | {name_a} − {name_b} | seeds {','.join(map(str, seeds))} | {summary(va)} | {summary(vb)} | "
+        print(f"| {label} | {name_a} − {name_b} | seeds {keys} | {summary(va)} | {summary(vb)} | "
               f"{interval([x - y for x, y in zip(va, vb)])} | {per_seed} |")
     return 0
 

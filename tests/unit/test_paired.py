@@ -1,0 +1,48 @@
+"""benchmarks/results/paired.py pairs stores by (sequence, seed): orders are not mixed up, and two stores of one
+method with the same sequence and seed are an error, not a silent replacement."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "paired.py"
+
+
+def store(root: Path, name: str, sequence: str, seed: int, acc: float, bwt: float) -> Path:
+    folder = root / name
+    (folder / "eval").mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"sequence": {"name": sequence, "seed": seed}}))
+    (folder / "eval" / "matrix.json").write_text(json.dumps({"metrics": {"primary": {"acc": acc, "bwt": bwt}}}))
+    return folder
+
+
+def paired(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_stores_pair_by_sequence_and_seed(tmp_path):
+    a1 = store(tmp_path, "a1", "order1", 0, 0.80, -0.1)
+    a2 = store(tmp_path, "a2", "order2", 0, 0.70, -0.2)
+    b1 = store(tmp_path, "b1", "order1", 0, 0.75, -0.1)
+    b2 = store(tmp_path, "b2", "order2", 0, 0.72, -0.1)
+    out = paired("--a", a1, a2, "--b", b2, b1, "--names", "A,B")
+    assert out.returncode == 0, out.stderr
+    acc = out.stdout.splitlines()[0]
+    assert "order1:0,order2:0" in acc and "80.0 vs 75.0, 70.0 vs 72.0" in acc and "+1.5" in acc, acc
+
+
+def test_two_stores_with_the_same_sequence_and_seed_are_an_error(tmp_path):
+    a1 = store(tmp_path, "a1", "order1", 0, 0.80, -0.1)
+    a2 = store(tmp_path, "a2", "order1", 0, 0.60, -0.1)
+    b1 = store(tmp_path, "b1", "order1", 0, 0.75, -0.1)
+    out = paired("--a", a1, a2, "--b", b1)
+    assert out.returncode != 0 and "both sequence order1 seed 0" in out.stderr, out.stderr
+
+
+def test_a_recorded_row_pairs_by_seed(tmp_path):
+    a1 = store(tmp_path, "a1", "order1", 1, 0.80, -0.1)
+    out = paired("--a", a1, "--b-recorded", "1=70.0,-5.0")
+    assert out.returncode == 0 and "80.0 vs 70.0" in out.stdout, out.stderr
