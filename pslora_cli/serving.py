@@ -100,9 +100,14 @@ def continual_model(seq: Sequence, store: Store, device: torch.device, task: str
 
 
 def _task_prompt(seq: Sequence, i: int, classes: list[str]) -> TaskPrompt:
+    from pathlib import Path
+
+    from .data import prompt_defaults
     from .data.prompts import check_prompt, prompt_parts
 
     task = seq.tasks[i]
     where = f"task {task.id}: prompt"
-    prefix, suffix, answers = prompt_parts(classes, check_prompt(task.prompt, where), task.data["type"], where)
+    defaults = prompt_defaults(task.data, base_dir=Path(seq.base_dir), where=f"task {task.id}: data")
+    prefix, suffix, answers = prompt_parts(classes, check_prompt(task.prompt, where), task.data["type"], where,
+                                           defaults)
     return TaskPrompt(task.id, classes, prefix, suffix, answers)

@@ -24,8 +24,8 @@ from pslora_cli.data.text_sources import (
 )
 from pslora_cli.errors import InputError
 
-__all__ = ["REQUIRED", "SOURCE_SCHEMAS", "TaskData", "compute_fingerprint", "load_task_data", "source_modality",
-           "validate_source"]
+__all__ = ["REQUIRED", "SOURCE_SCHEMAS", "TaskData", "compute_fingerprint", "load_task_data", "prompt_defaults",
+           "source_modality", "validate_source"]
 
 SOURCE_SCHEMAS: dict[str, dict[str, tuple[type | tuple, object]]] = dict(TEXT_SCHEMAS)
 # Image sources: pslora_cli.data.image_sources.
@@ -146,7 +146,8 @@ def _check_values(src: dict, kind: str, where: str) -> None:
         if src.get("validation_per_class") is not None:
             raise InputError(f"{where}.validation_fraction: give either validation_per_class (drawn from the "
                              f"examples train and test leave unused) or validation_fraction, not both")
-    for key in ("path", "train", "test", "text_column", "label_column", "train_split", "test_split", "name"):
+    for key in ("path", "train", "test", "text_column", "label_column", "train_split", "test_split", "name",
+                "dataset", "root"):
         if isinstance(src.get(key), str) and not src[key].strip():
             raise InputError(f"{where}.{key}: must not be empty")
     classes = src.get("classes")
@@ -183,6 +184,18 @@ def load_task_data(source: dict, *, seed: int, base_dir: pathlib.Path, where: st
     filled = validate_source(source, where)
     loader = IMAGE_LOADERS.get(filled["type"]) or LOADERS[filled["type"]]
     return loader(filled, seed=int(seed), base_dir=pathlib.Path(base_dir), where=where)
+
+
+def prompt_defaults(source: dict, *, base_dir: pathlib.Path, where: str) -> dict | None:
+    """A source's own prompt ({"instruction", "template"}) where it has one (cl-benchmark: O-LoRA's prompt of the
+    dataset), found without loading the data: for `predict` and `export`, which build prompts from the store. The
+    loader attaches the same to its TaskData (``prompt_defaults``), which `prompts.prompted` reads."""
+    filled = validate_source(source, where)
+    if filled["type"] != "cl-benchmark":
+        return None
+    from pslora_cli.data.cl_benchmark import prompt_defaults as cl_benchmark_prompt
+
+    return cl_benchmark_prompt(filled, pathlib.Path(base_dir), where)
 
 
 def joint_task_data(parts: list[TaskData], task_ids: list[str]) -> TaskData:

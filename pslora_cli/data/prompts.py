@@ -66,6 +66,7 @@ def check_prompt(raw, where: str) -> dict:
         raise InputError(f"{where}.{unknown[0]}: unknown key (allowed: instruction, template, answers)")
     out = {"instruction": raw.get("instruction"), "template": raw.get("template", DEFAULT_TEMPLATE),
            "answers": raw.get("answers") or {}}
+    template_given = "template" in raw
     for key in ("instruction", "template"):
         if out[key] is not None and (not isinstance(out[key], str) or not out[key].strip()):
             raise InputError(f"{where}.{key}: expected a non-empty string")
@@ -80,7 +81,8 @@ def check_prompt(raw, where: str) -> dict:
             raise InputError(f"{where}.answers: {seen[normalise(text)]!r} and {name!r} have the same answer "
                              f"text {text.strip()!r} as exact match compares them (case and end punctuation aside)")
         seen[normalise(text)] = name
-    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in out.items()}
+    # template_given: whether the task wrote its template (else a source's own prompt, cl-benchmark's, is used)
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in out.items()} | {"template_given": template_given}
 
 
 def _check_template(template: str, where: str) -> None:
@@ -115,18 +117,30 @@ def answer_texts(classes: list[str], spec: dict, where: str) -> list[str]:
     return texts
 
 
-def prompt_parts(classes: list[str], spec: dict, source_type: str, where: str) -> tuple[str, str, list[str]]:
-    """(prefix, suffix, answer texts) of a task's prompts: every prompt is prefix + text + suffix."""
+def prompt_parts(classes: list[str], spec: dict, source_type: str, where: str,
+                 defaults: dict | None = None) -> tuple[str, str, list[str]]:
+    """(prefix, suffix, answer texts) of a task's prompts: every prompt is prefix + text + suffix.
+
+    ``defaults``: the source's own prompt ({"instruction", "template"}; cl-benchmark: O-LoRA's), used where the task's
+    `prompt:` gives no instruction or no template."""
     answers = answer_texts(list(classes), spec, where)
-    instruction = spec["instruction"] or DEFAULT_INSTRUCTIONS.get(source_type, GENERIC_INSTRUCTION)
-    before, _, after = spec["template"].partition("{text}")
+    defaults = defaults or {}
+    template = spec["template"]
+    if defaults.get("template") and not spec.get("template_given", True):
+        template = defaults["template"]
+    if not spec["instruction"] and defaults.get("missing") and "{instruction}" in template:
+        raise InputError(defaults["missing"])  # the source has no instruction for this task, and the task gives none
+    instruction = (spec["instruction"] or defaults.get("instruction")
+                   or DEFAULT_INSTRUCTIONS.get(source_type, GENERIC_INSTRUCTION))
+    before, _, after = template.partition("{text}")
     fill = {"instruction": instruction, "options": ", ".join(answers)}
     return before.format(**fill, text=""), after.format(**fill, text=""), answers
 
 
 def prompted(data: TaskData, spec: dict, source_type: str, where: str) -> TaskData:
     """The task's examples as Prompted (x) with `answers` (the answer text of each class)."""
-    prefix, suffix, answers = prompt_parts(list(data.classes), spec, source_type, where)
+    prefix, suffix, answers = prompt_parts(list(data.classes), spec, source_type, where,
+                                           getattr(data, "prompt_defaults", None))
 
     def wrap(xs):
         return [Prompted(prefix, str(x), suffix) for x in xs]

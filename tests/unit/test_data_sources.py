@@ -242,6 +242,7 @@ def test_files_errors(tmp_path):
 
 def test_schemas_are_as_documented():
     assert set(SOURCE_SCHEMAS) == {"wordnet", "rotten_tomatoes", "convention_speeches", "huggingface", "files",
+                                   "cl-benchmark",  # O-LoRA's CL_Benchmark folder: tests/unit/test_cl_benchmark.py
                                    "fashion_mnist", "mnist", "huggingface_images", "image_folder"}  # + images
     assert SOURCE_SCHEMAS["wordnet"]["classes"] == (list, REQUIRED)
     assert SOURCE_SCHEMAS["huggingface"]["path"][1] is REQUIRED
