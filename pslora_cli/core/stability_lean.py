@@ -270,7 +270,7 @@ class PreparedHistory:
     while task t trains).
 
     store "dense": tanh(αH) is cached (and |H| too for variant "deviation"), replacing H: one dense buffer, as
-        large as H, and no tanh of H per step.
+        large as H, and no tanh of H per step. Variant "magnitude-only" reads ‖H‖ alone: only that is kept.
     store "factors": the stacked factors are kept and H's block recomputed per step: memory (d_out + d_in)·R.
     store "auto": "factors" when factors are given and take fewer elements than dense H, else "dense".
     """
@@ -302,6 +302,9 @@ class PreparedHistory:
         else:
             h = dense if dense is not None else factors.dense().detach()
             h = h.reshape(h.shape[0], -1)
+        if store == "dense" and variant == "magnitude-only":  # it reads ‖H‖ alone: nothing dense is kept
+            self.source = _Source(norm=torch.linalg.vector_norm(h))
+        elif store == "dense":
             self.source = _Source(tanh_cache=torch.tanh(h * self.alpha),
                                   abs_cache=h.abs() if variant == "deviation" else None,
                                   norm=torch.linalg.vector_norm(h) if variant in MODULE_MEAN_VARIANTS else None)
@@ -442,7 +445,8 @@ def _dense_history(history, reason: str) -> Tensor:
     if h is None and history.source.factors is not None:
         h = history.source.factors.dense()
     if h is None:
-        raise ValueError(f"cannot fall back to the reference ({reason}): the prepared history keeps only tanh(αH); "
+        raise ValueError(f"cannot fall back to the reference ({reason}): the prepared history keeps only tanh(αH) "
+                         "(or, for magnitude-only, ‖H‖); "
                          "pass the dense history or its factors instead")
     return h
 

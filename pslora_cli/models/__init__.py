@@ -97,6 +97,14 @@ def backbone_identity(cfg: Backbone) -> dict:
     return identity
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def backbone_dtype(cfg: Backbone) -> torch.dtype:
+    """The dtype of the frozen backbone weights (backbone.dtype); LoRA factors, heads and merges stay float32."""
+    return DTYPES[getattr(cfg, "dtype", "float32")]
+
+
 def load_backbone(cfg: Backbone, device: torch.device):
     """A TextBackbone (transformers encoder), a LanguageModel (causal or seq2seq LM) or, for timm and built-in image
     backbones, a VisionBackbone."""
@@ -113,6 +121,22 @@ def load_backbone(cfg: Backbone, device: torch.device):
     from .text import load_text_backbone
 
     return load_text_backbone(cfg, device)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """training.gradient_checkpointing: the backbone recomputes its activations in the backward pass. transformers
+    models get non-reentrant checkpointing (the inputs of a frozen backbone need no gradient for the LoRA factors
+    inside to get theirs), timm models their own (non-reentrant by default)."""
+    if getattr(model, "supports_gradient_checkpointing", False):
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+    else:
+        raise InputError(f"training.gradient_checkpointing: {type(model).__name__} does not support gradient "
+                         f"checkpointing; set it to false")
 
 
 def target_parameters(model: nn.Module, target_modules: list[str]) -> dict[str, nn.Parameter]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Iterable, Iterator
 
 import torch
 from safetensors import safe_open
 
-from ..core.merges import from_factors, merge_module
+from ..core.merges import adds_from_factors, from_factors, merge_module
 from ..core.lora import conv_to_matrix, lora_delta
 from ..errors import InputError
 
@@ -195,6 +196,64 @@ def _deltas_in_one_buffer(adapters: list[AdapterFile], param: str, device) -> It
         yield buffer
 
 
+class SummedHistory(Mapping):
+    """H_m = Σ_i ΔW_i of each adapted module m, formed when asked for and never kept: `history[m]` computes module
+    m's dense sum (as merged_deltas(adapters, "sum") does) and the caller frees it before asking for the next, so
+    that at most one module's H exists at a time; `factors(m)` gives the earlier tasks' factors instead (what a loss
+    form without an elementwise term needs)."""
+
+    def __init__(self, adapters: list[AdapterFile], device: torch.device | str = "cpu"):
+        self.adapters, self.device = list(adapters), device
+
+    def __getitem__(self, param: str) -> torch.Tensor:
+        if not self.adapters or param not in self.adapters[0].modules:
+            raise KeyError(param)
+        return merge_module(lambda: _deltas_in_one_buffer(self.adapters, param, self.device), "sum")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.adapters[0].modules if self.adapters else ())
+
+    def __len__(self) -> int:
+        return len(self.adapters[0].modules) if self.adapters else 0
+
+    def factors(self, param: str) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """[(lora_A_i, lora_B_i, scale_i), ...] of `param`, oldest first: H = Σ_i scale_i·B_i·A_i."""
+        return [(*a.factors(param, self.device), a.scale) for a in self.adapters]
+
+
+def fold_into(params: dict[str, torch.nn.Parameter], updates: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """W += update for each (name, update), one module at a time, in place (no copy of W0 is kept: a training folds
+    once); a bfloat16/float16 weight gets the float32 sum rounded once. For float32 weights the result is bitwise
+    WeightFolder(params).fold(dict(updates))."""
+    with torch.no_grad():
+        for name, update in updates:
+            if name not in params:
+                raise InputError(f"adapter modules not in the backbone: {name}")
+            p = params[name]
+            update = update.to(p.device).reshape(p.shape)
+            if p.dtype == update.dtype:
+                p.add_(update)
+            else:
+                p.copy_(p.float() + update.float())
+            del update
+
+
+def fold_merge(params: dict[str, torch.nn.Parameter], adapters: list[AdapterFile], method: str,
+               device: torch.device | str = "cpu", **options) -> None:
+    """Fold the merge of the adapters' updates into the weights, one module at a time. A merge that can add itself
+    from the factors row block by row block (magnitude) never forms a module's merge in full; the others form one
+    module's merge, fold it and free it before the next."""
+    add_ = adds_from_factors(method)
+    if add_ is None:
+        fold_into(params, merged_deltas(adapters, method, device, **options))
+        return
+    with torch.no_grad():
+        for param in adapters[0].modules:
+            if param not in params:
+                raise InputError(f"adapter modules not in the backbone: {param}")
+            add_(params[param].data, [a.scaled_factors(param, device) for a in adapters])
+
+
 class WeightFolder:
     """Keeps the base weights W0 of the adapted modules and sets W = W0 + update in place."""
 
@@ -210,7 +269,9 @@ class WeightFolder:
         with torch.no_grad():
             for name, p in self.params.items():
                 w0 = self.base[name]
-                if name in updates:
+                if name in updates and w0.dtype in (torch.bfloat16, torch.float16):  # backbone.dtype: rounded once
+                    p.copy_(w0.float() + updates[name].to(w0.device, torch.float32).reshape(w0.shape))
+                elif name in updates:
                     p.copy_(w0 + updates[name].to(w0.device, w0.dtype).reshape(w0.shape))
                 else:
                     p.copy_(w0)

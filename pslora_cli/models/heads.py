@@ -24,4 +24,5 @@ class TaskModel(nn.Module):
         self.backbone, self.peft_model, self.head = backbone, peft_model, head
 
     def forward(self, batch):
-        return self.head(self.backbone.features(self.peft_model, batch))
+        # a backbone in bfloat16/float16 (backbone.dtype) gives features in its dtype; the head is float32
+        return self.head(self.backbone.features(self.peft_model, batch).float())

@@ -205,12 +205,12 @@ def answer_logits(lm: nn.Module, batch: dict) -> torch.Tensor:
 def load_language_model(cfg: Backbone, path: str, kind: str, device: torch.device) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from . import backbone_identity
+    from . import backbone_dtype, backbone_identity
 
     loader = AutoModelForSeq2SeqLM if kind == "seq2seq-lm" else AutoModelForCausalLM
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        model = loader.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=torch.float32)
+        model = loader.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=backbone_dtype(cfg))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"backbone.name: cannot load {cfg.name!r} ({first})") from None

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import Backbone
 from ..errors import InputError
-from . import backbone_identity, quiet_transformers, resolve_model_path
+from . import backbone_dtype, backbone_identity, quiet_transformers, resolve_model_path
 
 
 @dataclass
@@ -45,7 +45,7 @@ def load_text_backbone(cfg: Backbone, device: torch.device) -> TextBackbone:
     path = resolve_model_path(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModel.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModel.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=backbone_dtype(cfg))
     except (OSError, ValueError) as exc:
         text = str(exc)
         if "trust_remote_code" in text and not cfg.trust_remote_code:

@@ -278,6 +278,7 @@ class VisionBackbone:
     path: str
     identity: dict = field(default_factory=dict)
     modality: str = "image"
+    dtype: torch.dtype = torch.float32  # the frozen weights' (backbone.dtype): images are cast to it
 
     def _tensor(self, image) -> torch.Tensor:
         """One image -> CxHxW tensor (uint8 or float in [0, 1]) on the CPU."""
@@ -334,7 +335,8 @@ class VisionBackbone:
         return {"pixel_values": x}
 
     def features(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = model(batch["pixel_values"])
+        x = batch["pixel_values"]
+        out = model(x if x.dtype == self.dtype else x.to(self.dtype))
         return out.flatten(1) if out.dim() > 2 else out
 
 
@@ -352,8 +354,10 @@ def load_vision_backbone(cfg: Backbone, device: torch.device) -> VisionBackbone:
     from timm.data import resolve_model_data_config
     from timm.layers import freeze_batch_norm_2d
 
+    from . import backbone_dtype
+
     model = freeze_batch_norm_2d(build_model(cfg))
-    model.to(device).eval()
+    model.to(device=device, dtype=backbone_dtype(cfg)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     data_cfg = resolve_model_data_config(model)
@@ -375,4 +379,4 @@ def load_vision_backbone(cfg: Backbone, device: torch.device) -> VisionBackbone:
     return VisionBackbone(model=model, feature_dim=int(dim), image_size=size, channels=int(channels),
                           mean=mean, std=std,
                           interpolation=_interpolation(str(data_cfg.get("interpolation", "bilinear"))),
-                          path=describe(cfg), identity=vision_identity(cfg))
+                          path=describe(cfg), identity=vision_identity(cfg), dtype=backbone_dtype(cfg))

@@ -9,7 +9,7 @@ import torch
 from ..config import Method
 from ..errors import InputError
 from ..core.stability import MODULE_MEAN_VARIANTS, adaptive_alpha
-from ..core.stability_lean import prepare_history
+from ..core.stability_lean import HistoryFactors, PreparedHistory, stack_history
 
 
 class Regulariser:
@@ -18,22 +18,37 @@ class Regulariser:
     def __init__(self, method: Method, layers: dict, previous: list, history: dict[str, torch.Tensor],
                  prev_factors_a: dict[str, list[torch.Tensor]], device: torch.device):
         self.method = method
-        self.alphas = {name: _alpha(method, history[name], device) for name in layers if name in history}
         self.use_stability = bool(previous) and method.stability_weight > 0
         self.use_orthogonality = bool(prev_factors_a) and (method.orthogonality_weight or 0) > 0
         # The stability loss reads H block by block (core/stability_lean.py): the earlier tasks' stacked factors
         # when they are smaller than dense H, else tanh(αH) cached densely; nothing d_out x d_in is kept for
-        # backward.
-        self.history = {name: prepare_history(history[name], [(*adp.factors(name, device), adp.scale)
-                                                               for adp in previous],
-                                              alpha=self.alphas[name], variant=method.variant)
-                        for name in layers} if self.use_stability else {}
+        # backward. Prepared one module at a time, each module's dense H (when the form needs it) freed before the
+        # next is formed; α (the tanh's scale) only for the forms that use it.
+        self.alphas, self.history = {}, {}
+        if self.use_stability:
+            for name in layers:
+                self.history[name] = self._prepare(name, history, previous, device)
         self.prev_factors_a = prev_factors_a
         self.use_sparsity = (method.sparsity_weight or 0) > 0  # None: a Method made outside validation
         if self.use_sparsity:
             check_sparsity_form(method, {name: (layer.lora_B["default"].weight.shape[0],
                                                 *layer.lora_A["default"].weight.shape[1:])
                                          for name, layer in layers.items()})
+
+    def _prepare(self, name: str, history, previous: list, device: torch.device) -> PreparedHistory:
+        """Module `name`'s PreparedHistory. The magnitude-only form reads ‖H‖ alone: from the stacked factors
+        when they are smaller than H, so that no d_out x d_in tensor is formed; the other forms (an elementwise
+        term in tanh(αH)) need H densely, and its median for an adaptive α."""
+        factors = stack_history((*adp.factors(name, device), adp.scale) for adp in previous)
+        factors = HistoryFactors(factors.B.float(), factors.A.float())  # as H's float32 sum (no-op for float32)
+        if self.method.variant == "magnitude-only":
+            if factors.numel() < factors.shape[0] * factors.shape[1]:
+                # α is not used by this form (no tanh term): any valid value
+                return PreparedHistory(factors=factors, alpha=1.0, variant="magnitude-only", store="factors")
+            return PreparedHistory(history[name], alpha=1.0, variant="magnitude-only", store="dense")
+        dense = history[name]
+        self.alphas[name] = _alpha(self.method, dense, device)
+        return PreparedHistory(dense, alpha=self.alphas[name], variant=self.method.variant, factors=factors)
 
     @property
     def active(self) -> bool:

@@ -62,5 +62,11 @@ def from_factors(method: str):
     return getattr(MERGES[method].load(), "from_factors", None) if method in MERGES else None
 
 
+def adds_from_factors(method: str):
+    """The merge's in-place form `add_from_factors_(weight, factors)` (weight += the merge, row block by row block,
+    the merge never formed in full), or None."""
+    return getattr(MERGES[method].load(), "add_from_factors_", None) if method in MERGES else None
+
+
 def merges_help() -> str:
     return "; ".join(f"{m.name}: {m.summary}" for m in MERGES.values())

@@ -195,6 +195,62 @@ def _fold_factor_chunk(acc: Tensor | None, chunk: list[tuple[Tensor, Tensor]], b
     return acc
 
 
+def add_magnitude_merge_factors_(weight: Tensor, factors: Iterable[tuple[Tensor, Tensor]], *,
+                                 block_elements: int = 1 << 18) -> Tensor:
+    """In place: weight += the magnitude merge of the products B_i @ A_i (B_i already scaled), row block by row
+    block, so that the merge never exists in full: memory is a few blocks and the factors of the tasks.
+
+    The same row blocks, products and fold as magnitude_merge_factors, so the result is bitwise weight +
+    magnitude_merge_factors(factors) for a float32 weight; a bfloat16 or float16 weight gets the float32 sum
+    rounded once. `weight` may be a conv's (d_out, d_in, kh, kw); returns it."""
+    factors = list(factors)
+    if not factors:
+        raise ValueError("nothing to merge: no deltas were added")
+    for i, (b, a) in enumerate(factors):
+        if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
+            raise ValueError(f"expected factors B (d_out, r) and A (r, d_in), got {tuple(b.shape)} and {tuple(a.shape)}")
+        if (b.shape[0], a.shape[1]) != (factors[0][0].shape[0], factors[0][1].shape[1]):
+            raise ValueError(f"shape mismatch: product #{i + 1} is {b.shape[0]}x{a.shape[1]}")
+    d_out, d_in = factors[0][0].shape[0], factors[0][1].shape[1]
+    if weight.numel() != d_out * d_in or weight.shape[0] != d_out:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} does not take a {d_out}x{d_in} update")
+    target = weight.view(d_out, d_in)
+    dtypes = {torch.promote_types(b.dtype, a.dtype) for b, a in factors}
+    dtype = dtypes.pop()
+    if dtypes or dtype not in _FLOAT_BITS:  # mixed or half precision factors: the dense merge, then added
+        _add_rows_(target, magnitude_merge_factors(factors, block_elements=block_elements))
+        return weight
+    device = factors[0][0].device
+    fmt = _FLOAT_BITS[dtype]
+    int_dtype, abs_mask = fmt[:2]
+    finfo_max = torch.finfo(dtype).max
+    may_nan = any(not float(b.abs().max()) * float(a.abs().max()) * a.shape[0] < finfo_max / 2
+                  for b, a in factors[1:])
+    blocks = _row_blocks(d_out, d_in, block_elements, device)
+    n = blocks[0][1] - blocks[0][0]
+    acc, product = (torch.empty(n, d_in, dtype=dtype, device=device) for _ in range(2))
+    abs_bits, new_abs, larger = (torch.empty(n, d_in, dtype=int_dtype, device=device) for _ in range(3))
+    for r0, r1 in blocks:
+        k = r1 - r0
+        rows = acc[:k]
+        torch.matmul(factors[0][0][r0:r1], factors[0][1], out=rows)
+        rows_bits, x, acc_abs = rows.view(int_dtype), product[:k], abs_bits[:k]
+        torch.bitwise_and(rows_bits, abs_mask, out=acc_abs)
+        for b, a in factors[1:]:
+            torch.matmul(b[r0:r1], a, out=x)
+            _fold_bits_(rows_bits, acc_abs, x.view(int_dtype), new_abs[:k], larger[:k], fmt, check_nan=may_nan)
+        _add_rows_(target[r0:r1], rows)
+    return weight
+
+
+def _add_rows_(target: Tensor, rows: Tensor) -> None:
+    """target += rows: in its own dtype when it is the rows', else in float32 rounded once to target's dtype."""
+    if target.dtype == rows.dtype:
+        target.add_(rows.to(target.device))
+    else:
+        target.copy_(target.float() + rows.to(target.device).float())
+
+
 def _row_blocks(d_out: int, d_in: int, block_elements: int, device) -> list[tuple[int, int]]:
     """Row ranges of about `block_elements` elements, in multiples of 16 rows (one block on a GPU, whose
     elementwise kernels gain nothing from cache-sized blocks)."""
@@ -209,3 +265,4 @@ def merge(make_deltas, **_options) -> Tensor:
 
 
 from_factors = magnitude_merge_factors
+add_from_factors_ = add_magnitude_merge_factors_
