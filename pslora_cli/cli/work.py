@@ -85,13 +85,31 @@ def compare_cmd(
                                                       "cluster's job array or GNU parallel) and run nothing.")] = False,
     collect: Annotated[bool, typer.Option("--collect", help="Summarise the runs whose stores are finished, train "
                                                             "nothing.")] = False,
+    executor: Annotated[str, typer.Option("--executor", help="local: in this process (or --jobs processes); slurm: "
+                                          "the unfinished runs as one Slurm job array through submitit (pip install "
+                                          "'pslora[slurm]'), waited for, then summarised as --collect does; "
+                                          "submitit-local: the same job array as local processes.")] = "local",
+    partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")] = None,
+    time_min: Annotated[int, typer.Option("--time", help="slurm / submitit-local: minutes each run may take.")]
+    = 24 * 60,
+    gpus_per_job: Annotated[int, typer.Option("--gpus-per-job", help="slurm / submitit-local: GPUs per run.")] = 0,
+    cpus_per_job: Annotated[int, typer.Option("--cpus-per-job", help="slurm / submitit-local: CPUs (torch threads) "
+                                                                     "per run.")] = 1,
+    mem_gb: Annotated[Optional[int], typer.Option("--mem-gb", help="slurm: memory per run.")] = None,
+    array_parallelism: Annotated[Optional[int], typer.Option(
+        "--array-parallelism", help="slurm / submitit-local: runs at a time (default: the scheduler's).")] = None,
+    log_folder: Annotated[Optional[Path], typer.Option("--log-folder", help="slurm / submitit-local: where the jobs' "
+                                                       "logs go (default OUT/submitit).")] = None,
     device: DeviceOpt = "auto", json_: JsonOpt = False, quiet: QuietOpt = False, set_: SetOpt = None,
     threads: ThreadsOpt = None,
 ):
     """Run SEQUENCE with several methods x seeds x orders (one store each) and compare them."""
+    from ..commands.cluster import ClusterOptions
     from ..commands.compare import compare, print_summary
 
     s = session(out, device, None, json_, quiet, set_, threads)
+    cluster = ClusterOptions(executor, partition, time_min, gpus_per_job, cpus_per_job, mem_gb, array_parallelism,
+                             log_folder)
     try:
         seed_list = [int(v) for v in seeds.split(",") if v.strip()]
     except ValueError:
@@ -100,7 +118,7 @@ def compare_cmd(
         raise InputError("--plan and --collect: choose one")
     mode = "plan" if plan else "collect" if collect else "run"
     doc = compare(sequence, comma_list(methods) or [], seed_list, orders, out, s, baseline, check_split(split),
-                  jobs=jobs, mode=mode)
+                  jobs=jobs, mode=mode, cluster=cluster)
     if json_:
         emit_json(doc)
     elif plan:

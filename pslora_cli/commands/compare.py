@@ -76,8 +76,9 @@ class GridRun:
 
 def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: int, out_dir: Path,
             base: Session, baseline: str | None = None, split: str = "test", jobs: int = 1,
-            mode: str = "run") -> dict:
-    """mode "run": train what is missing (in `jobs` processes when > 1) and summarise; "plan": only the list of
+            mode: str = "run", cluster=None) -> dict:
+    """mode "run": train what is missing (in `jobs` processes when > 1, or as one job array when `cluster`, a
+    commands.cluster.ClusterOptions, names slurm or submitit-local) and summarise; "plan": only the list of
     self-contained `pslora run` commands, one per run; "collect": summarise the stores that are finished."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -93,6 +94,12 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
         raise InputError("--orders: must be >= 1")
     if jobs < 1:
         raise InputError(f"--jobs {jobs}: must be at least 1")
+    array = cluster is not None and cluster.executor != "local"
+    if array:
+        cluster.check()
+        if mode != "run" or jobs > 1:
+            raise InputError(f"--executor {cluster.executor}: runs the grid as a job array; it does not go with "
+                             f"--plan, --collect or --jobs")
     if not sequence_file.is_file():
         raise InputError(f"{sequence_file}: sequence file not found")
     files = order_files(sequence_file, orders, out_dir)
@@ -112,7 +119,13 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
             raise InputError(f"{out_dir}: no finished store of this grid yet ({len(missing)} runs to go)")
     else:
         with task_cache(out_dir):
-            if jobs > 1:
+            if array:
+                from .cluster import submit_array
+                from .grid import collect_runs
+
+                submit_array(grid, base, out_dir, cluster)
+                runs, missing = collect_runs(grid, base, split)
+            elif jobs > 1:
                 from .grid import collect_runs, run_parallel
 
                 run_parallel(grid, base, jobs, out_dir)
