@@ -5,7 +5,9 @@ analysed as a store's adapters are (`pslora analyze-shifts --adapters`).
 
 The adapters must name one base model (`base_model_name_or_path`) and agree on each module's weight shape; ranks,
 alphas and rsLoRA may differ (a merge works on ΔW = s·B·A). A module that some adapters do not adapt counts as a zero
-update for them.
+update for them. An adapter whose factors are not its update of the base weights is refused (`check_initialisation`):
+PEFT's PiSSA, OLoRA, CorDA, LoRA-GA and LoftQ initialisations rewrite the base weights when they start from non-zero
+factors, so s·B·A also counts the part of W0 they moved into the factors.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class AdapterSet:
             if key in seen:
                 raise InputError(f"--adapters: {f} is given twice (also as {seen[key]})")
             seen[key] = f
-        self.adapters = [_open_one(f) for f in self.folders]
+        self.adapters = [open_adapter(f) for f in self.folders]
         bases = [a.config.get("base_model_name_or_path") for a in self.adapters]
         self.base_model = bases[0]
         for folder, base in zip(self.folders[1:], bases[1:]):
@@ -100,7 +102,10 @@ def resolve_adapter_folder(given: Path) -> Path:
             from None
 
 
-def _open_one(folder: Path) -> AdapterFile:
+def open_adapter(folder: Path) -> AdapterFile:
+    """One PEFT LoRA adapter folder from anywhere, checked: a LoRA adapter, its factors its update of the base weights
+    (`check_initialisation`), nothing beside the factors that a merge would drop. InputError naming the file."""
+    folder = Path(folder)
     config = folder / CONFIG_FILE
     try:
         raw = json.loads(config.read_text(encoding="utf-8"))
@@ -111,11 +116,58 @@ def _open_one(folder: Path) -> AdapterFile:
     kind = raw.get("peft_type") if isinstance(raw, dict) else None
     if kind != "LORA":
         raise InputError(f"{config}: peft_type {kind!r} is not LORA: only LoRA adapters can be merged as dense updates")
+    check_initialisation(raw, config)
     adapter = AdapterFile(folder, allow_bin=True)
     if adapter.other_keys:
         raise InputError(f"{adapter.path}: holds {adapter.other_keys[0]} beside the LoRA factors (modules_to_save, "
                          f"e.g. a task head): a merge of the LoRA updates would drop it")
     return adapter
+
+
+# init_lora_weights values whose adapter computes W0 + s·B·A on the unchanged base weights W0: the default (B = 0),
+# random factors (False, "orthogonal": the adapter's s·B·A is still all it adds to W0), and those that start from
+# B·A = 0 ("gaussian", "eva", "mica").
+PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal", "mica")
+# Those that rewrite W0 and start from non-zero factors; PEFT converts the first four to plain LoRA (rank 2r) given the
+# adapter saved before training.
+CONVERTIBLE_INITS = ("pissa", "olora", "corda", "lora_ga")
+CONVERSION = ("convert it with PEFT first: peft_model.save_pretrained(OUT, "
+              "path_initial_model_for_weight_conversion=INITIAL), INITIAL being the adapter saved before training, "
+              "gives a plain LoRA adapter of rank 2r to merge")
+
+
+def check_initialisation(config: dict, where: Path | str) -> None:
+    """InputError unless the adapter's s·B·A is its update of the unchanged base weights: PiSSA (and pissa_niter_N),
+    OLoRA, CorDA and LoRA-GA move part of W0 into the starting factors (W0 - s·B0·A0 is what they train on), LoftQ
+    replaces W0 by its quantisation; activated LoRA (alora_invocation_tokens) acts only after its invocation tokens, so
+    folded into the weights it would act on every token."""
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, bool) or init in PLAIN_INITS:
+        pass
+    else:
+        family = next((f for f in CONVERTIBLE_INITS if isinstance(init, str) and init.lower().startswith(f)), None)
+        if family is not None:
+            raise InputError(f"{where}: init_lora_weights {init!r} rewrites the base weights (W0 - s·B0·A0) and "
+                             f"starts from non-zero factors, so s·B·A is not this adapter's update; {CONVERSION}")
+        if init == "loftq":
+            raise InputError(f"{where}: init_lora_weights 'loftq' trains against a quantised W0 and starts from "
+                             f"non-zero factors, so s·B·A is not an update of W0; no conversion to plain LoRA exists")
+        raise InputError(f"{where}: init_lora_weights {init!r}: an initialisation pslora does not know, so it cannot "
+                         f"tell whether s·B·A is the adapter's update (known: {', '.join(map(repr, PLAIN_INITS))})")
+    if config.get("alora_invocation_tokens"):
+        raise InputError(f"{where}: alora_invocation_tokens is set: an activated LoRA acts only after its invocation "
+                         f"tokens, so folded into the weights it would act on every token; not supported")
+
+
+def check_merge_options(density: float, scale: float | None, density_key: str = "--density",
+                        scale_key: str = "--scale") -> None:
+    """TIES's density in (0, 1] and a finite scale, else InputError naming the option."""
+    if isinstance(density, bool) or not isinstance(density, (int, float)) or not (
+            math.isfinite(density) and 0 < density <= 1):
+        raise InputError(f"{density_key} {density!r}: the fraction of each update TIES keeps; give a number in (0, 1]")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        raise InputError(f"{scale_key} {scale!r}: the merged update's scale must be a finite number")
 
 
 def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, base: str | None = None,
@@ -127,6 +179,7 @@ def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, ba
     if method not in MERGES or method == "last":
         choices = ", ".join(m for m in MERGES if m != "last")
         raise InputError(f"--method {method!r}: expected one of {choices}")
+    check_merge_options(density, scale)
     scale = MERGE_SCALE_DEFAULTS.get(method, 1.0) if scale is None else scale
     aset = AdapterSet(folders)
     as_file = out.suffix == ".safetensors"

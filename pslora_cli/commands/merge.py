@@ -19,12 +19,16 @@ def merge_tasks(seq: Sequence, store: Store, method: str, task_ids: list[str] | 
     the store's merges and to `out`. Returns the merge's record."""
     import torch
 
+    from ..adapter_sets import check_merge_options
     from ..core.merges import MERGES
     from ..models.adapters import merged_deltas, open_adapters
     from ..store.stream_write import write_streaming
 
     if method not in MERGES:
         raise InputError(f"--method {method!r}: expected one of {', '.join(MERGES)}")
+    options = seq.method.options_for(method)
+    check_merge_options(options.get("density", 0.2), options.get("scale"), "method.merge_density",
+                        "method.merge_scale")
     ids = _tasks_to_merge(seq, store, task_ids)
     adapters = open_adapters(store.task_files(t).adapter_dir for t in ids)
     heads = _heads(seq, store, ids)
@@ -35,7 +39,7 @@ def merge_tasks(seq: Sequence, store: Store, method: str, task_ids: list[str] | 
     specs += [(name, t.dtype, tuple(t.shape)) for name, t in heads.items()]
 
     def tensors():
-        for name, delta in merged_deltas(adapters, method, device, **seq.method.options_for(method)):
+        for name, delta in merged_deltas(adapters, method, device, **options):
             yield name, delta.reshape(shapes[name])
             del delta  # written by now: free it before the next module is merged
         yield from heads.items()

@@ -21,10 +21,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .. import distributed
-from ..config import Sequence
+from ..config import Method, Sequence
 from ..errors import InputError, Interrupted, WorkError
-from ..models import load_backbone, target_parameters
-from ..models.adapters import CONFIG_FILE, PEFT_PREFIX, AdapterFile, WeightFolder, merged_deltas
+from ..models import enable_gradient_checkpointing, load_backbone, target_parameters
+from ..models.adapters import CONFIG_FILE, PEFT_PREFIX, AdapterFile, SummedHistory, fold_into, fold_merge
 from ..models.heads import TaskModel, make_head
 from ..store import TaskFiles
 from ..store.checkpoints import read_checkpoint
@@ -153,6 +153,8 @@ def build(seq: Sequence, index: int, data, previous: list[AdapterFile], device: 
     if previous and seq.method.orthogonality_weight > 0:
         prev_factors_a = {name: [a.factors(name, device)[0].float().flatten(1) for a in previous] for name in params}
     run.peft_model, run.layers = attach_lora(run, params, previous, history)
+    if seq.training.gradient_checkpointing:
+        enable_gradient_checkpointing(run.backbone.model)
     run.regulariser = Regulariser(seq.method, run.layers, previous, history, prev_factors_a, device)
     if seq.generative:  # the answer is written as text: no head
         from ..models.lm import AnswerModel
@@ -175,15 +177,23 @@ def build(seq: Sequence, index: int, data, previous: list[AdapterFile], device: 
 
 def fold_previous(seq: Sequence, params: dict, previous: list[AdapterFile], device) -> dict[str, torch.Tensor]:
     """Fold F_prev (the earlier tasks' merge, their sum, or nothing) into the frozen weights; return H, always
-    the sum of the earlier updates (what the stability loss compares against)."""
+    the sum of the earlier updates (what the stability loss compares against), as a SummedHistory: a mapping that
+    forms a module's dense sum only when it is read."""
+    return fold_history(seq.method, params, previous, device)
+
+
+def fold_history(method: Method, params: dict, previous: list[AdapterFile], device) -> dict[str, torch.Tensor]:
+    """fold_previous for a Method alone (the public API, pslora_cli/api.py, calls it too)."""
     if not previous:
         return {}
-    method = seq.method
-    history = dict(merged_deltas(previous, "sum", device))
+    # One module at a time, nothing d_out x d_in kept: H is a mapping that forms a module's dense sum only when
+    # asked (the regulariser asks only for the loss forms that need it), and the running merge is added into the
+    # weights module by module (the magnitude merge row block by row block, never formed in full).
+    history = SummedHistory(previous, device)
     if method.previous == "merge" and method.merge != "sum":
-        WeightFolder(params).fold(dict(merged_deltas(previous, method.merge, device, **method.merge_options)))
+        fold_merge(params, previous, method.merge, device, **method.merge_options)
     elif method.previous != "none":
-        WeightFolder(params).fold(history)
+        fold_into(params, history.items())
     return history
 
 
