@@ -1,0 +1,27 @@
+"""benchmarks/device_check.sh, the one command for a CUDA machine, in its CPU dry run (`--device cpu --tiny`): every
+step runs (the GPU checks' script on small sizes, one training step of a tiny LLaMA in bfloat16 with plain LoRA and
+PS-LoRA, gen-mixed-order1 for the main methods on a tiny random LM, two steps a task) and the table names each."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_device_script_dry_run_passes_on_the_cpu(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--device", "cpu", "--tiny",
+                           "--out", str(tmp_path), "--carry", str(tmp_path / "no-carry")],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["step"]: r for r in json.loads((tmp_path / "device_check.json").read_text())}
+    methods = ("ps-lora", "inc-lora", "o-lora", "magmax")
+    assert set(rows) == {"preflight", "gpu-check", "7b-step lora", "7b-step ps-lora", "gen-mixed"} | {
+        f"gen-mixed {m}" for m in methods}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows["7b-step ps-lora"]["lora_dtypes"] == ["torch.float32"]
+    assert all(0 <= rows[f"gen-mixed {m}"]["acc"] <= 1 for m in methods)
+    assert "| gen-mixed ps-lora" in proc.stdout and "| 7b-step ps-lora" in proc.stdout  # one table
