@@ -94,6 +94,7 @@ def _stability_decay(seq, store, i, device, reporter, load, restart) -> dict:
                           + ", ".join(f"{k}={v:g}" for k, v in entry["values"].items()))
             if not side.has_task(task_id):
                 train_one(cseq, side, task_id, device, reporter, load)
+            entry["seconds"] = side.task_meta(task_id)["train"]["seconds"]
             entry["accuracy"] = _validation_accuracy(cseq, side, device, load, [i], i + 1)
             write_json_atomic(folder / "state.json", state)
         if entry["label"] == "reference":
@@ -112,8 +113,9 @@ def _stability_decay(seq, store, i, device, reporter, load, restart) -> dict:
     record = {"protocol": sel.protocol, "split": "validation", "values": chosen["values"],
               "accepted": chosen["accepted"], "reference": reference, "threshold": state["threshold"],
               "tolerance": sel.tolerance, "decay": sel.decay,
-              "attempts": [{"values": e["values"], "accuracy": e["accuracy"], "accepted": e.get("accepted")}
-                           for e in state["tries"] if e["label"] != "reference"]}
+              "reference_seconds": state["tries"][0].get("seconds"),
+              "attempts": [{"values": e["values"], "accuracy": e["accuracy"], "accepted": e.get("accepted"),
+                            "seconds": e.get("seconds")} for e in state["tries"] if e["label"] != "reference"]}
     return _adopt(store, folder / chosen["label"], [task_id], record, folder, reporter)
 
 
@@ -144,6 +146,7 @@ def _first_tasks(seq, store, i, device, reporter, load, restart) -> dict:
         cseq = with_values(seq, entry["values"])
         reporter.info("selection (first-tasks) " + entry["label"] + ": "
                       + ", ".join(f"{name}={v:g}" for name, v in entry["values"].items()))
+        trained = []
         for j in range(k):
             if side.has_task(task_ids[j]):
                 continue
@@ -152,13 +155,16 @@ def _first_tasks(seq, store, i, device, reporter, load, restart) -> dict:
                 _copy_task(Store(first), side, task_ids[j])
             else:
                 train_one(cseq, side, task_ids[j], device, reporter, load)
+                trained.append(task_ids[j])
+        entry["seconds"] = sum(side.task_meta(t)["train"]["seconds"] for t in trained)  # this run's trainings
         entry["accuracy"] = _validation_accuracy(cseq, side, device, load, list(range(k)), k)
         reporter.info(f"selection (first-tasks) {entry['label']}: mean validation accuracy over the first {k} "
                       f"task(s) {100 * entry['accuracy']:.1f}")
         write_json_atomic(folder / "state.json", state)
     best = max(state["tries"], key=lambda e: e["accuracy"])  # max keeps the first (strongest) of equals
     record = {"protocol": "first-tasks", "split": "validation", "values": best["values"], "first_tasks": k,
-              "attempts": [{"values": e["values"], "accuracy": e["accuracy"]} for e in state["tries"]]}
+              "attempts": [{"values": e["values"], "accuracy": e["accuracy"], "seconds": e.get("seconds")}
+                           for e in state["tries"]]}
     return _adopt(store, folder / best["label"], task_ids[:k], record, folder, reporter)
 
 
