@@ -249,3 +249,18 @@ def test_the_merge_added_in_row_blocks_is_bitwise_the_dense_merge_added(tasks):
     half = torch.randn(d_out, d_in, generator=g).to(torch.bfloat16)
     rounded_once = (half.float() + magnitude_merge_factors(factors, block_elements=block)).to(torch.bfloat16)
     assert torch.equal(add_magnitude_merge_factors_(half, factors, block_elements=block), rounded_once)
+
+
+def test_an_image_backbone_in_bfloat16_takes_float_images_and_feeds_a_float32_head():
+    from conftest import vit_backbone
+
+    from pslora_cli.models import load_backbone
+    from pslora_cli.models.heads import TaskModel, make_head
+
+    bb = load_backbone(vit_backbone(dtype="bfloat16"), CPU)
+    assert {p.dtype for p in bb.model.parameters()} == {torch.bfloat16}
+    batch = bb.collate([torch.rand(20, 20, 3).numpy()], CPU)
+    assert batch["pixel_values"].dtype == torch.float32  # cast to the weights' dtype inside features()
+    head = make_head(bb.feature_dim, 3, 0)
+    logits = TaskModel(bb, bb.model, head)(batch)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
