@@ -84,6 +84,10 @@ def continual_model(seq: Sequence, store: Store, device: torch.device, task: str
         adapters, indices = evaluator.adapters(stage), list(range(stage))
         merge_name = merge or seq.method.merge
         options = seq.method.options_for(merge_name)
+        if merge_name == seq.method.merge:  # the merge options a selection protocol chose for this stage, if any
+            from .evaluation.scoring import stage_merge_options
+
+            options = stage_merge_options(seq, store, stage)
         updates = dict(merged_deltas(adapters, merge_name, device, **options))
     evaluator.folder.fold(updates)
     model = ContinualModel(seq=seq, backbone=evaluator.backbone, tasks=[seq.tasks[i].id for i in indices],

@@ -20,7 +20,7 @@ from ..config import Sequence, canonical_hash
 from ..core.metrics import cl_metrics, forgetting_split
 from ..errors import InputError
 from ..store import Store, read_json, write_json_atomic, write_text_atomic
-from .scoring import Evaluator
+from .scoring import Evaluator, stage_merge_options
 
 GRIDS = {"aware": "task_aware", "agnostic": "task_agnostic"}
 # "test": the reported figures; "validation": where settings (lambda, variant, steps) are chosen.
@@ -46,7 +46,10 @@ def matrix_keys(seq: Sequence, store: Store, k: int, split: str = "test",
     adapters = [store.adapter_sha256(t) for t in ids]
     # the base row too depends on a language model's scorer (its zero-shot answers, behind FWT)
     base = canonical_hash(["base", scorer_detail(seq)]) if seq.generative else "base"
-    row_keys = [base] + [canonical_hash(merge + adapters[:t]) for t in range(1, k + 1)]
+    chosen = [stage_merge_options(seq, store, t) for t in range(k + 1)]
+    # a stage whose merge options a selection protocol chose carries them in its key (the others keep theirs)
+    row_keys = [base] + [canonical_hash(merge + adapters[:t] + ([chosen[t]] if chosen[t] != seq.method.merge_options
+                                                                 else [])) for t in range(1, k + 1)]
     col_keys = [canonical_hash([store.head_sha256(t), store.task_meta(t)["data_fingerprint"]]) for t in ids]
     if split != "test":
         col_keys = [canonical_hash([key, split, load_data(i).val_fingerprint]) for i, key in enumerate(col_keys)]

@@ -20,6 +20,16 @@ from ..models.adapters import AdapterFile, WeightFolder, merged_deltas
 from ..store import Store
 
 
+def stage_merge_options(seq: Sequence, store: Store, t: int) -> dict:
+    """The options of the sequence's merge at stage t: those a selection protocol chose on the validation split
+    after task t (recorded in its meta.json under selection.merge), else the sequence's."""
+    options = seq.method.merge_options
+    if t < 1 or not store.has_task(seq.task_ids[t - 1]):
+        return options
+    chosen = ((store.task_meta(seq.task_ids[t - 1]).get("selection") or {}).get("merge") or {}).get("options")
+    return {**options, **chosen} if chosen else options
+
+
 class Evaluator:
     """Holds one backbone and the test data; evaluates stages by folding merged updates into W0."""
 
@@ -88,17 +98,20 @@ class Evaluator:
     def adapters(self, t: int) -> list[AdapterFile]:
         return [AdapterFile(self.store.task_files(task.id).adapter_dir) for task in self.seq.tasks[:t]]
 
-    def stage_update(self, adapters: list[AdapterFile]) -> dict[str, torch.Tensor] | None:
+    def stage_update(self, adapters: list[AdapterFile], options: dict | None = None) -> dict[str, torch.Tensor] | None:
         """The merged update of `adapters` with the sequence's merge (None for no adapters: the base model)."""
         method = self.seq.method
-        return dict(merged_deltas(adapters, method.merge, self.device, **method.merge_options)) if adapters else None
+        options = method.merge_options if options is None else options
+        return dict(merged_deltas(adapters, method.merge, self.device, **options)) if adapters else None
 
     @torch.inference_mode()
-    def stage(self, t: int, cells: list[tuple[int, str]]) -> dict[tuple[int, str], float]:
-        """Accuracy of stage t (0 = base model) on the requested (task index, kind) cells."""
+    def stage(self, t: int, cells: list[tuple[int, str]], chosen: bool = True) -> dict[tuple[int, str], float]:
+        """Accuracy of stage t (0 = base model) on the requested (task index, kind) cells (chosen: with the merge
+        options a selection protocol chose for the stage, where it did)."""
         adapters = self.adapters(t)
         if not self.seq.method.spec.own_adapters:
-            return self.score_with(t, self.stage_update(adapters), cells)
+            options = stage_merge_options(self.seq, self.store, t) if chosen else None
+            return self.score_with(t, self.stage_update(adapters, options), cells)
         results = {}  # each task scored with its own adapter alone
         for i in sorted({i for i, _ in cells}):
             own = dict(merged_deltas([adapters[i]], "sum", self.device)) if t and i < t else None

@@ -18,6 +18,7 @@ class Knob:
     kind "weight": a loss term's weight; stronger is larger, weakening multiplies by the decay α, off is 0.
     kind "share": a share of energy kept protected (InfLoRA's threshold θ); stronger is closer to 1, weakening
     divides the unprotected share 1 − θ by α, off protects nothing.
+    kind "merge": an option of the method's merge (MagMax's scale), chosen per stage after training.
     The strongest candidate is ten times the method's own default (in unprotected share for a "share"), the same
     rule for every method, so that no method's range was drawn for it. `acts_from`: the first task (0-based) whose
     training the knob changes (1 for terms that read the earlier tasks: at task 0 there is nothing to choose).
@@ -34,7 +35,12 @@ class Knob:
         return value * decay if self.kind == "weight" else 1 - (1 - value) / decay
 
     def candidates(self, default: float, decay: float, count: int) -> list[float]:
-        """The values tried, strongest first (rounded to 12 significant digits, so that records read cleanly)."""
+        """The values tried, strongest first (rounded to 12 significant digits, so that records read cleanly).
+        A "merge" knob (a merge's scale, chosen after training on the seen tasks' validation split, at no training
+        cost) has no strength: its candidates run evenly from twice its default down, (count − n)/count × 2·default,
+        so that the default is among them for an even count."""
+        if self.kind == "merge":
+            return [float(f"{2 * default * (count - n) / count:.12g}") for n in range(count)]
         values = [self.strongest(default)]
         while len(values) < count:
             values.append(self.weaken(values[-1], decay))

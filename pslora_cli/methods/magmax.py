@@ -12,12 +12,17 @@
 No loss term; the stored adapters stay stock PEFT adapters.
 """
 
-from . import MethodSpec, register
+from . import Knob, MethodSpec, register
+
+# The merged update's scale (0.5 in merge_splitted.py), chosen per stage on the seen tasks' validation split under
+# a selection protocol.
+SCALE = (Knob("merge_scale", kind="merge", acts_from=0),)
 
 register(
     MethodSpec("magmax", "MagMax: one adapter trained on through the tasks (cumulative task vectors), merged by "
                          "largest |value| times 0.5", stability=False, orthogonality=False, merge="magmax",
-               previous="none", init="previous"),
+               previous="none", init="previous", knobs=SCALE),
     MethodSpec("magmax-ind", "MagMax on independent adapters (each task from W0), merged by largest |value| "
-                             "times 0.5", stability=False, orthogonality=False, merge="magmax", previous="none"),
+                             "times 0.5", stability=False, orthogonality=False, merge="magmax", previous="none",
+               knobs=SCALE),
 )

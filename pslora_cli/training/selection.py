@@ -32,16 +32,21 @@ SELECTION_DIR = "selection"
 
 
 def knobs(seq: Sequence) -> tuple:
-    """The knobs the sequence's protocol tunes: none under `fixed` or for a method that declares none; stability
-    decay tunes per-task knobs only."""
+    """The training knobs the sequence's protocol tunes: none under `fixed` or for a method that declares none;
+    stability decay tunes per-task knobs only."""
     protocol = seq.selection.protocol
     if protocol == "fixed":
         return ()
-    return tuple(k for k in seq.method.spec.knobs if k.per_task or protocol != "stability-decay")
+    return tuple(k for k in seq.method.spec.knobs if k.kind != "merge" and (k.per_task or protocol != "stability-decay"))
+
+
+def merge_knobs(seq: Sequence) -> tuple:
+    """The merge options the protocol chooses per stage after training (no training cost)."""
+    return () if seq.selection.protocol == "fixed" else tuple(k for k in seq.method.spec.knobs if k.kind == "merge")
 
 
 def tuned_fields(seq: Sequence) -> set[str]:
-    return {k.field for k in knobs(seq)}
+    return {k.field for k in knobs(seq) + merge_knobs(seq)}
 
 
 def with_values(seq: Sequence, values: dict[str, float]) -> Sequence:
@@ -59,15 +64,67 @@ def candidates(seq: Sequence) -> list[dict[str, float]]:
 def train_selected(seq: Sequence, store: Store, task_id: str, device, reporter: Reporter, load,
                restart: bool = False) -> dict:
     """Train `task_id` as the sequence's selection protocol says; returns its meta.json."""
-    if not knobs(seq):
+    if not knobs(seq) and not merge_knobs(seq):
         return train_one(seq, store, task_id, device, reporter, load, restart=restart)
     if distributed.world().active:
         raise InputError(f"selection.protocol {seq.selection.protocol}: runs in one process (it trains side stores); "
                          f"run it without torchrun, or with selection.protocol: fixed")
     i = check_predecessors(seq, store, task_id)
-    if seq.selection.protocol == "stability-decay":
-        return _stability_decay(seq, store, i, device, reporter, load, restart)
-    return _first_tasks(seq, store, i, device, reporter, load, restart)
+    if not knobs(seq):
+        meta = train_one(seq, store, task_id, device, reporter, load, restart=restart)
+    elif seq.selection.protocol == "stability-decay":
+        meta = _stability_decay(seq, store, i, device, reporter, load, restart)
+    else:
+        meta = _first_tasks(seq, store, i, device, reporter, load, restart)
+    if merge_knobs(seq):
+        for j in range(i, len(seq.tasks)):  # first-tasks may have adopted several tasks at once
+            if not store.has_task(seq.task_ids[j]):
+                break
+            meta = _choose_merge(seq, store, j, device, reporter, load)
+    return meta
+
+
+# -- a merge's options, per stage ----------------------------------------------------------------------------------
+
+def _choose_merge(seq, store, i, device, reporter, load) -> dict:
+    """Stage i+1's merge options: each candidate scores the merge of tasks 1..i+1 on the validation split of those
+    tasks (their mean accuracy); the best is recorded in task i's meta.json under selection.merge."""
+    from ..core.merges import declared_options
+    from ..evaluation.scoring import Evaluator
+
+    task_id = seq.task_ids[i]
+    record = dict(store.task_meta(task_id).get("selection") or {"protocol": seq.selection.protocol})
+    columns = {k.field: k.candidates(getattr(seq.method, k.field), seq.selection.decay, seq.selection.candidates)
+               for k in merge_knobs(seq)}
+    tries = [{name: values[n] for name, values in columns.items()} for n in range(seq.selection.candidates)]
+    tasks = list(range(i + 1))
+    for j in tasks:
+        _check_validation(seq, load, j)
+    kind = "agnostic" if seq.agnostic_scoring else "aware"
+    evaluator = Evaluator(seq, store, device, load, "validation")
+    attempts = []
+    for values in tries:
+        evaluator.seq = with_values(seq, values)
+        scores = evaluator.stage(i + 1, [(j, kind) for j in tasks], chosen=False)
+        attempts.append({"values": values, "accuracy": sum(scores[(j, kind)] for j in tasks) / len(tasks)})
+    best = max(attempts, key=lambda a: a["accuracy"])  # the first of equals: the largest candidate
+    options = declared_options(seq.method.merge, **{MERGE_OPTION[name]: v for name, v in best["values"].items()})
+    record["merge"] = {"split": "validation", "values": best["values"], "options": options,
+                       "tasks": seq.task_ids[:i + 1], "attempts": attempts}
+    reporter.info(f"stage {i + 1}: selection chose the merge's "
+                  + ", ".join(f"{k}={v:g}" for k, v in best["values"].items())
+                  + f" (validation accuracy over tasks 1..{i + 1} {100 * best['accuracy']:.1f})")
+    return _record(store, task_id, record)
+
+
+MERGE_OPTION = {"merge_scale": "scale", "merge_density": "density"}
+
+
+def _check_validation(seq, load, i) -> None:
+    if not load(i).val_y:
+        raise InputError(f"task {seq.task_ids[i]}: has no validation examples, which selection.protocol "
+                         f"{seq.selection.protocol} chooses on; set data.validation_fraction or a train_per_class cap "
+                         f"that leaves some")
 
 
 # -- stability decay ---------------------------------------------------------------------------------------------
@@ -77,8 +134,8 @@ def _stability_decay(seq, store, i, device, reporter, load, restart) -> dict:
     sel = seq.selection
     if all(k.acts_from > i for k in knobs(seq)):
         meta = train_one(seq, store, task_id, device, reporter, load, restart=restart)
-        return _record(store, task_id, {"protocol": sel.protocol, "values": None,
-                                        "note": "no knob acts on this task (no earlier task): trained as set"})
+        return _record(store, seq.task_ids[i], {"protocol": sel.protocol, "values": None,
+                                                "note": "no knob acts on this task (no earlier task): trained as set"})
     folder = store.root / SELECTION_DIR / task_id
     tries = [{"label": "reference", "values": {k.field: k.off for k in knobs(seq)}}]
     tries += [{"label": f"try-{n}", "values": v} for n, v in enumerate(candidates(seq))]
@@ -214,10 +271,7 @@ def _validation_accuracy(seq: Sequence, side: Store, device, load, tasks: list[i
     from ..evaluation.scoring import Evaluator
 
     for i in tasks:
-        if not load(i).val_y:
-            raise InputError(f"task {seq.task_ids[i]}: has no validation examples, which selection.protocol "
-                             f"{seq.selection.protocol} chooses on; set data.validation_fraction or a train_per_class "
-                             f"cap that leaves some")
+        _check_validation(seq, load, i)
     kind = "agnostic" if seq.agnostic_scoring else "aware"
     scores = Evaluator(seq, side, device, load, "validation").stage(stage, [(i, kind) for i in tasks])
     return sum(scores[(i, kind)] for i in tasks) / len(tasks)
@@ -241,7 +295,7 @@ def _adopt(store: Store, side_root: Path, task_ids: list[str], record: dict, fol
 
 
 def _record(store: Store, task_id: str, record: dict) -> dict:
-    """Add a selection record to a task trained in place."""
+    """Add (or replace) the selection record of a task in the store."""
     files = store.task_files(task_id)
     meta = store.task_meta(task_id)
     meta.pop("sha256", None)

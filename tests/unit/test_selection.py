@@ -190,3 +190,47 @@ def test_selection_never_reads_the_test_split(word_bert, tmp_path, capsys, monke
     assert code == 0, err
     record = doc["matrix"]["selection"]["t2"]
     assert record["split"] == "validation" and 0 <= record["reference"] <= 1 and record["attempts"]
+
+
+def test_magmax_scale_is_chosen_per_stage_on_validation_and_used_for_that_stage(word_bert, tmp_path, capsys):
+    """No training cost: each stage's merge scale is the candidate with the best mean validation accuracy over the
+    seen tasks; test scoring, the merge and the matrix's row keys use it."""
+    from pslora_cli.config import load_sequence
+    from pslora_cli.evaluation.scoring import Evaluator, stage_merge_options
+    from pslora_cli.session import data_loader
+    from pslora_cli.store import Store
+
+    from pslora_cli.evaluation import scoring
+
+    used = []
+    real_update = scoring.Evaluator.stage_update
+
+    def recorded(self, adapters, options=None):
+        used.append((self.split, len(adapters), options))
+        return real_update(self, adapters, options)
+
+    path = write_sequence(tmp_path, word_bert, protocol="stability-decay", candidates=4)
+    store = tmp_path / "store"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scoring.Evaluator, "stage_update", recorded)
+        code, doc, err = run_cli(capsys, "run", path, "--store", store, "--set", "method.name=magmax-ind", "--json")
+    assert code == 0, err
+    for t, task in enumerate(("t1", "t2"), start=1):
+        record = json.loads((store / "tasks" / task / "meta.json").read_text())["selection"]["merge"]
+        assert [a["values"]["merge_scale"] for a in record["attempts"]] == [1.0, 0.75, 0.5, 0.25]
+        best = max(record["attempts"], key=lambda a: a["accuracy"])
+        assert record["values"] == best["values"] and record["options"] == {"scale": best["values"]["merge_scale"]}
+        assert record["tasks"] == ["t1", "t2"][:t]
+    seq, _ = load_sequence(path, ["method.name=magmax-ind"])
+    chosen = stage_merge_options(seq, Store(store), 2)
+    assert chosen == record["options"]
+    # the test matrix scored each stage with the scale chosen for it on validation
+    test_options = {n: options for split, n, options in used if split == "test" and n}
+    for t, task in enumerate(("t1", "t2"), start=1):
+        meta = json.loads((store / "tasks" / task / "meta.json").read_text())
+        assert test_options[t] == meta["selection"]["merge"]["options"], t
+    load = data_loader(seq)
+    evaluator = Evaluator(seq, Store(store), "cpu", load, "test")
+    by_hand = evaluator.score_with(2, evaluator.stage_update(evaluator.adapters(2), chosen), [(0, "aware"), (1, "aware")])
+    assert doc["matrix"]["task_aware"][2][:2] == [round(by_hand[(0, "aware")], 6), round(by_hand[(1, "aware")], 6)]
+    assert doc["merge"]["method"] == "magmax"
