@@ -260,8 +260,8 @@ def continual_metrics(matrix: Sequence[Sequence[float | None]],
                       sample_counts: Sequence[float] | None = None) -> dict[str, float | int | None]:
     """The continual-learning metrics of an accuracy matrix R (T+1 rows of T entries, row 0 the base model,
     R[t][i-1] = accuracy on task i after training task t, in [0, 1] or None): acc, acc_weighted (with the test-set
-    sizes), avg_incremental_accuracy, bwt, fwt, forgetting, forgetting_last, learning_accuracy, num_tasks (README,
-    "Metrics"). Undefined values are None, never 0; a malformed matrix raises ValueError."""
+    sizes), avg_incremental_accuracy, bwt, fwt, forgetting, forgetting_last, learning_accuracy, num_tasks (METHOD.md
+    §5). Undefined values are None, never 0; a malformed matrix raises ValueError."""
     from .core.metrics import cl_metrics
 
     return cl_metrics(matrix, sample_counts)

@@ -1,6 +1,6 @@
-"""The README's settings table, generated from the declarations in schema.py (each setting's default, allowed
+"""docs/settings.md's table, generated from the declarations in schema.py (each setting's default, allowed
 values and help text), so that the two cannot drift: `python -m pslora_cli.config.docs` prints it and
-tests/unit/test_settings_doc.py compares it with the README."""
+tests/unit/test_settings_doc.py compares it with docs/settings.md."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ _NO_LEGACY = object()
 def setting(default: Any, types: tuple, *, choices: tuple | None = None, minimum: float | None = None,
             positive: bool = False, legacy: Any = _NO_LEGACY, help: str = "") -> Any:
     """A dataclass field with its validation rule: allowed types, allowed values, lower bound, and its help text
-    (the README's settings table is generated from it: config/docs.py). `legacy`: for a field added after stores
+    (docs/settings.md is generated from it: config/docs.py). `legacy`: for a field added after stores
     were written, the value those stores mean by its absence; the plain form (to_dict, which store identities hash)
     leaves the field out at that value, so that they keep their identity."""
     meta = {"types": types, "choices": choices, "minimum": minimum, "positive": positive,
@@ -83,7 +83,7 @@ LITERAL_VARIANTS = ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")
 @dataclass(frozen=True)
 class Method:
     name: str = setting("ps-lora", (str,),
-            help="the continual-learning method (README, Methods): it fixes the merge and how earlier tasks enter "
+            help="the continual-learning method (docs/methods.md): it fixes the merge and how earlier tasks enter "
                  "training, and switches the loss terms on or off")
     stability_weight: float = setting(1.0, NUMBER, minimum=0,
             help="λ of the Parameter Stability Loss (for the scaled variants a mean over modules of terms in units of "
@@ -198,7 +198,7 @@ class Task:
     description: str = setting("", (str,),
             help="free text")
     data: dict = setting(REQUIRED, (dict,),
-            help="the task's data source (README, Data sources), checked by the data layer")
+            help="the task's data source (docs/sequences.md), checked by the data layer")
     prompt: dict | None = setting(None, (dict, type(None)), legacy=None,
             help="language models only: instruction, template and answer texts (null: the defaults)")
 
@@ -220,7 +220,7 @@ SELECTION_PROTOCOLS = ("fixed", "stability-decay", "first-tasks")
 @dataclass(frozen=True)
 class Selection:
     protocol: str = setting("fixed", (str,), choices=SELECTION_PROTOCOLS, legacy="fixed",
-            help="how the method's strength (the knobs it declares: README, Methods) is chosen without seeing later "
+            help="how the method's strength (the knobs it declares: docs/methods.md) is chosen without seeing later "
                  "tasks: fixed (as set); stability-decay (per task: the task trained without the regulariser gives "
                  "the reference validation accuracy; the strongest candidate is tried first and weakened until the "
                  "new task's validation accuracy is within the tolerance of it; De Lange et al. 2021); first-tasks "

@@ -176,7 +176,7 @@ def test_forgetting_is_the_drop_from_the_best_stage_since_the_task_was_learned_a
     three = [[0.5, 0.9, 0.1], [0.8, 0.9, 0.1], [0.7, 0.6, 0.1], [0.7, 0.5, 0.4]]
     # j = 2: max over l in {2} (0.6) - 0.5, not over {1, 2} (0.9) - 0.5
     assert cl_metrics(three)["forgetting"] == pytest.approx(((0.8 - 0.7) + (0.6 - 0.5)) / 2)
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert "max_{j≤l<T}" in readme and "max_{1≤l<T}" not in readme
+    method = (Path(__file__).resolve().parents[2] / "METHOD.md").read_text()  # the metrics' one definition
+    assert "max_{j≤l<T}" in method and "max_{1≤l<T}" not in method
     assert "max_{j<=l<T}" in METRICS_HELP.replace("\n", " ") and "1<=l<T" not in METRICS_HELP
     assert "max_{j<=l<T}" in METRIC_DOCS["forgetting"]

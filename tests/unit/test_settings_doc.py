@@ -1,4 +1,4 @@
-"""The README's settings table is generated from the declarations (config/docs.py): it fails when they drift, and
+"""docs/settings.md's table is generated from the declarations (config/docs.py): it fails when they drift, and
 every setting has its help text."""
 
 import dataclasses
@@ -7,13 +7,13 @@ from pathlib import Path
 from pslora_cli.config.docs import BEGIN, END, readme_block
 from pslora_cli.config.schema import SECTIONS, Sequence, Task
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 def test_the_readme_settings_table_is_the_generated_one():
     text = README.read_text(encoding="utf-8")
     start, end = text.index(BEGIN), text.index(END) + len(END)
-    assert text[start:end] == readme_block(), "run: python -m pslora_cli.config.docs, and paste it into README.md"
+    assert text[start:end] == readme_block(), "run: python -m pslora_cli.config.docs, and paste it into docs/settings.md"
 
 
 def test_every_setting_has_help_text():
