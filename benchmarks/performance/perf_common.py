@@ -124,11 +124,12 @@ def table(headers: list[str], rows: list[list]) -> str:
                      + [line(r) for r in cells[1:]])
 
 
-def synthetic_model(d: int, layers: int, *, untouched: bool = False):
+def synthetic_model(d: int, layers: int, *, untouched: bool = False, dtype=None):
     """A stack of `layers` blocks with d x d `q` and `v` linears (the modules LoRA adapts), frozen.
 
     untouched=True allocates the weights without writing them (torch.empty pages count in no RSS): for the
-    merge benchmark, where PEFT only needs the model to exist. Otherwise weights are seeded (seed 0).
+    merge benchmark, where PEFT only needs the model to exist. Otherwise weights are seeded (seed 0). dtype: the
+    weights' (built in it directly: no float32 copy of a bfloat16 model exists).
     """
     import torch
     from torch import nn
@@ -136,8 +137,8 @@ def synthetic_model(d: int, layers: int, *, untouched: bool = False):
     class Layer(nn.Module):
         def __init__(self):
             super().__init__()
-            self.q = nn.Linear(d, d, bias=False)
-            self.v = nn.Linear(d, d, bias=False)
+            self.q = nn.Linear(d, d, bias=False, dtype=dtype)
+            self.v = nn.Linear(d, d, bias=False, dtype=dtype)
 
     class Synth(nn.Module):
         def __init__(self):
@@ -158,3 +159,16 @@ def synthetic_model(d: int, layers: int, *, untouched: bool = False):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def random_factors(d: int, layers: int, generator, rank: int) -> dict:
+    """Random rank-`rank` LoRA factors of the synthetic stack's q and v, under PEFT's key names."""
+    import torch
+
+    tensors = {}
+    for i in range(layers):
+        for m in ("q", "v"):
+            key = f"base_model.model.layers.{i}.{m}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, d, generator=generator) / d ** 0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(d, rank, generator=generator) * 1e-2
+    return tensors

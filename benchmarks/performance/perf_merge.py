@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from perf_common import synthetic_model, fmt_mb, fmt_ratio, mem_available_bytes, profile_peak_bytes, run_forked, table
+from perf_common import random_factors, synthetic_model, fmt_mb, fmt_ratio, mem_available_bytes, profile_peak_bytes, run_forked, table
 
 RANK, LORA_ALPHA = 8, 16
 SHAPES = {  # name -> (d_model, layers with q and v adapted)
@@ -45,13 +45,7 @@ def write_adapters(folder: Path, d: int, layers: int, n: int, seed: int = 0) -> 
 
     dirs = []
     for t in range(n):
-        g = torch.Generator().manual_seed(seed * 1000 + t)
-        tensors = {}
-        for i in range(layers):
-            for m in ("q", "v"):
-                key = f"base_model.model.layers.{i}.{m}"
-                tensors[f"{key}.lora_A.weight"] = torch.randn(RANK, d, generator=g) / d ** 0.5
-                tensors[f"{key}.lora_B.weight"] = torch.randn(d, RANK, generator=g) * 1e-2
+        tensors = random_factors(d, layers, torch.Generator().manual_seed(seed * 1000 + t), RANK)
         out = folder / f"task{t:02d}"
         out.mkdir(parents=True, exist_ok=True)
         LoraConfig(r=RANK, lora_alpha=LORA_ALPHA, target_modules=["q", "v"]).save_pretrained(str(out))

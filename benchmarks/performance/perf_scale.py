@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from perf_common import MB, machine, median, rss_bytes, table  # noqa: E402
+from perf_common import MB, machine, median, random_factors, rss_bytes, synthetic_model, table  # noqa: E402
 
 RANK, LORA_ALPHA, EARLIER = 8, 16, 3
 # (name, width, layers here, tokens per step, modules of the whole model, what they are)
@@ -54,33 +54,6 @@ QUICK = {"llama-7b": (4096, 1, 64), "t5-large": (1024, 2, 128)}
 
 # -- the child: one configuration in a fresh process -----------------------------------------------------------
 
-def _model(d: int, layers: int, dtype):
-    import torch
-    from torch import nn
-
-    class Layer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q = nn.Linear(d, d, bias=False, dtype=dtype)
-            self.v = nn.Linear(d, d, bias=False, dtype=dtype)
-
-    class Stack(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = nn.ModuleList(Layer() for _ in range(layers))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = x + layer.v(torch.relu(layer.q(x)))
-            return x
-
-    torch.manual_seed(0)
-    model = Stack()  # built in `dtype` directly: no float32 copy of a bfloat16 model exists
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def _setup(impl: str, d: int, layers: int, dtype, adapters: list[Path]):
     """(peft model, LoRA layers, regulariser or None, optimiser, seconds to build the history)."""
     import torch
@@ -92,7 +65,7 @@ def _setup(impl: str, d: int, layers: int, dtype, adapters: list[Path]):
     from pslora_cli.training.recipe import fold_history, lora_layers
     from pslora_cli.training.regularisers import Regulariser
 
-    model = _model(d, layers, dtype)
+    model = synthetic_model(d, layers, dtype=dtype)
     params = target_parameters(model, ["q", "v"])
     previous = [AdapterFile(a) for a in adapters] if impl != "lora" else []
     method, cpu = Method(), torch.device("cpu")
@@ -208,13 +181,7 @@ def write_adapters(root: Path, d: int, layers: int) -> list[Path]:
     for t in range(EARLIER):
         folder = root / f"d{d}-l{layers}" / f"t{t + 1}"
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {}
-        for i in range(layers):
-            for m in ("q", "v"):
-                key = f"base_model.model.layers.{i}.{m}"
-                tensors[f"{key}.lora_A.weight"] = torch.randn(RANK, d, generator=g) / d ** 0.5
-                tensors[f"{key}.lora_B.weight"] = torch.randn(d, RANK, generator=g) * 1e-2
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        save_file(random_factors(d, layers, g, RANK), str(folder / "adapter_model.safetensors"))
         (folder / "adapter_config.json").write_text(json.dumps(
             {"peft_type": "LORA", "r": RANK, "lora_alpha": LORA_ALPHA, "target_modules": ["q", "v"],
              "bias": "none", "base_model_name_or_path": "synthetic"}))

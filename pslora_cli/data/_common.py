@@ -256,6 +256,21 @@ def carve_per_class(pools: Sequence[Sequence[str]], fraction: float, rng: random
     return train, test
 
 
+def assemble_source(classes: list[str], train_pools: Sequence[Sequence], test_pools: Sequence[Sequence],
+                    source: dict, *, seed: int, where: str, description: str,
+                    what: Callable[[str, str], str] | None = None) -> TaskData:
+    """`assemble` for a source whose training side may give up `validation_fraction` of itself to the validation
+    split (carved per class, seeded, and kept apart from the test texts), with the source's caps."""
+    val_pools = None
+    if source.get("validation_fraction") is not None:  # carved off the training side (changes train)
+        train_pools, val_pools = carve_per_class(train_pools, source["validation_fraction"], validation_rng(seed))
+        test_texts = {t for pool in test_pools for t in pool}
+        val_pools = [[t for t in pool if t not in test_texts] for pool in val_pools]
+    return assemble(classes, train_pools, test_pools, source["train_per_class"], source["test_per_class"],
+                    seed=seed, where=where, source=description, what=what, val_pools=val_pools,
+                    validation=validation_count(source))
+
+
 def assemble(classes: list[str], train_pools: Sequence[Sequence], test_pools: Sequence[Sequence],
              train_cap: int | None, test_cap: int | None, *, seed: int, where: str, source: str,
              what: Callable[[str, str], str] | None = None, modality: str = "text",

@@ -45,14 +45,12 @@ from pslora_cli.data._common import (
     VALIDATION_FRACTION_FIELD,
     VALIDATION_PER_CLASS_FIELD,
     TaskData,
-    assemble,
+    assemble_source,
     carve_per_class,
     conflicting_texts,
     resolve_path,
     rngs,
     short_list,
-    validation_count,
-    validation_rng,
 )
 from pslora_cli.errors import InputError
 
@@ -273,14 +271,8 @@ def load_cl_benchmark(source: dict, *, seed: int, base_dir: pathlib.Path, where:
                else f"classes leaves them out")
         raise InputError(f"{where}.unknown_labels: {sum(dropped.values())} rows have labels outside the task's classes "
                          f"({seen}): {why}; set unknown_labels: drop to leave them out")
-    val_pools = None
-    if source.get("validation_fraction") is not None:  # carved off the training side (changes train)
-        train_pools, val_pools = carve_per_class(train_pools, source["validation_fraction"], validation_rng(seed))
-        test_texts = {t for pool in test_pools for t in pool}
-        val_pools = [[t for t in pool if t not in test_texts] for pool in val_pools]
-    data = assemble(classes, train_pools, test_pools, source["train_per_class"], source["test_per_class"],
-                    seed=seed, where=where, source=desc, what=what, val_pools=val_pools,
-                    validation=validation_count(source))
+    data = assemble_source(classes, train_pools, test_pools, source, seed=seed, where=where, description=desc,
+                           what=what)
     data.dropped = dropped
     data.prompt_defaults = defaults
     return data

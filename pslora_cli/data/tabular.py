@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pslora_cli.data._common import (
     TaskData,
     TextTemplates,
-    assemble,
+    assemble_source,
     carve_per_class,
     conflicting_texts,
     cell_text,
@@ -27,8 +27,6 @@ from pslora_cli.data._common import (
     parse_text_templates,
     resolve_path,
     rngs,
-    validation_count,
-    validation_rng,
 )
 from pslora_cli.errors import InputError
 
@@ -118,13 +116,8 @@ def _labelled_task(train_rows, test_rows, label_names, source: dict, *, seed, wh
         seen = ", ".join(f"{label!r} ({n})" for label, n in sorted(dropped.items()))
         raise InputError(f"{where}.unknown_labels: {sum(dropped.values())} rows have labels outside the task's classes "
                          f"({seen}); list them in classes, or set unknown_labels: drop to leave them out")
-    if source.get("validation_fraction") is not None:  # carved off the training side (changes train)
-        train_pools, val_pools = carve_per_class(train_pools, source["validation_fraction"], validation_rng(seed))
-        test_texts = {t for pool in test_pools for t in pool}
-        val_pools = [[t for t in pool if t not in test_texts] for pool in val_pools]
-    data = assemble(classes, train_pools, test_pools, source["train_per_class"], source["test_per_class"],
-                    seed=seed, where=where, source=description, what=what, val_pools=val_pools,
-                    validation=validation_count(source))
+    data = assemble_source(classes, train_pools, test_pools, source, seed=seed, where=where, description=description,
+                           what=what)
     data.dropped = dropped
     return data
 
