@@ -162,21 +162,3 @@ def writing(store: Store):
     from . import distributed
 
     return store.locked() if distributed.world().is_main else contextlib.nullcontext()
-
-
-def data_loader(seq: Sequence):
-    """Task index -> TaskData, loaded once per process."""
-    from .data import load_task_data
-
-    @functools.lru_cache(maxsize=None)
-    def load(i: int):
-        task = seq.tasks[i]
-        data = load_task_data(task.data, seed=seq.seed, base_dir=Path(seq.base_dir), where=f"task {task.id}: data")
-        if not seq.generative:
-            return data
-        from .data.prompts import check_prompt, prompted
-
-        where = f"task {task.id}: prompt"
-        return prompted(data, check_prompt(task.prompt, where), task.data["type"], where)
-
-    return load

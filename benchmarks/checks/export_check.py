@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from pslora_cli.cli import main as pslora
-from pslora_cli.session import Session, data_loader
+from pslora_cli.data.loader import data_loader
+from pslora_cli.session import Session
 
 
 def _encoder(out: Path, sets, task_aware: bool) -> list[float]:

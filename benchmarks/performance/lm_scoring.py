@@ -34,7 +34,8 @@ def main() -> int:
 
     from pslora_cli.evaluation.scoring import Evaluator
     from pslora_cli.models.lm import exact_match_hits, normalise, rank_hits
-    from pslora_cli.session import Session, data_loader
+    from pslora_cli.data.loader import data_loader
+    from pslora_cli.session import Session
 
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")

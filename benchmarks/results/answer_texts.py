@@ -31,7 +31,8 @@ def main() -> int:
     from pslora_cli.evaluation.matrix import trained_prefix
     from pslora_cli.evaluation.scoring import Evaluator
     from pslora_cli.models.lm import generated_answers, generation_budget, normalise
-    from pslora_cli.session import Session, data_loader
+    from pslora_cli.data.loader import data_loader
+    from pslora_cli.session import Session
 
     torch.set_num_threads(args.threads)
     session = Session(store_path=args.store, device_name="cpu", quiet=True)

@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..evaluation.scoring import Evaluator
 from ..models.adapters import AdapterFile
 from ..report import Reporter
-from ..session import data_loader
+from ..data.loader import data_loader
 from ..store import Store
 from .options import AnalysisOptions
 from .stats import flat, matrix_rows

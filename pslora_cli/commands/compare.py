@@ -21,6 +21,7 @@ from ..config import parse_yaml
 from ..core.metrics import paired_interval
 from ..errors import InputError
 from ..methods import METHODS
+from .grid import GridRun, run_record
 from .run import evaluate_store, run_sequence
 from ..session import Session
 from ..store import atomic_path, write_json_atomic, write_text_atomic
@@ -62,16 +63,6 @@ PAIRED_METRICS = ("acc", "bwt")
 def default_baseline(methods: list[str]) -> str:
     """inc-lora when compared (the plain continual LoRA every method should beat), else the first method."""
     return "inc-lora" if "inc-lora" in methods else methods[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class GridRun:
-    method: str
-    order: int
-    seed: int
-    file: Path
-    store: Path
-    data_dir: Path  # where the sequence's relative data paths resolve: the written sequence's folder
 
 
 def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: int, out_dir: Path,
@@ -180,15 +171,6 @@ def _run_here(run: GridRun, base: Session, sequence_file: Path, split: str) -> d
     result = run_sequence(session, str(run.file))
     doc = result["matrix"] if split == "test" else evaluate_store(session, split)
     return run_record(run, doc, result["trained"], round(time.perf_counter() - started, 1))
-
-
-def run_record(run: GridRun, doc: dict, trained: list[str] | None, seconds: float | None) -> dict:
-    """What the summary keeps of one run's matrix."""
-    return {"method": run.method, "order": run.order, "seed": run.seed, "store": str(run.store),
-            "wall_seconds": seconds, "trained": trained, "tasks": doc["tasks"],
-            "matrix": doc[doc["primary"]], "metrics": doc["metrics"].get("primary", {}),
-            "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt"),
-            "forgetting_split": doc["metrics"].get("forgetting_split")}
 
 
 def paired_differences(runs: list[dict], methods: list[str], baseline: str) -> dict:

@@ -21,6 +21,25 @@ from ..runtime import default_threads
 from ..session import Session
 
 
+@dataclasses.dataclass(frozen=True)
+class GridRun:
+    method: str
+    order: int
+    seed: int
+    file: Path
+    store: Path
+    data_dir: Path  # where the sequence's relative data paths resolve: the written sequence's folder
+
+
+def run_record(run: GridRun, doc: dict, trained: list[str] | None, seconds: float | None) -> dict:
+    """What the summary keeps of one run's matrix."""
+    return {"method": run.method, "order": run.order, "seed": run.seed, "store": str(run.store),
+            "wall_seconds": seconds, "trained": trained, "tasks": doc["tasks"],
+            "matrix": doc[doc["primary"]], "metrics": doc["metrics"].get("primary", {}),
+            "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt"),
+            "forgetting_split": doc["metrics"].get("forgetting_split")}
+
+
 def run_argv(run, base: Session, threads: int | None = None) -> list[str]:
     """The `pslora run` arguments of one grid run: absolute paths, its seed, method and the grid's overrides (a
     merge option only for a run whose merge takes it: the grid's settings apply where they mean something)."""
@@ -141,7 +160,6 @@ def run_parallel(grid: list, base: Session, jobs: int, out_dir: Path) -> None:
 def collect_runs(grid: list, base: Session, split: str) -> tuple[list[dict], list]:
     """(the record of every finished run, the runs not finished): a finished store has every task trained; its
     matrix on `split` is completed where cells are missing (scoring only, nothing is trained)."""
-    from .compare import run_record
     from ..config import load_sequence
     from .run import evaluate_store
     from ..session import check_same_training

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from .. import distributed
 from ..config import Sequence
-from ..session import Session, check_same_training, data_loader, writing
+from ..data.loader import data_loader
+from ..session import Session, check_same_training, writing
 from ..store import Store
 from ..training.selection import train_selected
 from ..training.task import check_predecessors

@@ -7,12 +7,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any
 
 from ..errors import InputError
+from ..hashing import canonical_hash
 from .schema import IDENTITY_KEYS, Backbone, Lora, Method, Sequence, Task, Training
 from .validate import stored_form, validate_sequence
 from .yaml_io import apply_overrides, line_map, parse_yaml, read_sequence_file
@@ -48,10 +46,6 @@ def sequence_from_stored(stored: dict, file: str, overrides: list[str] | None = 
     if overrides:
         raw = apply_overrides(raw, overrides, file)
     return validate_sequence(raw, file, Path(stored.get("base_dir", ".")), also_merges=also_merges)
-
-
-def canonical_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def identity_hash(seq: Sequence) -> str:

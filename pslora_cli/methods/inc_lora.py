@@ -1,6 +1,6 @@
 """Incremental LoRA: a new adapter per task, trained on top of the sum of the earlier ones."""
 
-from . import MethodSpec, register
+from .registry import MethodSpec, register
 
 register(MethodSpec("inc-lora", "a new adapter per task, earlier ones summed", stability=False, orthogonality=False,
                     merge="sum", previous="sum"))

@@ -25,7 +25,7 @@ on T5 and LLaMA. Its threshold is a run-level knob (it shapes the subspace every
 protocol tunes it; stability decay, which tunes per task, leaves it as set.
 """
 
-from . import Knob, MethodSpec, register
+from .registry import Knob, MethodSpec, register
 
 register(MethodSpec("inflora", "InfLoRA: A_t fixed away from earlier tasks' input subspace, only B_t trains, "
                                "earlier adapters summed", stability=False, orthogonality=False,

@@ -12,7 +12,7 @@
 No loss term; the stored adapters stay stock PEFT adapters.
 """
 
-from . import Knob, MethodSpec, register
+from .registry import Knob, MethodSpec, register
 
 # The merged update's scale (0.5 in merge_splitted.py), chosen per stage on the seen tasks' validation split under
 # a selection protocol.

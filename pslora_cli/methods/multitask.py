@@ -2,7 +2,7 @@
 training.steps x t steps (each task's data seen as often as in the sequential methods); stage t is scored with
 that adapter alone and its heads."""
 
-from . import MethodSpec, register
+from .registry import MethodSpec, register
 
 register(MethodSpec("multitask", "upper bound: tasks 1..t trained jointly", stability=False, orthogonality=False,
                     merge="last", previous="none", init="joint"))

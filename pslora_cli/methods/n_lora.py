@@ -13,7 +13,7 @@ their number, and with `update` also with each module's size (d_out x d_in entri
 models, unlike the stability loss's λ (a mean over modules of scale-free terms). Choose it per model on validation.
 """
 
-from . import Knob, MethodSpec, register
+from .registry import Knob, MethodSpec, register
 
 # The l1 term acts from the first task on (it needs no history).
 register(MethodSpec("n-lora", "N-LoRA: l1 sparsity on the new adapter, earlier adapters summed (O-LoRA's protocol)",

@@ -1,7 +1,7 @@
 """Per-task adapters: each task trained from the base model and scored with its own adapter: an oracle that is
 told the task (an upper bound for task-incremental sequences, not a competitor)."""
 
-from . import MethodSpec, register
+from .registry import MethodSpec, register
 
 register(MethodSpec("per-task", "oracle: each task's own adapter on its own task", stability=False,
                     orthogonality=False, previous="none", own_adapters=True))

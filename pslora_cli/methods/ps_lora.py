@@ -1,7 +1,7 @@
 """PS-LoRA (METHOD.md): the Parameter Stability Loss while training each task, the magnitude merge after; its
 two ablations; and its plug-in use with O-LoRA."""
 
-from . import Knob, MethodSpec, register
+from .registry import Knob, MethodSpec, register
 
 STABILITY = Knob("stability_weight")
 

@@ -1,6 +1,6 @@
 """Sequential LoRA: one adapter trained on through all tasks (the lower bound: nothing protects earlier tasks)."""
 
-from . import MethodSpec, register
+from .registry import MethodSpec, register
 
 register(MethodSpec("seq-lora", "one adapter trained on through all tasks", stability=False, orthogonality=False,
                     merge="last", previous="none", init="previous"))

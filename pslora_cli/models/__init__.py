@@ -7,23 +7,16 @@ by each task's classes; the backbone is whatever transformers or timm loads.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..config import Backbone, Sequence
 from ..config.backbones import BUILTIN_LM, BUILTIN_TEXT, backbone_kind, backbone_modality
 from ..errors import InputError
-
-
-def quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+from .common import (DTYPES, backbone_dtype, enable_gradient_checkpointing, folder_identity,  # noqa: F401 (re-exported)
+                     quiet_transformers, target_parameters)
 
 
 def resolve_model_path(cfg: Backbone) -> str:
@@ -52,9 +45,6 @@ def resolve_model_path(cfg: Backbone) -> str:
     return cfg.name
 
 
-_IDENTITY_CACHE: dict[str, dict] = {}
-
-
 def weights_stamp(cfg: Backbone) -> list:
     """Name, size and mtime of the files the base model's identity hashes: when they match what a store
     recorded, the (possibly many-GB) files need not be hashed again to know the model is unchanged."""
@@ -76,33 +66,7 @@ def backbone_identity(cfg: Backbone) -> dict:
         from .vision import vision_identity
 
         return vision_identity(cfg)
-    path = resolve_model_path(cfg)
-    folder = Path(path)
-    names = sorted(p.name for p in folder.iterdir() if p.name == "config.json" or p.name.endswith(".safetensors")) \
-        if folder.is_dir() else []
-    # Cached per process, keyed by the files' size and mtime so that a changed file is hashed again.
-    key = (path, tuple((n, (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns) for n in names))
-    if key in _IDENTITY_CACHE:
-        return _IDENTITY_CACHE[key]
-    digest = None  # a hub id: identified by its name (and revision, when the user pins one)
-    if folder.is_dir():
-        h = hashlib.sha256()
-        for name in names:
-            with open(folder / name, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        digest = h.hexdigest()
-    identity = {"source": cfg.source, "name": cfg.name, "weights_sha256": digest}
-    _IDENTITY_CACHE[key] = identity
-    return identity
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def backbone_dtype(cfg: Backbone) -> torch.dtype:
-    """The dtype of the frozen backbone weights (backbone.dtype); LoRA factors, heads and merges stay float32."""
-    return DTYPES[getattr(cfg, "dtype", "float32")]
+    return folder_identity(cfg, resolve_model_path(cfg))
 
 
 def load_backbone(cfg: Backbone, device: torch.device):
@@ -120,40 +84,8 @@ def load_backbone(cfg: Backbone, device: torch.device):
         return load_language_model(cfg, resolve_model_path(cfg), kind, device)
     from .text import load_text_backbone
 
-    return load_text_backbone(cfg, device)
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """training.gradient_checkpointing: the backbone recomputes its activations in the backward pass. transformers
-    models get non-reentrant checkpointing (the inputs of a frozen backbone need no gradient for the LoRA factors
-    inside to get theirs), timm models their own (non-reentrant by default)."""
-    if getattr(model, "supports_gradient_checkpointing", False):
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif hasattr(model, "set_grad_checkpointing"):
-        model.set_grad_checkpointing(True)
-    else:
-        raise InputError(f"training.gradient_checkpointing: {type(model).__name__} does not support gradient "
-                         f"checkpointing; set it to false")
-
-
-def target_parameters(model: nn.Module, target_modules: list[str]) -> dict[str, nn.Parameter]:
-    """Base-model weight parameters of the modules LoRA adapts, keyed by the base model's own names.
-
-    Matches PEFT's rule for a list of names: a module whose name equals a target or ends with `.target`.
-    """
-    found: dict[str, nn.Parameter] = {}
-    for name, module in model.named_modules():
-        if any(name == t or name.endswith("." + t) for t in target_modules):
-            if not isinstance(module, (nn.Linear, nn.Conv2d)):
-                continue
-            found[f"{name}.weight"] = module.weight
-    if not found:
-        raise InputError(f"lora.target_modules: no Linear/Conv2d module named {', '.join(target_modules)} "
-                         f"in the backbone")
-    return found
+    quiet_transformers()
+    return load_text_backbone(cfg, resolve_model_path(cfg), device)
 
 
 def check_base_model(cfg: Backbone, recorded: dict, where: Path) -> None:

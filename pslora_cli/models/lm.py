@@ -205,7 +205,7 @@ def answer_logits(lm: nn.Module, batch: dict) -> torch.Tensor:
 def load_language_model(cfg: Backbone, path: str, kind: str, device: torch.device) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from . import backbone_dtype, backbone_identity
+    from .common import backbone_dtype, folder_identity
 
     loader = AutoModelForSeq2SeqLM if kind == "seq2seq-lm" else AutoModelForCausalLM
     try:
@@ -218,7 +218,7 @@ def load_language_model(cfg: Backbone, path: str, kind: str, device: torch.devic
     for p in model.parameters():
         p.requires_grad_(False)
     return LanguageModel(model=model, tokenizer=tokenizer, kind=kind, max_length=cfg.max_length, path=path,
-                         identity=backbone_identity(cfg))
+                         identity=folder_identity(cfg, path))
 
 
 # What exact match leaves the model beyond the longest answer (its tokens and end token), when

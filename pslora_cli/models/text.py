@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import Backbone
 from ..errors import InputError
-from . import backbone_dtype, backbone_identity, quiet_transformers, resolve_model_path
+from .common import backbone_dtype, folder_identity
 
 
 @dataclass
@@ -37,12 +37,10 @@ class TextBackbone:
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
-def load_text_backbone(cfg: Backbone, device: torch.device) -> TextBackbone:
-    """A transformers encoder with its tokenizer, frozen, in eval mode."""
-    quiet_transformers()
+def load_text_backbone(cfg: Backbone, path: str, device: torch.device) -> TextBackbone:
+    """A transformers encoder with its tokenizer (from the folder or hub id `path`), frozen, in eval mode."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = resolve_model_path(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         model = AutoModel.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, dtype=backbone_dtype(cfg))
@@ -60,6 +58,6 @@ def load_text_backbone(cfg: Backbone, device: torch.device) -> TextBackbone:
     if dim is None:
         raise InputError(f"backbone.name: {cfg.name!r} has no hidden_size in its config")
     return TextBackbone(model=model, tokenizer=tokenizer, feature_dim=int(dim), pooling=cfg.pooling,
-                        max_length=cfg.max_length, path=path, identity=backbone_identity(cfg))
+                        max_length=cfg.max_length, path=path, identity=folder_identity(cfg, path))
 
 

@@ -354,7 +354,7 @@ def load_vision_backbone(cfg: Backbone, device: torch.device) -> VisionBackbone:
     from timm.data import resolve_model_data_config
     from timm.layers import freeze_batch_norm_2d
 
-    from . import backbone_dtype
+    from .common import backbone_dtype
 
     model = freeze_batch_norm_2d(build_model(cfg))
     model.to(device=device, dtype=backbone_dtype(cfg)).eval()

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
+from ..hashing import canonical_hash
 from .files import SAFETENSORS_TMP, fsync_dir, read_json, sha256_file, write_json_atomic, write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -149,8 +150,6 @@ class Store:
         return manifest
 
     def create(self, sequence: dict, sequence_yaml: str, identity: str, base_model: dict) -> dict:
-        from ..config import canonical_hash
-
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "schema_version": SCHEMA_VERSION,

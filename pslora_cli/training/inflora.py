@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from ..core.subspace import InputMatrix, design_down_projection, extend_basis, random_down_projection, threshold
 from ..errors import InputError, WorkError
+from .batches import training_batch
 
 BASES_FILE = "input_bases.safetensors"
 
@@ -42,8 +43,6 @@ def previous_bases(previous_dir: Path | None, names) -> dict[str, torch.Tensor |
 def input_matrices(run) -> dict[str, torch.Tensor]:
     """Mean x xᵀ over the (non-padding) tokens of the task's training examples at the input of every adapted
     module, through the model as it is now (eval mode: no dropout)."""
-    from .recipe import training_batch
-
     layers = run.layers
     sums = {name: InputMatrix(layer.lora_A["default"].weight.shape[1]) for name, layer in layers.items()}
     mask: list = [None]

@@ -28,6 +28,7 @@ from ..models.adapters import CONFIG_FILE, PEFT_PREFIX, AdapterFile, SummedHisto
 from ..models.heads import TaskModel, make_head
 from ..store import TaskFiles
 from ..store.checkpoints import read_checkpoint
+from .batches import training_batch
 from .checkpoint import BatchOrder, restore_checkpoint, save_checkpoint
 from .regularisers import Regulariser
 
@@ -323,14 +324,6 @@ def micro_step(run: TaskTraining, step: int, accumulation: int) -> dict:
     (loss / accumulation if accumulation > 1 else loss).backward()
     return {"loss": loss_value, "task_loss": task_value, "stability_loss": ps_loss.item(),
             "orthogonality_loss": orth_loss.item(), "sparsity_loss": sparse_loss.item(), "train_accuracy": acc}
-
-
-def training_batch(run: TaskTraining, idx: list[int]) -> tuple[dict, torch.Tensor]:
-    """(model inputs, targets): the class labels for heads; the answer tokens for a language model."""
-    xs = [run.data.train_x[i] for i in idx]
-    if run.seq.generative:
-        return run.backbone.training_batch(xs, [run.data.train_y[i] for i in idx], run.data.answers, run.device)
-    return run.backbone.collate(xs, run.device), run.labels[idx].to(run.device)
 
 
 def _global_batch_stats(task_loss, logits, labels, n_mine: int, loss, device) -> tuple[float, float, bool]:

@@ -310,7 +310,7 @@ def test_each_file_is_o_loras_benchmark(name):
 def check_prompts(seq, standins) -> None:
     """Every rendered training prompt of every task is O-LoRA's prompt for its stand-in row, and its answer that
     row's O-LoRA label text."""
-    from pslora_cli.session import data_loader
+    from pslora_cli.data.loader import data_loader
 
     load = data_loader(seq)
     for i, task in enumerate(seq.task_ids):
@@ -361,7 +361,8 @@ def check_export(store: Path, out: Path, matrix: dict, capsys) -> None:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from pslora_cli.models.lm import normalise
-    from pslora_cli.session import Session, data_loader
+    from pslora_cli.data.loader import data_loader
+    from pslora_cli.session import Session
 
     code, info, err = run_cli(capsys, "export", "--store", store, "--out", out, "--json")
     assert code == 0 and info["kind"] == "seq2seq-lm", err

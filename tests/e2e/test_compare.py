@@ -95,7 +95,8 @@ def test_magmax_merges_the_stored_task_vectors_by_largest_magnitude_times_half(m
     |value| (the later task on ties), recomputed here from the adapters' own tensors; with `magmax` each task's
     adapter continues the previous one (its cumulative task vector), with `magmax-ind` each starts anew."""
     from pslora_cli.evaluation.scoring import Evaluator
-    from pslora_cli.session import Session, data_loader
+    from pslora_cli.data.loader import data_loader
+    from pslora_cli.session import Session
 
     seq_file = write_sequence(tiny_sequence(tiny_bert, method={"name": method}, training={
         "steps": 4, "batch_size": 8, "learning_rate": 5e-3, "eval_batch_size": 64}))

@@ -18,7 +18,8 @@ CPU = torch.device("cpu")
 
 def _test_sets(store: Path, n_tasks: int):
     """Each task's test texts/images and labels, as pslora's evaluation reads them."""
-    from pslora_cli.session import Session, data_loader
+    from pslora_cli.data.loader import data_loader
+    from pslora_cli.session import Session
 
     seq, _, _ = Session(store_path=store, device_name="cpu", quiet=True).open()
     load = data_loader(seq)

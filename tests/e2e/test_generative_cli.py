@@ -152,7 +152,8 @@ def test_export_answers_through_the_transformers_pipeline_as_eval_scores(tiny_ll
     from transformers import pipeline
 
     from pslora_cli.models.lm import normalise
-    from pslora_cli.session import Session, data_loader
+    from pslora_cli.data.loader import data_loader
+    from pslora_cli.session import Session
 
     store, out = tmp_path / "store", tmp_path / "model"
     assert run_cli(capsys, "run", write_sequence(sequence(tiny_llama)), "--store", store, "--quiet")[0] == 0

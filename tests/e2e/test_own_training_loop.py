@@ -98,7 +98,7 @@ tasks:
 def _trainer_rows(seq, index: int, lm) -> list[dict]:
     """Task `index`'s examples in the order `pslora run` draws them (its seeded batch order), tokenised as it does:
     prompt tokens + answer tokens + end token, the loss on the answer only."""
-    from pslora_cli.session import data_loader
+    from pslora_cli.data.loader import data_loader
     from pslora_cli.training.checkpoint import BatchOrder
     from pslora_cli.training.recipe import task_seed
 

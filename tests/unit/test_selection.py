@@ -197,7 +197,7 @@ def test_magmax_scale_is_chosen_per_stage_on_validation_and_used_for_that_stage(
     seen tasks; test scoring, the merge and the matrix's row keys use it."""
     from pslora_cli.config import load_sequence
     from pslora_cli.evaluation.scoring import Evaluator, stage_merge_options
-    from pslora_cli.session import data_loader
+    from pslora_cli.data.loader import data_loader
     from pslora_cli.store import Store
 
     from pslora_cli.evaluation import scoring
