@@ -30,4 +30,5 @@ from .registry import Knob, MethodSpec, register
 register(MethodSpec("inflora", "InfLoRA: A_t fixed away from earlier tasks' input subspace, only B_t trains, "
                                "earlier adapters summed", stability=False, orthogonality=False,
                     merge="sum", previous="sum", input_subspace=True,
-                    knobs=(Knob("subspace_threshold", kind="share", per_task=False),)))
+                    # acts_from 0: the threshold shapes the subspace saved after the first task too
+                    knobs=(Knob("subspace_threshold", kind="share", acts_from=0, per_task=False),)))

@@ -287,7 +287,10 @@ def _adopt(store: Store, side_root: Path, task_ids: list[str], record: dict, fol
             for f in sorted(side.task_dir(task_id).iterdir()):
                 if f.name != "meta.json":
                     shutil.copy2(f, out.folder / f.name)
-            meta = out.seal(dict(side.task_meta(task_id), selection=record))
+            meta = side.task_meta(task_id)
+            # a task no knob acts on was trained once for every try: it records the chosen values
+            meta["config"]["method"].update(record["values"])
+            meta = out.seal(dict(meta, selection=record))
     shutil.rmtree(folder, ignore_errors=True)
     reporter.info(f"task {task_ids[-1]}: selection ({record['protocol']}) chose "
                   + ", ".join(f"{k}={v:g}" for k, v in record["values"].items()))

@@ -234,3 +234,25 @@ def test_magmax_scale_is_chosen_per_stage_on_validation_and_used_for_that_stage(
     by_hand = evaluator.score_with(2, evaluator.stage_update(evaluator.adapters(2), chosen), [(0, "aware"), (1, "aware")])
     assert doc["matrix"]["task_aware"][2][:2] == [round(by_hand[(0, "aware")], 6), round(by_hand[(1, "aware")], 6)]
     assert doc["merge"]["method"] == "magmax"
+
+
+def test_first_tasks_tunes_inflora_threshold_and_stability_decay_leaves_it(word_bert, tmp_path, capsys, monkeypatch):
+    """InfLoRA's threshold is a run-level knob (it shapes the subspace every later task reads): first-tasks tries
+    its candidates (the unprotected share ten times smaller than the default first); stability decay, which tunes
+    per task, trains it as set."""
+    monkeypatch.setattr(selection, "_validation_accuracy",
+                        lambda seq, side, device, load, tasks, stage: {0.995: 0.6, 0.95: 0.7}[
+                            seq.method.subspace_threshold])
+    path = write_sequence(tmp_path, word_bert, protocol="first-tasks", first_tasks=2, candidates=2)
+    code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / "ft", "--set", "method.name=inflora")
+    assert code == 0, err
+    for task in ("t1", "t2"):
+        meta = json.loads((tmp_path / "ft" / "tasks" / task / "meta.json").read_text())
+        assert [a["values"]["subspace_threshold"] for a in meta["selection"]["attempts"]] == [0.995, 0.95]
+        assert meta["selection"]["values"] == {"subspace_threshold": 0.95}
+        assert meta["config"]["method"]["subspace_threshold"] == 0.95
+    path = write_sequence(tmp_path, word_bert, protocol="stability-decay", candidates=2)
+    code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / "sd", "--set", "method.name=inflora")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "sd" / "tasks" / "t2" / "meta.json").read_text())
+    assert "selection" not in meta and meta["config"]["method"].get("subspace_threshold", 0.95) == 0.95  # as set
