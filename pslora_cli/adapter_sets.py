@@ -159,28 +159,15 @@ def check_initialisation(config: dict, where: Path | str) -> None:
                          f"tokens, so folded into the weights it would act on every token; not supported")
 
 
-def check_merge_options(density: float, scale: float | None, density_key: str = "--density",
-                        scale_key: str = "--scale") -> None:
-    """TIES's density in (0, 1] and a finite scale, else InputError naming the option."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not (
-            math.isfinite(density) and 0 < density <= 1):
-        raise InputError(f"{density_key} {density!r}: the fraction of each update TIES keeps; give a number in (0, 1]")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale)):
-        raise InputError(f"{scale_key} {scale!r}: the merged update's scale must be a finite number")
-
-
 def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, base: str | None = None,
                       density: float = 0.2, scale: float | None = None, force: bool = False) -> dict:
     """Merge the adapters with the registered merge `method`; write the dense updates (`out` ending in
     .safetensors) or, for a folder, the base model with the merge folded in, as its stock library writes it."""
-    from .core.merges import MERGE_SCALE_DEFAULTS, MERGES, declared_options, merge_module
+    from .core.merges import MERGES, merge_module
+    from .merge_options import check_merge_name, resolve_options
 
-    if method not in MERGES or method == "last":
-        choices = ", ".join(m for m in MERGES if m != "last")
-        raise InputError(f"--method {method!r}: expected one of {choices}")
-    check_merge_options(density, scale)
-    scale = MERGE_SCALE_DEFAULTS.get(method, 1.0) if scale is None else scale
+    check_merge_name(method, allowed=tuple(m for m in MERGES if m != "last"))
+    options = resolve_options(method, {"density": density, "scale": scale}, {"density": "--density", "scale": "--scale"})
     aset = AdapterSet(folders)
     as_file = out.suffix == ".safetensors"
     model = None
@@ -190,7 +177,6 @@ def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, ba
     elif out.exists() and out.is_dir():
         raise InputError(f"--out {out}: is a folder; a .safetensors name writes the dense updates")
 
-    options = declared_options(method, density=density, scale=scale)
 
     def merged():
         for name in aset.modules:

@@ -55,15 +55,16 @@ def continual_model(seq: Sequence, store: Store, device: torch.device, task: str
                     merge: str | None = None) -> ContinualModel:
     """The store's model after its trained tasks (merged with `merge`, default the sequence's), or task `task`'s
     own model (its update alone, its head)."""
-    from .core.merges import MERGES
     from .evaluation.scoring import Evaluator
     from .models.adapters import merged_deltas
 
     trained = store.trained_prefix(seq.task_ids)
     if not trained:
         raise InputError(f"{store.root}: holds no trained task yet (`pslora run` or `pslora train-task` first)")
-    if merge is not None and merge not in MERGES:
-        raise InputError(f"--merge {merge!r}: expected one of {', '.join(MERGES)}")
+    if merge is not None:
+        from .merge_options import check_merge_name
+
+        check_merge_name(merge, "--merge")
     if task is not None:
         index = seq.index(task)
         if task not in trained:

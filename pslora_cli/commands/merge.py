@@ -19,21 +19,18 @@ def merge_tasks(seq: Sequence, store: Store, method: str, task_ids: list[str] | 
     the store's merges and to `out`. Returns the merge's record."""
     import torch
 
-    from ..adapter_sets import check_merge_options
-    from ..core.merges import MERGES
+    from ..merge_options import check_merge_name, resolve_options
     from ..models.adapters import merged_deltas, open_adapters
     from ..store.stream_write import write_streaming
 
-    if method not in MERGES:
-        raise InputError(f"--method {method!r}: expected one of {', '.join(MERGES)}")
+    check_merge_name(method)
     options = seq.method.options_for(method)
     ids = _tasks_to_merge(seq, store, task_ids)
     if method == seq.method.merge and ids == seq.task_ids[:len(ids)]:  # a stage: its chosen options, if any
         from ..evaluation.scoring import stage_merge_options
 
         options = stage_merge_options(seq, store, len(ids))
-    check_merge_options(options.get("density", 0.2), options.get("scale"), "method.merge_density",
-                        "method.merge_scale")
+    options = resolve_options(method, options)
     adapters = open_adapters(store.task_files(t).adapter_dir for t in ids)
     heads = _heads(seq, store, ids)
     # Each update in its weight's shape (a 1x1 conv's (d_out, d_in) matrix back to (d_out, d_in, 1, 1)), so that

@@ -164,6 +164,14 @@ def _resolve_method(method: dict, raw: dict, where: Where, also_merges: tuple[st
     _check_merge_options(method, raw, (method["merge"], *[m for m in also_merges if m in MERGES]), where)
     if method["merge_scale"] is None:
         method["merge_scale"] = MERGE_SCALE_DEFAULTS.get(method["merge"], 1.0)
+    from ..merge_options import resolve_options
+
+    for merge in dict.fromkeys((method["merge"], *[m for m in also_merges if m in MERGES])):
+        try:  # each merge in play with the options it takes, in range (the one check every caller shares)
+            resolve_options(merge, {"density": method["merge_density"], "scale": method["merge_scale"]})
+        except InputError as exc:
+            key, _, rest = str(exc).partition(" ")
+            raise where(key, rest) from None
     if method["orthogonality_weight"] is None:
         method["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
     if method["sparsity_weight"] is None:

@@ -38,7 +38,8 @@ def matrix_keys(seq: Sequence, store: Store, k: int, split: str = "test",
     data: the fingerprint it was trained with, and for the validation split the validation examples' own) of the
     first k tasks as they are in the store now."""
     ids = seq.task_ids[:k]
-    merge = [seq.method.stage_rule, seq.method.merge_density, seq.method.merge_scale]
+    # the merge's resolved options, never listed by hand: an option a merge declares is in its stages' keys
+    merge = [seq.method.stage_rule, sorted(seq.method.merge_options.items())]
     if seq.method.stage_rule == "ties":  # its sign election was corrected: stages merged the old way are stale
         merge.append("ties: sign of the trimmed sum")
     if seq.generative:  # the scorer decides the cells of a language model's matrix

@@ -145,7 +145,7 @@ def test_peft_s_conversion_of_a_trained_pissa_adapter_merges_to_the_trained_mode
     ("--density", "7", "--density 7.0: the fraction of each update TIES keeps; give a number in (0, 1]"),
     ("--density", "0", "--density 0.0"),
     ("--density", "nan", "--density nan"),
-    ("--scale", "inf", "--scale inf: the merged update's scale must be a finite number"),
+    ("--scale", "inf", "--scale inf: the merged update's scale; give a finite number"),
 ])
 def test_merge_options_out_of_range_are_bad_input(plain, option, value, message, tmp_path, capsys):
     other = _with_init(plain, tmp_path / "other", True)

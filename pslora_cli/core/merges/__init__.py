@@ -12,8 +12,35 @@ factors without forming the dense products also defines `from_factors(iterable o
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from types import ModuleType
+
+
+@dataclass(frozen=True)
+class MergeOption:
+    """A typed option a merge declares: its keyword, the sequence setting that gives it, its default and range."""
+    name: str  # the merge's keyword: "density", "scale"
+    setting: str  # the sequence's key under method: "merge_density", "merge_scale"
+    default: float
+    help: str
+    low: float | None = None  # exclusive lower bound (None: any finite number)
+    high: float | None = None  # inclusive upper bound
+
+    def valid(self, value) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
+            and (self.low is None or value > self.low) and (self.high is None or value <= self.high)
+
+    @property
+    def allowed(self) -> str:
+        return f"a number in ({self.low:g}, {self.high:g}]" if self.low is not None else "a finite number"
+
+
+DENSITY = MergeOption("density", "merge_density", 0.2, "the fraction of each update TIES keeps", 0.0, 1.0)
+
+
+def _scale(default: float) -> MergeOption:
+    return MergeOption("scale", "merge_scale", default, "the merged update's scale")
 
 
 @dataclass(frozen=True)
@@ -21,7 +48,11 @@ class MergeInfo:
     name: str
     module: str
     summary: str
-    options: tuple[str, ...] = ()  # keyword options it takes: "density" (method.merge_density), "scale"
+    parameters: tuple[MergeOption, ...] = ()  # the keyword options it takes, typed, with their defaults
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
 
     def load(self) -> ModuleType:
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -31,14 +62,14 @@ MERGES: dict[str, MergeInfo] = {m.name: m for m in (
     MergeInfo("magnitude", "magnitude", "per element, the largest update in absolute value, with its sign (PS-LoRA)"),
     MergeInfo("sum", "summation", "the updates added"),
     MergeInfo("mean", "average", "the updates averaged"),
-    MergeInfo("ties", "ties", "TIES: trim to method.merge_density, elect signs, disjoint mean", ("density",)),
-    MergeInfo("task-arithmetic", "task_arithmetic", "the updates added, times method.merge_scale", ("scale",)),
+    MergeInfo("ties", "ties", "TIES: trim to method.merge_density, elect signs, disjoint mean", (DENSITY,)),
+    MergeInfo("task-arithmetic", "task_arithmetic", "the updates added, times method.merge_scale", (_scale(1.0),)),
     MergeInfo("last", "last", "the last task's update alone (sequential LoRA)"),
     MergeInfo("magmax", "magmax", "MagMax: per element the largest update in absolute value (the later task on ties), "
-                                  "times method.merge_scale (0.5 unless set)", ("scale",)),
+                                  "times method.merge_scale (0.5 unless set)", (_scale(0.5),)),
 )}
-# method.merge_scale where the sequence gives none: each merge's own (MagMax's official 0.5).
-MERGE_SCALE_DEFAULTS = {"magmax": 0.5}
+# method.merge_scale where the sequence gives none: each merge's own (MagMax's official 0.5), from its declaration.
+MERGE_SCALE_DEFAULTS = {m.name: p.default for m in MERGES.values() for p in m.parameters if p.name == "scale"}
 DEFAULT_MERGE = "magnitude"
 
 
