@@ -37,7 +37,8 @@ def run_record(run: GridRun, doc: dict, trained: list[str] | None, seconds: floa
             "wall_seconds": seconds, "trained": trained, "tasks": doc["tasks"],
             "matrix": doc[doc["primary"]], "metrics": doc["metrics"].get("primary", {}),
             "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt"),
-            "forgetting_split": doc["metrics"].get("forgetting_split")}
+            "forgetting_split": doc["metrics"].get("forgetting_split"),
+            "selection": doc.get("selection")}  # what a selection protocol chose per task, if one ran
 
 
 def run_argv(run, base: Session, threads: int | None = None) -> list[str]:

@@ -91,3 +91,22 @@ def test_a_damaged_entry_is_trained_again(word_bert, tmp_path, capsys, monkeypat
     assert code == 0, err
     assert "reused" not in meta(tmp_path / "b", "t1")["train"]
     assert adapter_sha(tmp_path / "b", "t1") == adapter_sha(tmp_path / "a", "t1")
+
+
+def test_a_compare_grid_shares_its_task_cache_and_reports_the_choices(word_bert, tmp_path, capsys, monkeypatch):
+    """compare puts its runs on OUT/task-cache: inc-lora's first task is ps-lora's, reused bitwise, and a
+    selection protocol's choices come back with each run."""
+    monkeypatch.delenv(cache.ENV, raising=False)
+    path = sequence_file(tmp_path, word_bert)
+    out = tmp_path / "grid"
+    code, doc, err = run_cli(capsys, "compare", path, "--methods", "ps-lora,inc-lora", "--seeds", "0", "--out", out,
+                             "--set", "selection.protocol=stability-decay", "--set", "selection.candidates=2",
+                             "--json")
+    assert code == 0, err
+    ps, inc = (out / m / "order1-seed0" for m in ("ps-lora", "inc-lora"))
+    assert meta(inc, "t1")["train"]["reused"]["cache"] == str((out / "task-cache").resolve())
+    assert adapter_sha(inc, "t1") == adapter_sha(ps, "t1")
+    runs = {r["method"]: r for r in doc["runs"]}
+    assert runs["ps-lora"]["selection"]["t2"]["values"]["stability_weight"] in (10.0, 5.0)
+    assert runs["inc-lora"]["selection"] is None
+    assert cache.ENV not in __import__("os").environ  # the grid's cache is the grid's only
