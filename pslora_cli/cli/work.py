@@ -103,7 +103,11 @@ def compare_cmd(
     device: DeviceOpt = "auto", json_: JsonOpt = False, quiet: QuietOpt = False, set_: SetOpt = None,
     threads: ThreadsOpt = None,
 ):
-    """Run SEQUENCE with several methods x seeds x orders (one store each) and compare them."""
+    """Run SEQUENCE with several methods x seeds x orders (one store each) and compare them.
+
+    A task training identical in two runs (the first task of inc-lora, ps-lora and o-lora; a selection protocol's
+    reference that is another method's task) is trained once and reused from OUT/task-cache. With
+    `--set selection.protocol=stability-decay` every method's strength is chosen the same way (docs/methods.md)."""
     from ..commands.cluster import ClusterOptions
     from ..commands.compare import compare, print_summary
 
