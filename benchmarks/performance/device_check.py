@@ -79,7 +79,9 @@ def gpu_check(device: str, tiny: bool, out: Path) -> dict:
     log = out / "gpu_check.log"
     log.write_text(proc.stdout + proc.stderr)
     seconds = time.perf_counter() - started
-    last = (proc.stdout.strip().splitlines() or [""])[-1][:100]
+    # a failure's cause is the last line of its traceback (stderr), not the last table header printed
+    text = proc.stderr if proc.returncode != 0 and proc.stderr.strip() else proc.stdout
+    last = (text.strip().splitlines() or [""])[-1][:160]
     return row("gpu-check", "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})",
                f"{seconds:.0f} s; log {log}; last line: {last}")
 
