@@ -154,9 +154,12 @@ def loss_timing(device, sizes, reps):
                  "lean, H as factors": lambda: pf.loss(a, b, 2.0).backward(),
                  "lean, tanh(αH) cached": lambda: pd.loss(a, b, 2.0).backward(),
                  "lean, factors, recompute": lambda: pf.loss(a, b, 2.0, strategy="recompute").backward()}
-        if triton_here(device):
-            cases["lean, H as factors, triton kernel"] = lambda: pf.loss(a, b, 2.0, strategy="triton").backward()
-            cases["lean, tanh(αH) cached, triton kernel"] = lambda: pd.loss(a, b, 2.0, strategy="triton").backward()
+        if triton_here(device):  # the kernel covers the literal forms (dir+fro, dir+factor), not the default
+            tf = prepare_history(h, prev, alpha=alpha, store="factors", variant="dir+fro")
+            td = prepare_history(h, alpha=alpha, store="dense", variant="dir+fro")
+            cases["lean, H as factors, triton kernel (dir+fro)"] = lambda: tf.loss(a, b, 2.0, strategy="triton").backward()
+            cases["lean, tanh(αH) cached, triton kernel (dir+fro)"] = (
+                lambda: td.loss(a, b, 2.0, strategy="triton").backward())
         for log2 in (18, 22, 24):  # block size sweep (the default is stability_lean.BLOCK_ELEMENTS)
             rows_per_block = max(1, (1 << log2) // d_in)
             cases[f"lean, factors, blocks of 2^{log2} elements"] = (
@@ -194,8 +197,9 @@ def step_timing(device, d, tokens, reps):
                      torch.randn(d, 8, generator=g, device=device) * 1e-3, 2.0) for _ in range(3)]
             h = sum(lora_delta(pa, pb, s) for pa, pb, s in prev)
             alpha = adaptive_alpha(h)
-            if impl.startswith("ps-lean"):
-                hist[name] = prepare_history(h, prev, alpha=alpha)
+            if impl.startswith("ps-lean"):  # the kernel's row: the literal form it covers
+                hist[name] = prepare_history(h, prev, alpha=alpha,
+                                             **({"variant": "dir+fro"} if impl.endswith("triton") else {}))
             elif impl == "naive":
                 dense[name] = (h, alpha)
         opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-4)
