@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 import pathlib
 
-from pslora_cli.data._common import (ABSENT, REQUIRED, UNKNOWN_LABELS, TaskData, check_text_template,
-                                     compute_fingerprint)
+from pslora_cli.data._common import ABSENT, REQUIRED, UNKNOWN_LABELS, TaskData, compute_fingerprint
 from pslora_cli.data.tabular import FILE_FORMATS
+from pslora_cli.data.templates import check_text_template
 from pslora_cli.data.text_sources import (
     FIXED_CLASSES,
     LOADERS,

@@ -16,18 +16,16 @@ from dataclasses import dataclass
 
 from pslora_cli.data._common import (
     TaskData,
-    TextTemplates,
     assemble_source,
     carve_per_class,
     conflicting_texts,
-    cell_text,
     choose_classes,
     class_sort_key,
     existing_paths,
-    parse_text_templates,
     resolve_path,
     rngs,
 )
+from pslora_cli.data.templates import TextTemplates, cell_text, parse_text_templates
 from pslora_cli.errors import InputError
 
 
