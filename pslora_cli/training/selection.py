@@ -89,8 +89,9 @@ def train_selected(seq: Sequence, store: Store, task_id: str, device, reporter: 
 def _choose_merge(seq, store, i, device, reporter, load) -> dict:
     """Stage i+1's merge options: each candidate scores the merge of tasks 1..i+1 on the validation split of those
     tasks (their mean accuracy); the best is recorded in task i's meta.json under selection.merge."""
-    from ..core.merges import declared_options
+    from ..core.merges import MERGES
     from ..evaluation.scoring import Evaluator
+    from ..merge_options import resolve_options
 
     task_id = seq.task_ids[i]
     record = dict(store.task_meta(task_id).get("selection") or {"protocol": seq.selection.protocol})
@@ -108,16 +109,14 @@ def _choose_merge(seq, store, i, device, reporter, load) -> dict:
         scores = evaluator.stage(i + 1, [(j, kind) for j in tasks], chosen=False)
         attempts.append({"values": values, "accuracy": sum(scores[(j, kind)] for j in tasks) / len(tasks)})
     best = max(attempts, key=lambda a: a["accuracy"])  # the first of equals: the largest candidate
-    options = declared_options(seq.method.merge, **{MERGE_OPTION[name]: v for name, v in best["values"].items()})
+    keyword = {p.setting: p.name for p in MERGES[seq.method.merge].parameters}  # merge_scale -> scale
+    options = resolve_options(seq.method.merge, {keyword[name]: v for name, v in best["values"].items()})
     record["merge"] = {"split": "validation", "values": best["values"], "options": options,
                        "tasks": seq.task_ids[:i + 1], "attempts": attempts}
     reporter.info(f"stage {i + 1}: selection chose the merge's "
                   + ", ".join(f"{k}={v:g}" for k, v in best["values"].items())
                   + f" (validation accuracy over tasks 1..{i + 1} {100 * best['accuracy']:.1f})")
     return _record(store, task_id, record)
-
-
-MERGE_OPTION = {"merge_scale": "scale", "merge_density": "density"}
 
 
 def _check_validation(seq, load, i) -> None:
