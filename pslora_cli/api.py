@@ -167,7 +167,7 @@ class StabilityRegulariser:
         device = self._layer_device()
         # H = Σ_{i<t} ΔW_i, as training/recipe.fold_history gives it to the CLI's training (formed per module when read)
         history = SummedHistory(self.previous, device)
-        self._regulariser = Regulariser(self.method, self.layers, self.previous, history, {}, device)
+        self._regulariser = Regulariser(self.method, self.layers, self.previous, history, device)
         self._device = device
 
     def _layer_device(self):
@@ -176,7 +176,7 @@ class StabilityRegulariser:
     @property
     def active(self) -> bool:
         """Whether the term can be non-zero: an earlier task to be stable against, and λ > 0."""
-        return self._regulariser.use_stability
+        return "stability" in self._regulariser.losses
 
     @property
     def stability_weight(self) -> float:
@@ -186,7 +186,7 @@ class StabilityRegulariser:
         """L_PS of the current factors (unweighted), a 0-dim tensor on the model's device."""
         if self._layer_device() != self._device:
             self._build()
-        return self._regulariser.terms(self.layers, self._device)[0]
+        return self._regulariser.terms(self.layers)["stability"]
 
     def __call__(self) -> torch.Tensor:
         """λ · L_PS: add it to the training loss (once per optimiser step's worth of loss; see the README)."""

@@ -63,13 +63,10 @@ class Reporter:
 def _stats_text(stats: dict) -> str:
     if "loss" not in stats:  # progress without training statistics (e.g. predict)
         return ""
+    from .methods import TERMS
+
     parts = [f"loss {stats['loss']:.4f}"]
-    if stats.get("stability_loss"):
-        parts.append(f"ps {stats['stability_loss']:.4f}")
-    if stats.get("orthogonality_loss"):
-        parts.append(f"orth {stats['orthogonality_loss']:.4f}")
-    if stats.get("sparsity_loss"):
-        parts.append(f"l1 {stats['sparsity_loss']:.4f}")
+    parts += [f"{term.short} {stats[f'{name}_loss']:.4f}" for name, term in TERMS.items() if stats.get(f"{name}_loss")]
     parts.append(f"acc {stats['train_accuracy']:.2f}")
     return " ".join(parts)
 

@@ -128,12 +128,15 @@ def check_same_training(seq: Sequence, store: Store) -> None:
 
 
 def _idle(seq: Sequence, key: str, old: dict) -> bool:
-    """A method setting that changes nothing for this method: N-LoRA's form without its term, InfLoRA's
-    thresholds for another method."""
-    if key == "sparsity_form":
-        return not old.get("sparsity_weight") and not seq.method.sparsity_weight
-    if key.startswith("subspace_"):
-        return not seq.method.spec.input_subspace
+    """A method setting that changes nothing for this method: a loss term's setting while the term is off (before
+    and now), another method's own setting (InfLoRA's thresholds under inc-lora)."""
+    from .methods import METHODS, TERMS, method_settings
+
+    for term in TERMS.values():
+        if key in term.settings:
+            return not old.get(term.weight) and not getattr(seq.method, term.weight)
+    if any(key in (spec.hooks.settings if spec.hooks else ()) for spec in METHODS.values()):
+        return key not in method_settings(seq.method.spec)
     from .training.selection import tuned_fields
 
     return key in tuned_fields(seq)  # chosen per task by the selection protocol (recorded in meta.json)

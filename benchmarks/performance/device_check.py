@@ -145,7 +145,7 @@ def _one_setup(impl: str, config: dict, device, dtype, adapters: list[Path], bat
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                                                   lora_dropout=0.0, bias="none"))
     layers = lora_layers(peft_model)
-    reg = Regulariser(method, layers, previous, history, {}, device)
+    reg = Regulariser(method, layers, previous, history, device)
     enable_gradient_checkpointing(model)
     build_s = time.perf_counter() - started
     peft_model.train()
@@ -157,8 +157,8 @@ def _one_setup(impl: str, config: dict, device, dtype, adapters: list[Path], bat
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = peft_model(input_ids=batch, labels=batch).loss
-        if reg.use_stability:
-            loss = loss + method.stability_weight * reg.terms(layers, device)[0]
+        if reg.active:
+            loss = loss + method.stability_weight * reg.terms(layers)["stability"]
         loss.backward()
         opt.step()
         if device.type == "cuda":

@@ -80,10 +80,12 @@ def _setup(impl: str, d: int, layers: int, dtype, adapters: list[Path]):
     layers_ = lora_layers(peft)
     reg = None
     if impl == "ps-lora":
-        reg = Regulariser(method, layers_, previous, history, {}, cpu)
+        reg = Regulariser(method, layers_, previous, history, cpu)
     elif impl == "ps-lora-before":
-        reg = Regulariser(method, layers_, [], {}, {}, cpu)
-        reg.use_stability, reg.history = True, old_prepared(layers_)
+        from pslora_cli.methods.ps_lora import stability_loss
+
+        reg = Regulariser(method, layers_, [], {}, cpu)
+        reg.losses["stability"] = stability_loss(old_prepared(layers_), method)
     build_s = time.perf_counter() - started
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # B != 0 so that the update and its loss are not zero
@@ -124,7 +126,7 @@ def _step(peft, layers, reg, opt, batch):
     x, y = batch
     loss = torch.nn.functional.mse_loss(peft(x).float(), y)
     if reg is not None:
-        loss = loss + reg.method.stability_weight * reg.terms(layers, x.device)[0]
+        loss = loss + reg.method.stability_weight * reg.terms(layers)["stability"]
     loss.backward()
     opt.step()
 
@@ -164,7 +166,7 @@ def child(cfg: dict) -> dict:
     loss_times = []
     for _ in range(20):
         t0 = time.perf_counter()
-        reg.terms(layers_, torch.device("cpu"))[0].backward()
+        reg.terms(layers_)["stability"].backward()
         loss_times.append(time.perf_counter() - t0)
     return {"times": times, "loss_s": median(loss_times), "build_s": {impl: s[4] for impl, s in setups.items()}}
 

@@ -30,19 +30,22 @@ def complete_eval(seq: Sequence, store: Store, session: Session, load, figures: 
 
 
 def preflight(seq: Sequence, device) -> None:
-    """Checks that need the model, made before a store is created: N-LoRA's official form on square weights,
-    InfLoRA on linear layers."""
-    sparsity = (seq.method.sparsity_weight or 0) > 0 and seq.method.sparsity_form == "official"
-    if sparsity or seq.method.spec.input_subspace:
+    """Checks a method declares that need the model's weight shapes (N-LoRA's official form on square weights,
+    InfLoRA on linear layers), made before a store is created."""
+    from ..methods import TERMS
+
+    method, hooks = seq.method, seq.method.spec.hooks
+    checks = [term.check for term in TERMS.values()
+              if term.check is not None and (getattr(method, term.weight) or 0) > 0 and term.needs_shapes(method)]
+    if hooks is not None and hooks.needs_shapes(method):
+        checks.append(hooks.check)
+    if checks:
         from ..models import load_backbone, target_parameters
-        from ..training.inflora import check_linear
-        from ..training.regularisers import check_sparsity_form
 
         params = target_parameters(load_backbone(seq.backbone, device).model, seq.lora.target_modules)
         shapes = {name: tuple(p.shape) for name, p in params.items()}
-        check_sparsity_form(seq.method, shapes)
-        if seq.method.spec.input_subspace:
-            check_linear(shapes)
+        for check in checks:
+            check(method, shapes)
 
 
 def run_sequence(session: Session, sequence_file: str, restart: bool = False) -> dict:

@@ -9,26 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-REQUIRED = object()
-NUMBER = (int, float)
-
-
-_NO_LEGACY = object()
-
-
-def setting(default: Any, types: tuple, *, choices: tuple | None = None, minimum: float | None = None,
-            positive: bool = False, legacy: Any = _NO_LEGACY, help: str = "") -> Any:
-    """A dataclass field with its validation rule: allowed types, allowed values, lower bound, and its help text
-    (docs/settings.md is generated from it: config/docs.py). `legacy`: for a field added after stores
-    were written, the value those stores mean by its absence; the plain form (to_dict, which store identities hash)
-    leaves the field out at that value, so that they keep their identity."""
-    meta = {"types": types, "choices": choices, "minimum": minimum, "positive": positive,
-            "required": default is REQUIRED, "legacy": legacy, "help": help}
-    if default is REQUIRED:
-        return field(metadata=meta)
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from ..fields import NO_LEGACY as _NO_LEGACY, NUMBER, REQUIRED, setting  # noqa: F401 (declared here)
+from ..methods import SETTINGS as METHOD_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -75,63 +57,12 @@ class Lora:
             help="dropout on the LoRA path")
 
 
-# The stability loss's forms (the same tuples as core/stability.py's, which this torch-free module cannot import).
-SCALED_VARIANTS = ("hinge+ratio", "direction-only", "magnitude-only")
-LITERAL_VARIANTS = ("dir+fro", "weighted-dir+fro", "dir+factor", "deviation")
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str = setting("ps-lora", (str,),
-            help="the continual-learning method (docs/methods.md): it fixes the merge and how earlier tasks enter "
-                 "training, and switches the loss terms on or off")
-    stability_weight: float = setting(1.0, NUMBER, minimum=0,
-            help="λ of the Parameter Stability Loss (for the scaled variants a mean over modules of terms in units of "
-                 "the history's scale, comparable across models)")
-    alpha_mode: str = setting("adaptive", (str,), choices=("adaptive", "fixed"),
-            help="α of tanh(α·x): adaptive (alpha / median|H| per module) or fixed")
-    alpha: float = setting(2.0, NUMBER, minimum=0,
-            help="the α constant (adaptive: alpha / median|H|)")
-    reduction: str = setting("mean", (str,), choices=("mean", "sum"),
-            help="reduction over a module's elements; sum applies to the literal variants only")
-    variant: str = setting("magnitude-only", (str,), choices=SCALED_VARIANTS + LITERAL_VARIANTS,
-            help="the loss's form (METHOD.md): magnitude-only (the update's size in units of the history's scale; "
-                 "chosen on validation), hinge+ratio (adds a cost on entries opposing the history's sign), "
-                 "direction-only (that cost alone); the paper's literal dir+fro and its relatives weighted-dir+fro, "
-                 "dir+factor, deviation")
-    orthogonality_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0,
-            help="O-LoRA's λ1 for Σ_{i<t} ‖A_i A_tᵀ‖₁ (null: the method's own, 0.5 for the o-lora methods, 0 "
-                 "otherwise)")
-    sparsity_weight: float | None = setting(None, NUMBER + (type(None),), minimum=0, legacy=0.0,
-            help="N-LoRA's l1 weight (null: the method's own for n-lora, 0.4 with sparsity_form official and 1.6e-4 "
-                 "with update; 0 otherwise)")
-    sparsity_form: str = setting("official", (str,), choices=("official", "update"), legacy="official",
-            help="N-LoRA's term: official (Σ_m ‖A_t B_t‖₁, the r x r product its code computes, square modules only) "
-                 "or update (Σ_m ‖s B_t A_t‖₁ = ‖ΔW_t‖₁, the paper's statement, any module)")
-    merge: str = setting("magnitude", (str,),
-            help="how the task updates are merged (pslora merge --help lists them); fixed by the method except for "
-                 "custom and per-task")
-    merge_density: float = setting(0.2, NUMBER,
-            help="TIES: the fraction of each update kept by the trim step")
-    merge_scale: float | None = setting(None, NUMBER + (type(None),),
-            help="task arithmetic and MagMax: scale of the merged update (null: the merge's own, 1 for task "
-                 "arithmetic, 0.5 for MagMax)")
-    previous: str = setting("merge", (str,), choices=("merge", "sum", "none"),
-            help="how earlier tasks enter task t's training forward pass: their running merge, their sum, or not at "
-                 "all")
-    subspace_threshold: float | None = setting(None, NUMBER + (type(None),), positive=True, legacy=0.95,
-            help="InfLoRA: the share of the first task's input energy its subspace keeps (null: the official value "
-                 "of the recipe, 0.995 for language models (gainlora's threshold), 0.95 for images (InfLoRA's lamb))")
-    subspace_design: str = setting("auto", (str,), choices=("auto", "inputs", "random"), legacy="inputs",
-            help="InfLoRA: how A_t is made: inputs (the image recipe: top singular vectors of the task's inputs "
-                 "outside the earlier subspace) or random (the language-model recipe: a random A with the earlier "
-                 "subspace projected out, rows scaled to 1/√3); auto: random for language models, inputs otherwise")
-    subspace_threshold_end: float = setting(1.0, NUMBER, positive=True, legacy=1.0,
-            help="InfLoRA: the share for the last task (the official lame); the threshold runs linearly between them")
+class MethodSection:
+    """What the method section computes (its fields: `Method` below)."""
 
     @property
     def spec(self):
-        """What the method is (methods registry): trains jointly or not, adapter init, scoring."""
+        """What the method is (methods registry): its terms, hooks, adapter init, scoring."""
         from ..methods import get_method
 
         return get_method(self.name)
@@ -157,6 +88,30 @@ class Method:
         """How a stage of the accuracy matrix is formed: the merge's name, or "own" where each task is scored with
         its own adapter (the per-task oracle). Recorded in eval/matrix.json and in its row keys."""
         return "own" if self.spec.own_adapters else self.merge
+
+
+# The method section: its name, then the settings each method module declares (methods/: the stability loss's,
+# O-LoRA's, N-LoRA's, InfLoRA's, a plug-in's), then the merge and how earlier tasks enter training.
+_METHOD_NAME = [("name", str, setting("ps-lora", (str,),
+        help="the continual-learning method (docs/methods.md): it fixes the merge and how earlier tasks enter "
+             "training, and switches the loss terms on or off"))]
+_METHOD_MERGE = [
+    ("merge", str, setting("magnitude", (str,),
+        help="how the task updates are merged (pslora merge --help lists them); fixed by the method except for "
+             "custom and per-task")),
+    ("merge_density", float, setting(0.2, NUMBER,
+        help="TIES: the fraction of each update kept by the trim step")),
+    ("merge_scale", "float | None", setting(None, NUMBER + (type(None),),
+        help="task arithmetic and MagMax: scale of the merged update (null: the merge's own, 1 for task "
+             "arithmetic, 0.5 for MagMax)")),
+    ("previous", str, setting("merge", (str,), choices=("merge", "sum", "none"),
+        help="how earlier tasks enter task t's training forward pass: their running merge, their sum, or not at "
+             "all")),
+]
+Method = dataclasses.make_dataclass(
+    "Method", _METHOD_NAME + [(name, Any, f) for name, f in METHOD_SETTINGS.items()] + _METHOD_MERGE,
+    bases=(MethodSection,), frozen=True)
+Method.__module__ = __name__  # a module-level class: pickled by name like the other sections
 
 
 @dataclass(frozen=True)

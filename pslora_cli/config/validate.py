@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InputError
 from .backbones import DEFAULT_TARGETS, backbone_kind, backbone_modality
-from .schema import LITERAL_VARIANTS, SECTIONS, Backbone, Method, Sequence, Task
+from .schema import SECTIONS, Backbone, Method, Sequence, Task
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list", dict: "mapping",
@@ -106,10 +106,20 @@ def _check_sections(sections: dict, where: Where) -> None:
         raise where("lora.target_modules", "must be a non-empty list of module names")
     if (training["steps"] is None) == (training["epochs"] is None):
         raise where("training.steps", "set exactly one of training.steps and training.epochs")
-    method = sections["method"]
-    if method["reduction"] != "mean" and method["variant"] not in LITERAL_VARIANTS:
-        raise where("method.reduction", f"variant {method['variant']!r} is a mean over elements by construction; "
-                    f"reduction 'sum' is for the literal variants ({', '.join(LITERAL_VARIANTS)})")
+    from ..methods import TERMS
+
+    for term in TERMS.values():  # rules tying a term's settings together, whichever method is chosen
+        if term.validate is not None:
+            _at(where, term.validate, sections["method"])
+
+
+def _at(where: Where, check, *args) -> None:
+    """Run a declaration's check, whose InputError reads "method.key: message", and locate it in the file."""
+    try:
+        check(*args)
+    except InputError as exc:
+        key, _, rest = str(exc).partition(": ")
+        raise where(key, rest) from None
 
 
 def _task(raw: Any, i: int, seen: dict[str, int], where: Where) -> Task:
@@ -129,13 +139,6 @@ def _task(raw: Any, i: int, seen: dict[str, int], where: Where) -> Task:
         key, _, rest = str(exc).partition(":")
         raise where(key, rest.strip() if rest else str(exc)) from None
     return Task(**t)
-
-
-ORTHOGONALITY_DEFAULT = 0.5  # lambda_1 of the o-lora methods when the sequence gives none
-# N-LoRA's lamda_1 per form: 0.4 in its official T5 scripts (scripts/order_1.sh .. order_3.sh) for ||A B||_1; for
-# ||s B A||_1 the same pull in loss units, 0.4 x 3.9e-4, the ratio of the two forms' values summed over the square
-# modules of a SmolLM2-135M adapter trained on gen-mixed-order1's first task (METHOD.md, "Baselines").
-SPARSITY_DEFAULTS = {"official": 0.4, "update": 1.6e-4}
 
 
 def _resolve_method(method: dict, raw: dict, where: Where, also_merges: tuple[str, ...] = ()) -> None:
@@ -172,16 +175,16 @@ def _resolve_method(method: dict, raw: dict, where: Where, also_merges: tuple[st
         except InputError as exc:
             key, _, rest = str(exc).partition(" ")
             raise where(key, rest) from None
-    if method["orthogonality_weight"] is None:
-        method["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
-    if method["sparsity_weight"] is None:
-        method["sparsity_weight"] = SPARSITY_DEFAULTS[method["sparsity_form"]] if spec.sparsity else 0.0
-    for key, on in (("stability_weight", spec.stability), ("orthogonality_weight", spec.orthogonality),
-                    ("sparsity_weight", spec.sparsity)):
+    from ..methods import TERMS
+
+    for term in TERMS.values():
+        on = spec.term_state(term.name)
+        if method[term.weight] is None:
+            method[term.weight] = term.default(method) if on else 0.0
         if on is False:
-            method[key] = 0.0
-        elif on and method[key] <= 0:
-            raise where(f"method.{key}", f"method {name} needs {key} > 0")
+            method[term.weight] = 0.0
+        elif on and method[term.weight] <= 0:
+            raise where(f"method.{term.weight}", f"method {name} needs {term.weight} > 0")
 
 
 MERGE_OPTION_KEYS = {"merge_density": "density", "merge_scale": "scale"}
@@ -215,23 +218,14 @@ def _check_merge_options(method: dict, raw: dict, merges: tuple[str, ...], where
                                      f"{takers[0]}` on the store)")
 
 
-# InfLoRA's recipes (methods/inflora.py): the language-model one of liangyanshuo/gainlora (threshold 0.995 in every
-# T5 script), the image one of liangyanshuo/InfLoRA (lamb 0.95 in configs/cifar100_inflora.json).
-INFLORA_RECIPES = {True: ("random", 0.995), False: ("inputs", 0.95)}
+def _resolve_hooks(sections: dict, where: Where) -> None:
+    """Settings that depend on the backbone's kind (resolved before this), such as InfLoRA's recipe: every
+    method's hooks resolve their own settings whichever method is chosen, so that a stored form holds the same
+    resolved values under any method (and stores written before keep their form)."""
+    from ..methods import METHODS
 
-
-def _resolve_inflora(sections: dict, where: Where) -> None:
-    """InfLoRA's design and threshold by the backbone's kind (resolved before this)."""
-    method = sections["method"]
-    design, threshold = INFLORA_RECIPES[sections["backbone"]["kind"] in ("causal-lm", "seq2seq-lm")]
-    if method["subspace_design"] == "auto":
-        method["subspace_design"] = design
-    if method["subspace_threshold"] is None:
-        method["subspace_threshold"] = threshold if method["subspace_design"] == design else \
-            INFLORA_RECIPES[design == "inputs"][1]
-    if not method["subspace_threshold"] <= method["subspace_threshold_end"] <= 1:
-        raise where("method.subspace_threshold", f"needs subspace_threshold <= subspace_threshold_end <= 1; got "
-                                                 f"{method['subspace_threshold']} and {method['subspace_threshold_end']}")
+    for hooks in dict.fromkeys(spec.hooks for spec in METHODS.values() if spec.hooks is not None):
+        _at(where, hooks.resolve, sections["method"], sections["backbone"]["kind"])
 
 
 def _resolve_backbone(sections: dict, raw: dict, where: Where) -> None:
@@ -305,7 +299,7 @@ def validate_sequence(raw: Any, file: str, base_dir: Path, lines: dict[str, int]
     _check_sections(sections, where)
     _resolve_method(sections["method"], dict(raw.get("method") or {}), where, also_merges)
     _resolve_backbone(sections, raw, where)
-    _resolve_inflora(sections, where)
+    _resolve_hooks(sections, where)
     seq = Sequence(**top, **{name: cls(**sections[name]) for name, cls in SECTIONS.items()}, tasks=typed_tasks,
                    base_dir=str(Path(base_dir).resolve()))
     _check_modality(seq, where)
@@ -324,24 +318,29 @@ def stored_form(seq: dict) -> dict:
     spec = METHODS.get(method.get("name"))
     derived = {"init"}
     if spec is not None:
+        from ..methods import TERMS
+
         derived |= {key for key in ("merge", "previous") if getattr(spec, key) is not None}
-        derived |= {key for key, on in (("stability_weight", spec.stability), ("orthogonality_weight",
-                                                                               spec.orthogonality),
-                                        ("sparsity_weight", spec.sparsity)) if on is False}
+        derived |= {term.weight for term in TERMS.values() if spec.term_state(term.name) is False}
     defaults = {f.name: _default(f) for f in dataclasses.fields(Method)}  # refilled by validation anyway
     # the weights and scale a null resolved to, for this method and merge, are left out too: another method chosen
     # with --set method.name=... resolves its own
-    defaults |= resolved_defaults(spec, method.get("merge"), method.get("sparsity_form", "official"))
+    defaults |= resolved_defaults(spec, method.get("merge"), {**defaults, **method})
     raw["method"] = {k: v for k, v in method.items() if k not in derived and v != defaults.get(k)}
     return raw
 
 
-def resolved_defaults(spec, merge: str | None, sparsity_form: str = "official") -> dict:
-    """What validation puts in place of a null orthogonality_weight, sparsity_weight and merge_scale."""
+def resolved_defaults(spec, merge: str | None, method: dict) -> dict:
+    """What validation puts in place of a null term weight (for this method) and merge_scale."""
     from ..core.merges import MERGE_SCALE_DEFAULTS
+    from ..methods import TERMS
 
     out = {"merge_scale": MERGE_SCALE_DEFAULTS.get(merge, 1.0)}
     if spec is not None:
-        out["orthogonality_weight"] = ORTHOGONALITY_DEFAULT if spec.orthogonality else 0.0
-        out["sparsity_weight"] = SPARSITY_DEFAULTS[sparsity_form] if spec.sparsity else 0.0
+        for term in TERMS.values():
+            if METHOD_FIELDS[term.weight].default is None:  # a weight whose null means "the method's own"
+                out[term.weight] = term.default(method) if spec.term_state(term.name) else 0.0
     return out
+
+
+METHOD_FIELDS = {f.name: f for f in dataclasses.fields(Method)}

@@ -2,4 +2,4 @@
 
 from .registry import MethodSpec, register
 
-register(MethodSpec("custom", "every setting as given", sparsity=None))
+register(MethodSpec("custom", "every setting as given", any_terms=True))

@@ -2,5 +2,4 @@
 
 from .registry import MethodSpec, register
 
-register(MethodSpec("inc-lora", "a new adapter per task, earlier ones summed", stability=False, orthogonality=False,
-                    merge="sum", previous="sum"))
+register(MethodSpec("inc-lora", "a new adapter per task, earlier ones summed", merge="sum", previous="sum"))

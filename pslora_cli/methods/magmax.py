@@ -20,9 +20,9 @@ SCALE = (Knob("merge_scale", kind="merge", acts_from=0),)
 
 register(
     MethodSpec("magmax", "MagMax: one adapter trained on through the tasks (cumulative task vectors), merged by "
-                         "largest |value| times 0.5", stability=False, orthogonality=False, merge="magmax",
+                         "largest |value| times 0.5", merge="magmax",
                previous="none", init="previous", knobs=SCALE),
     MethodSpec("magmax-ind", "MagMax on independent adapters (each task from W0), merged by largest |value| "
-                             "times 0.5", stability=False, orthogonality=False, merge="magmax", previous="none",
+                             "times 0.5", merge="magmax", previous="none",
                knobs=SCALE),
 )

@@ -4,5 +4,4 @@ that adapter alone and its heads."""
 
 from .registry import MethodSpec, register
 
-register(MethodSpec("multitask", "upper bound: tasks 1..t trained jointly", stability=False, orthogonality=False,
-                    merge="last", previous="none", init="joint"))
+register(MethodSpec("multitask", "upper bound: tasks 1..t trained jointly", merge="last", previous="none", init="joint"))

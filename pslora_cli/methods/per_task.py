@@ -3,5 +3,4 @@ told the task (an upper bound for task-incremental sequences, not a competitor).
 
 from .registry import MethodSpec, register
 
-register(MethodSpec("per-task", "oracle: each task's own adapter on its own task", stability=False,
-                    orthogonality=False, previous="none", own_adapters=True))
+register(MethodSpec("per-task", "oracle: each task's own adapter on its own task", previous="none", own_adapters=True))

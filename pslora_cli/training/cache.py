@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import Sequence, canonical_hash
+from ..methods import active_terms
 from ..store import read_json
 from ..store.files import sha256_file
 
@@ -42,17 +43,15 @@ def training_key(seq: Sequence, i: int, earlier_files: list[dict], data_fingerpr
     m = seq.method
     spec = m.spec
     has_history = bool(earlier_files)
-    method: dict = {"init": spec.init, "input_subspace": spec.input_subspace, "own_adapters": spec.own_adapters}
+    # "input_subspace": whether the method has training hooks (the key's name is kept so older entries still match)
+    method: dict = {"init": spec.init, "input_subspace": spec.hooks is not None, "own_adapters": spec.own_adapters}
     if has_history and m.previous != "none":
         method["fold"] = ("sum",) if m.previous == "sum" or m.merge == "sum" else (m.merge, m.merge_options)
-    if has_history and m.stability_weight > 0:
-        method["stability"] = [m.stability_weight, m.variant, m.alpha_mode, m.alpha, m.reduction]
-    if has_history and (m.orthogonality_weight or 0) > 0:
-        method["orthogonality"] = m.orthogonality_weight
-    if (m.sparsity_weight or 0) > 0:
-        method["sparsity"] = [m.sparsity_weight, m.sparsity_form]
-    if spec.input_subspace:
-        method["subspace"] = [m.subspace_design, m.subspace_threshold, m.subspace_threshold_end, len(seq.tasks)]
+    for term in active_terms(m, has_history):
+        weight = getattr(m, term.weight)
+        method[term.name] = [weight, *(getattr(m, key) for key in term.settings)] if term.settings else weight
+    if spec.hooks is not None:
+        method["hooks"] = spec.hooks.cache_key(m, len(seq.tasks))
     return canonical_hash({
         "backbone": plain["backbone"], "lora": plain["lora"], "scenario": plain["scenario"],
         "training": {k: v for k, v in plain["training"].items() if k not in _NOT_TRAINING},

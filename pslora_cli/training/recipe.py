@@ -1,4 +1,4 @@
-"""One task's training: W = W0 + F_prev + s·B_t·A_t, loss = CE + λ·Σ_m L_PS(s·B_t·A_t, H_m) [+ O-LoRA term].
+"""One task's training: W = W0 + F_prev + s·B_t·A_t, loss = CE + the method's weighted terms (λ·L_PS, ...).
 
 F_prev is the merge (or the sum) of the earlier tasks' updates, folded into the frozen weights; H_m is the sum of
 the earlier updates of module m (METHOD.md §1, §3). The recipe, in order: build the model (backbone, earlier
@@ -83,7 +83,8 @@ class TaskTraining:
     recent: list = field(default_factory=list)
     seconds_before: float = 0.0
     model: nn.Module = None  # the model the runner wraps (unwrapped under DDP)
-    bases: dict | None = None  # InfLoRA: the earlier tasks' input subspace per module
+    previous: list = field(default_factory=list)  # the earlier tasks' AdapterFiles
+    state: dict = field(default_factory=dict)  # what a method's hooks keep between before and after training
 
     @property
     def task_id(self) -> str:
@@ -94,16 +95,32 @@ class TaskTraining:
         return task_seed(self.seq.seed, self.index)
 
     @property
+    def hooks(self):
+        return self.seq.method.spec.hooks
+
+    def batch(self, idx: list[int]):
+        """(model inputs, targets) of training rows `idx` (for a method's hooks, e.g. InfLoRA's input matrices)."""
+        return training_batch(self, idx)
+
+    def task_loss(self, idx: list[int]) -> torch.Tensor:
+        """The task loss (cross-entropy) of training rows `idx` through the model as it is, without the method's
+        terms (for a method's hooks, e.g. EWC's Fisher)."""
+        batch, targets = training_batch(self, idx)
+        with autocast(self.seq.training.precision, self.device)[0]:
+            logits = self.model(batch)
+        return nn.functional.cross_entropy(logits.float(), targets)
+
+    @property
     def slices(self):
         """Multitask: (task id, first row, end row) of each task in the joint head; None otherwise."""
         return getattr(self.data, "task_slices", None)
 
     def trained_tensors(self) -> dict[str, torch.Tensor]:
         """Everything a resumed run must get back exactly: the trained tensors under stable names."""
-        # InfLoRA's frozen A_t is in the state too: a resumed run continues with the A it started with.
-        fixed = self.seq.method.spec.input_subspace
+        # A method's frozen factors (InfLoRA's A_t) are in the state too: a resumed run continues with them.
+        frozen = self.hooks.frozen_parameters(self) if self.hooks else ()
         trained = {f"lora.{name}": p for name, p in self.peft_model.named_parameters()
-                   if p.requires_grad or (fixed and ".lora_A." in name)}
+                   if p.requires_grad or any(part in name for part in frozen)}
         return trained | {f"head.{name}": p for name, p in (self.head.named_parameters() if self.head else ())}
 
 
@@ -132,10 +149,10 @@ def train_task(seq: Sequence, index: int, data, previous_dirs: list[Path], out: 
         if ckpt.path is not None and every and step % every == 0 and step < run.total:
             save_state(run, ckpt, step, started)
     metrics = task_metrics(run, run.seconds_before + time.perf_counter() - started)
-    if run.bases is not None:
-        from .inflora import extend
-
-        metrics["input_subspace_dims"] = extend(run, run.bases, out.folder if out is not None else None)
+    if run.hooks is not None:
+        if out is not None:
+            out.folder.mkdir(parents=True, exist_ok=True)
+        metrics |= run.hooks.after_training(run, out.folder if out is not None else None)
     if out is not None:  # a rank other than 0 has no folder: rank 0 writes the adapter
         save_task(run, out)
     return metrics
@@ -145,18 +162,15 @@ def train_task(seq: Sequence, index: int, data, previous_dirs: list[Path], out: 
 
 def build(seq: Sequence, index: int, data, previous: list[AdapterFile], device: torch.device) -> TaskTraining:
     """Backbone with the earlier tasks folded in, LoRA, head, regularisers, optimiser and schedule."""
-    run = TaskTraining(seq=seq, index=index, data=data, device=device)
+    run = TaskTraining(seq=seq, index=index, data=data, device=device, previous=previous)
     torch.manual_seed(run.seed)
     run.backbone = load_backbone(seq.backbone, device)
     params = target_parameters(run.backbone.model, seq.lora.target_modules)
     history = fold_previous(seq, params, previous, device)
-    prev_factors_a = {}
-    if previous and seq.method.orthogonality_weight > 0:
-        prev_factors_a = {name: [a.factors(name, device)[0].float().flatten(1) for a in previous] for name in params}
     run.peft_model, run.layers = attach_lora(run, params, previous, history)
     if seq.training.gradient_checkpointing:
         enable_gradient_checkpointing(run.backbone.model)
-    run.regulariser = Regulariser(seq.method, run.layers, previous, history, prev_factors_a, device)
+    run.regulariser = Regulariser(seq.method, run.layers, previous, history, device)
     if seq.generative:  # the answer is written as text: no head
         from ..models.lm import AnswerModel
 
@@ -165,10 +179,9 @@ def build(seq: Sequence, index: int, data, previous: list[AdapterFile], device: 
         run.head = make_head(run.backbone.feature_dim, len(data.classes), run.seed).to(device)
         model = TaskModel(run.backbone, run.peft_model, run.head)
     run.model = model
-    if seq.method.spec.input_subspace:
-        from .inflora import design
-
-        run.bases = design(run, previous[-1].dir if previous else None)
+    if run.hooks is not None:
+        run.labels = torch.tensor(data.train_y, dtype=torch.long)  # an encoder's batches index the labels
+        run.hooks.before_training(run)
     # Under torchrun every rank trains its own copy on its shard of each global batch; DDP averages gradients.
     run.runner = model if not distributed.world().active else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -306,8 +319,8 @@ def micro_step(run: TaskTraining, step: int, accumulation: int) -> dict:
         logits = run.runner(batch)
     logits = logits.float()
     task_loss = nn.functional.cross_entropy(logits, targets)
-    ps_loss, orth_loss, sparse_loss = run.regulariser.terms(run.layers, device)
-    regulariser = run.regulariser.weighted(ps_loss, orth_loss, sparse_loss)
+    terms = run.regulariser.terms(run.layers)
+    regulariser = run.regulariser.weighted(terms)
     if not world.active:
         loss = task_loss + regulariser
         loss_value, task_value = loss.item(), task_loss.item()
@@ -322,8 +335,8 @@ def micro_step(run: TaskTraining, step: int, accumulation: int) -> dict:
         raise WorkError(f"task {run.task_id}: loss became non-finite at step {step}; nothing was saved "
                         f"(try a lower training.learning_rate)")
     (loss / accumulation if accumulation > 1 else loss).backward()
-    return {"loss": loss_value, "task_loss": task_value, "stability_loss": ps_loss.item(),
-            "orthogonality_loss": orth_loss.item(), "sparsity_loss": sparse_loss.item(), "train_accuracy": acc}
+    return {"loss": loss_value, "task_loss": task_value,
+            **{f"{name}_loss": value.item() for name, value in terms.items()}, "train_accuracy": acc}
 
 
 def _global_batch_stats(task_loss, logits, labels, n_mine: int, loss, device) -> tuple[float, float, bool]:
@@ -359,8 +372,7 @@ def task_metrics(run: TaskTraining, seconds: float) -> dict:
         "backend": world.backend,  # nccl or gloo under torchrun, None in one plain process
         "precision": "bf16" if autocast(run.seq.training.precision, run.device)[1] else "fp32",
         "threads": torch.get_num_threads(),
-        "alpha_per_module": {k: round(float(v), 6) for k, v in run.regulariser.alphas.items()} or None,
-    }
+    } | run.regulariser.record  # what the loss terms record (the stability loss's tanh scales)
 
 
 def save_task(run: TaskTraining, out: TaskFiles) -> None:

@@ -74,7 +74,7 @@ def test_the_api_regulariser_equals_the_cli_s_in_value_and_gradient_float64(word
     run = build(seq, 2, text_data(seed=3), [AdapterFile(f) for f in earlier], CPU)
     run.peft_model.double()
     cli_params = _set_factors(run.layers, seed=7)
-    cli = _value_and_grads(run.regulariser.weighted(*run.regulariser.terms(run.layers, CPU)), cli_params)
+    cli = _value_and_grads(run.regulariser.weighted(run.regulariser.terms(run.layers)), cli_params)
 
     # the API's: a stock PEFT model, the history folded in and the regulariser built from the same folders
     model = _user_model(word_bert)

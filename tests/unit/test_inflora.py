@@ -13,7 +13,7 @@ import torch
 from pslora_cli.core.subspace import (InputMatrix, design_down_projection, extend_basis, project_out,
                                      random_down_projection, threshold)
 from pslora_cli.errors import InputError
-from pslora_cli.training.inflora import check_linear
+from pslora_cli.methods.inflora import check_linear
 
 
 def test_the_threshold_runs_from_the_first_value_to_the_last_over_the_tasks():

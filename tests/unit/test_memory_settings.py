@@ -192,18 +192,19 @@ def test_the_magnitude_only_form_reads_h_from_its_factors(variant):
 
     history = Counting(dense) if variant != "magnitude-only" else _NoDense(dense)
     with LargestTensor() as probe:
-        reg = Regulariser(Method(variant=variant), layers, earlier, history, {}, CPU)
-        loss = reg.terms(layers, CPU)[0]
+        reg = Regulariser(Method(variant=variant), layers, earlier, history, CPU)
+        loss = reg.terms(layers)["stability"]
         loss.backward()
     if variant == "magnitude-only":
-        assert probe.largest < d_out * d_in and reg.alphas == {}  # nothing d_out x d_in, no α (no tanh term)
-        assert all(h.store == "factors" for h in reg.history.values())
+        # nothing d_out x d_in, no α (no tanh term)
+        assert probe.largest < d_out * d_in and reg.record["alpha_per_module"] is None
+        assert all(h.store == "factors" for h in reg.losses["stability"].prepared.values())
         expected = sum(stability_terms(lora_delta(layers[n].lora_A["default"].weight, layers[n].lora_B["default"].weight,
                                                   2.0), dense[n], alpha=1.0, variant=variant)[1] for n in names) / 2
         torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5, atol=0)
     else:
         assert sorted(reads) == names  # each module's dense H formed once, for α and tanh(αH)
-        assert set(reg.alphas) == set(names)
+        assert set(reg.record["alpha_per_module"]) == set(names)
 
 
 def test_a_ps_lora_task_forms_no_dense_history_and_folds_the_merge_exactly(word_bert, tmp_path, monkeypatch):
@@ -228,7 +229,7 @@ def test_a_ps_lora_task_forms_no_dense_history_and_folds_the_merge_exactly(word_
         m.setattr(magnitude, "from_factors", refuse)
         m.setattr(magnitude, "magnitude_merge_factors", refuse)
         run = build(seq, 2, text_data(seed=3), [AdapterFile(d) for d in previous], CPU)
-    assert {h.store for h in run.regulariser.history.values()} == {"factors"}
+    assert {h.store for h in run.regulariser.losses["stability"].prepared.values()} == {"factors"}
     for name, layer in run.layers.items():
         merged = magnitude_merge([AdapterFile(d).delta(name) for d in previous])
         assert torch.equal(layer.get_base_layer().weight, w0[name] + merged), name

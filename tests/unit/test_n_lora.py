@@ -9,7 +9,8 @@ import torch
 
 from pslora_cli.config import Method
 from pslora_cli.errors import InputError
-from pslora_cli.training.regularisers import Regulariser, sparsity_term
+from pslora_cli.methods.n_lora import sparsity_term
+from pslora_cli.training.regularisers import Regulariser
 
 
 class _Layer:
@@ -49,18 +50,19 @@ def test_the_regulariser_adds_the_weighted_sum_over_modules_from_the_first_task_
     layers = {f"m{i}": _Layer(torch.randn(2, 6, generator=g), torch.randn(6, 2, generator=g), 2.0) for i in range(3)}
     method = Method(name="n-lora", stability_weight=0.0, orthogonality_weight=0.0, sparsity_weight=0.4,
                     merge="sum", previous="sum")
-    reg = Regulariser(method, layers, [], {}, {}, torch.device("cpu"))  # no earlier task: still on
-    ps, orth, sparse = reg.terms(layers, torch.device("cpu"))
+    reg = Regulariser(method, layers, [], {}, torch.device("cpu"))  # no earlier task: still on
+    values = reg.terms(layers)
+    ps, orth, sparse = values["stability"], values["orthogonality"], values["sparsity"]
     expected = sum((l.lora_A["default"].weight @ l.lora_B["default"].weight).abs().sum() for l in layers.values())
     assert ps.item() == 0 and orth.item() == 0 and sparse.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert reg.weighted(ps, orth, sparse).item() == pytest.approx(0.4 * expected.item(), rel=1e-6)
+    assert reg.weighted(values).item() == pytest.approx(0.4 * expected.item(), rel=1e-6)
 
 
 def test_the_official_form_is_refused_on_a_module_of_two_widths():
     layers = {"v_proj": _Layer(torch.zeros(2, 576), torch.zeros(192, 2), 1.0)}  # SmolLM2's v_proj: 576 -> 192
     with pytest.raises(InputError, match=r"method.sparsity_form: .*v_proj maps 576 to 192.*sparsity_form: update"):
-        Regulariser(Method(sparsity_weight=0.4), layers, [], {}, {}, torch.device("cpu"))
-    Regulariser(Method(sparsity_weight=0.4, sparsity_form="update"), layers, [], {}, {}, torch.device("cpu"))
+        Regulariser(Method(sparsity_weight=0.4), layers, [], {}, torch.device("cpu"))
+    Regulariser(Method(sparsity_weight=0.4, sparsity_form="update"), layers, [], {}, torch.device("cpu"))
 
 
 def test_n_lora_validates_with_o_lora_s_protocol_and_its_weight():

@@ -91,7 +91,7 @@ def test_method_presets():
     assert (seq_lora.merge, seq_lora.previous, seq_lora.spec.init) == ("last", "none", "previous")
     assert "method ps-lora uses merge 'magnitude', not 'sum'" in error(GOOD, ["method.merge=sum"])
     assert "needs stability_weight > 0" in error(GOOD, ["method.stability_weight=0"])
-    assert "must be one of" in error(GOOD, ["method.name=ewc"])
+    assert "must be one of" in error(GOOD, ["method.name=no-such-method"])
     custom = parse(GOOD, ["method.name=custom", "method.merge=ties", "method.previous=sum"]).method
     assert custom.merge == "ties" and custom.stability_weight == 1.0
 
@@ -137,7 +137,7 @@ def test_exponent_numbers_read_as_numbers():
 
 
 def test_stability_variants_and_reductions():
-    from pslora_cli.config.schema import LITERAL_VARIANTS, SCALED_VARIANTS
+    from pslora_cli.methods.ps_lora import LITERAL_VARIANTS, SCALED_VARIANTS
     from pslora_cli.core import stability
 
     assert (SCALED_VARIANTS, LITERAL_VARIANTS) == (stability.MODULE_MEAN_VARIANTS, stability.LITERAL_VARIANTS)
