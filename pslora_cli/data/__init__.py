@@ -3,8 +3,10 @@
     validate_source(source, where)                          -> filled source dict (or InputError)
     load_task_data(source, *, seed, base_dir, where)        -> TaskData
 
-``SOURCE_SCHEMAS[type]`` maps each field of a source type to ``(expected python type(s), default)``; the
-default is ``REQUIRED`` for mandatory fields. Source types: see ``pslora_cli.data.text_sources``.
+Each source type is one record in ``SOURCES`` (data/sources.py): its keys (``fields``: key -> (expected python
+type(s), default), the default ``REQUIRED`` for mandatory keys), loader, modality, allowed values, checks and
+prompt; the text sources register in ``text_sources.py`` and ``cl_benchmark.py``, the image ones in
+``image_sources.py``.
 """
 
 from __future__ import annotations
@@ -12,42 +14,24 @@ from __future__ import annotations
 import copy
 import pathlib
 
-from pslora_cli.data._common import ABSENT, REQUIRED, UNKNOWN_LABELS, TaskData, compute_fingerprint
-from pslora_cli.data.tabular import FILE_FORMATS
+from pslora_cli.data._common import ABSENT, REQUIRED, TaskData, compute_fingerprint
+from pslora_cli.data.sources import SOURCES, Source, register_source
 from pslora_cli.data.templates import check_text_template
-from pslora_cli.data.text_sources import (
-    FIXED_CLASSES,
-    LOADERS,
-    SUPERSENSES,
-    TEXT_SCHEMAS,
-    canonical_classes,
-)
 from pslora_cli.errors import InputError
 
-__all__ = ["REQUIRED", "SOURCE_SCHEMAS", "TaskData", "compute_fingerprint", "load_task_data", "prompt_defaults",
-           "source_modality", "validate_source"]
+__all__ = ["REQUIRED", "SOURCES", "Source", "TaskData", "compute_fingerprint", "load_task_data",
+           "prompt_defaults", "register_source", "source_modality", "validate_source"]
 
-SOURCE_SCHEMAS: dict[str, dict[str, tuple[type | tuple, object]]] = dict(TEXT_SCHEMAS)
-# Image sources: pslora_cli.data.image_sources.
-from pslora_cli.data.image_sources import (  # noqa: E402
-    IMAGE_CHOICES,
-    IMAGE_LOADERS,
-    IMAGE_SCHEMAS,
-    check_image_source,
-)
-
-SOURCE_SCHEMAS.update(IMAGE_SCHEMAS)
+# The source modules register their records (data/sources.py) when imported: text, then images.
+from pslora_cli.data import text_sources, image_sources  # noqa: E402,F401,I001
 
 
 def source_modality(source: dict) -> str:
     """"image" or "text": what a (validated) ``data:`` mapping yields, without loading it."""
-    return "image" if source.get("type") in IMAGE_SCHEMAS else "text"
+    return SOURCES[source["type"]].modality if source.get("type") in SOURCES else "text"
 
 
 _NoneType = type(None)
-
-# Extra value checks beyond the python type (key -> allowed values); applied where the key exists.
-_CHOICES = {"pos": ("noun", "verb"), "format": FILE_FORMATS, "unknown_labels": UNKNOWN_LABELS, **IMAGE_CHOICES}
 
 
 def _type_name(types) -> str:
@@ -93,13 +77,13 @@ def validate_source(source: dict, where: str) -> dict:
     """
     if not isinstance(source, dict):
         raise InputError(f"{where}: expected a mapping with a 'type' key, got {_describe(source)}")
-    known_types = ", ".join(SOURCE_SCHEMAS)
+    known_types = ", ".join(SOURCES)
     if "type" not in source:
         raise InputError(f"{where}.type: missing (known types: {known_types})")
     kind = source["type"]
-    if not isinstance(kind, str) or kind not in SOURCE_SCHEMAS:
+    if not isinstance(kind, str) or kind not in SOURCES:
         raise InputError(f"{where}.type: unknown data source type {kind!r} (known types: {known_types})")
-    schema = SOURCE_SCHEMAS[kind]
+    schema = SOURCES[kind].fields
     for key in source:
         if key != "type" and key not in schema:
             raise InputError(f"{where}.{key}: unknown key for data type '{kind}' "
@@ -122,14 +106,16 @@ def validate_source(source: dict, where: str) -> dict:
         out[key] = copy.deepcopy(value)
     if "text_template" in out:
         check_text_template(source, out, where)
-    _check_values(out, kind, where)
-    if kind in IMAGE_SCHEMAS:
-        check_image_source(out, kind, where)
+    _check_values(out, SOURCES[kind], where)
+    if SOURCES[kind].check is not None:
+        SOURCES[kind].check(out, where)
     return out
 
 
-def _check_values(src: dict, kind: str, where: str) -> None:
-    for key, allowed in _CHOICES.items():
+def _check_values(src: dict, record: Source, where: str) -> None:
+    """The checks every source shares, by key (caps, fractions, non-empty names, a list of distinct classes), and
+    the record's allowed values; the record's own check runs after."""
+    for key, allowed in record.choices.items():
         if src.get(key) is not None and src[key] not in allowed:
             raise InputError(f"{where}.{key}: {src[key]!r} is not one of {', '.join(allowed)}")
     for key in ("train_per_class", "test_per_class"):
@@ -147,7 +133,7 @@ def _check_values(src: dict, kind: str, where: str) -> None:
             raise InputError(f"{where}.validation_fraction: give either validation_per_class (drawn from the "
                              f"examples train and test leave unused) or validation_fraction, not both")
     for key in ("path", "train", "test", "text_column", "label_column", "train_split", "test_split", "name",
-                "dataset", "root"):
+                "dataset", "root", "image_column"):
         if isinstance(src.get(key), str) and not src[key].strip():
             raise InputError(f"{where}.{key}: must not be empty")
     classes = src.get("classes")
@@ -155,7 +141,7 @@ def _check_values(src: dict, kind: str, where: str) -> None:
         return
     if not classes:
         raise InputError(f"{where}.classes: must list at least one class")
-    names_only = kind in ("wordnet",) or kind in FIXED_CLASSES
+    names_only = record.names_only
     for i, c in enumerate(classes):
         ok = isinstance(c, str) or (not names_only and isinstance(c, int) and not isinstance(c, bool))
         if not ok:
@@ -167,11 +153,6 @@ def _check_values(src: dict, kind: str, where: str) -> None:
         if key in seen:
             raise InputError(f"{where}.classes: class {c!r} is listed twice")
         seen.add(key)
-    if kind == "wordnet":
-        canonical_classes(classes, list(SUPERSENSES[src["pos"]]), where, f"WordNet {src['pos']} supersense")
-    elif kind in FIXED_CLASSES:
-        what = {"rotten_tomatoes": "Rotten Tomatoes class", "convention_speeches": "convention party"}[kind]
-        canonical_classes(classes, FIXED_CLASSES[kind], where, what)
 
 
 def load_task_data(source: dict, *, seed: int, base_dir: pathlib.Path, where: str) -> TaskData:
@@ -182,8 +163,7 @@ def load_task_data(source: dict, *, seed: int, base_dir: pathlib.Path, where: st
     the per-class caps and the order; ``where`` prefixes error messages (e.g. ``"task t2: data"``).
     """
     filled = validate_source(source, where)
-    loader = IMAGE_LOADERS.get(filled["type"]) or LOADERS[filled["type"]]
-    return loader(filled, seed=int(seed), base_dir=pathlib.Path(base_dir), where=where)
+    return SOURCES[filled["type"]].load(filled, seed=int(seed), base_dir=pathlib.Path(base_dir), where=where)
 
 
 def prompt_defaults(source: dict, *, base_dir: pathlib.Path, where: str) -> dict | None:
@@ -191,11 +171,8 @@ def prompt_defaults(source: dict, *, base_dir: pathlib.Path, where: str) -> dict
     dataset), found without loading the data: for `predict` and `export`, which build prompts from the store. The
     loader attaches the same to its TaskData (``prompt_defaults``), which `prompts.prompted` reads."""
     filled = validate_source(source, where)
-    if filled["type"] != "cl-benchmark":
-        return None
-    from pslora_cli.data.cl_benchmark import prompt_defaults as cl_benchmark_prompt
-
-    return cl_benchmark_prompt(filled, pathlib.Path(base_dir), where)
+    prompt = SOURCES[filled["type"]].prompt
+    return prompt(filled, pathlib.Path(base_dir), where) if prompt is not None else None
 
 
 def joint_task_data(parts: list[TaskData], task_ids: list[str]) -> TaskData:

@@ -41,6 +41,7 @@ import pathlib
 from pslora_cli.data._common import (
     CAPS_OPTIONAL,
     REQUIRED,
+    UNKNOWN_LABELS,
     UNKNOWN_LABELS_FIELD,
     VALIDATION_FRACTION_FIELD,
     VALIDATION_PER_CLASS_FIELD,
@@ -52,6 +53,7 @@ from pslora_cli.data._common import (
     rngs,
     short_list,
 )
+from pslora_cli.data.sources import Source, register_source
 from pslora_cli.errors import InputError
 
 ENV = "PSLORA_CL_BENCHMARK"
@@ -351,3 +353,8 @@ def prompt_defaults(source: dict, base_dir: pathlib.Path, where: str) -> dict:
                              f"is not here to say its type: set {ENV} (or root) to the folder that holds CL_Benchmark/")
         task_type = DATASET_TYPES[name]
     return _prompt_defaults(None, task_type, name, where)
+
+
+register_source(Source(SOURCE_TYPE, "O-LoRA's CL_Benchmark folder (`root:` or `$PSLORA_CL_BENCHMARK`): a dataset's "
+                       "texts, label texts and O-LoRA's prompt; no test file: a seeded disjoint split", SCHEMA,
+                       load_cl_benchmark, choices={"unknown_labels": UNKNOWN_LABELS}, prompt=prompt_defaults))

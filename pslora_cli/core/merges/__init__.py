@@ -55,7 +55,8 @@ class MergeInfo:
         return tuple(p.name for p in self.parameters)
 
     def load(self) -> ModuleType:
-        return importlib.import_module(f"{__name__}.{self.module}")
+        """The merge's module: one of this package's by its short name, or a plug-in's by its full dotted name."""
+        return importlib.import_module(self.module if "." in self.module else f"{__name__}.{self.module}")
 
 
 MERGES: dict[str, MergeInfo] = {m.name: m for m in (
@@ -70,6 +71,19 @@ MERGES: dict[str, MergeInfo] = {m.name: m for m in (
 )}
 # method.merge_scale where the sequence gives none: each merge's own (MagMax's official 0.5), from its declaration.
 MERGE_SCALE_DEFAULTS = {m.name: p.default for m in MERGES.values() for p in m.parameters if p.name == "scale"}
+
+
+def register_merge(info: MergeInfo) -> None:
+    """Add a merge (a plug-in's, docs/plugins.md): its module by full dotted name, its options among density and
+    scale (the settings method.merge_density and method.merge_scale give them)."""
+    if info.name in MERGES:
+        raise ValueError(f"merge {info.name!r} is registered twice")
+    unknown = [p.name for p in info.parameters if p.setting not in ("merge_density", "merge_scale")]
+    if unknown:
+        raise ValueError(f"merge {info.name!r}: option {unknown[0]!r} has no method setting (merge_density or "
+                         f"merge_scale)")
+    MERGES[info.name] = info
+    MERGE_SCALE_DEFAULTS.update({info.name: p.default for p in info.parameters if p.name == "scale"})
 DEFAULT_MERGE = "magnitude"
 
 
