@@ -79,7 +79,7 @@ def _open_history(history: History) -> list:
 def _method(*, stability_weight: float = 1.0, variant: str = "magnitude-only", alpha_mode: str = "adaptive",
             alpha: float = 2.0, reduction: str = "mean", merge: str = "magnitude", previous: str = "merge",
             density: float = 0.2, scale: float | None = None):
-    """The pslora Method these options describe (PS-LoRA's stability loss alone: no O-LoRA or N-LoRA term)."""
+    """The pslora Method these options describe (PS-LoRA's stability loss alone: every other term off)."""
     from .config import Method
     from .core.merges import MERGES
 
@@ -104,9 +104,12 @@ def _method(*, stability_weight: float = 1.0, variant: str = "magnitude-only", a
         raise ValueError(f"previous: {previous!r} is not merge, sum or none")
     if not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise ValueError(f"density: {density!r} must be in (0, 1]")
+    from .methods import TERMS
+
+    off = {term.weight: 0.0 for name, term in TERMS.items() if name != "stability"}  # every other method's term
     return Method(stability_weight=stability_weight, variant=variant, alpha_mode=alpha_mode, alpha=alpha,
-                  reduction=reduction, orthogonality_weight=0.0, sparsity_weight=0.0, merge=merge,
-                  merge_density=density, merge_scale=scale, previous=previous)
+                  reduction=reduction, merge=merge, merge_density=density, merge_scale=scale, previous=previous,
+                  **off)
 
 
 def _layers(model: nn.Module) -> dict:
