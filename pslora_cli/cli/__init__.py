@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        from ..methods import check_plugins
+
+        check_plugins()
         if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1") and argv and argv[0] not in DISTRIBUTED:
             raise InputError(f"`pslora {argv[0]}` runs in one process; under torchrun only "
                              f"{', '.join(DISTRIBUTED)} are supported")

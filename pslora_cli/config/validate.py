@@ -145,8 +145,9 @@ def _resolve_method(method: dict, raw: dict, where: Where, also_merges: tuple[st
     """Apply the method's fixed settings (methods registry) and check the merge against the merge registry
     (also_merges: merges a command runs besides the sequence's, whose options may be set too)."""
     from ..core.merges import DEFAULT_MERGE, MERGE_SCALE_DEFAULTS, MERGES
-    from ..methods import METHODS
+    from ..methods import METHODS, check_plugins
 
+    check_plugins()
     name = method["name"]
     if name not in METHODS:
         raise where("method.name", f"must be one of {', '.join(METHODS)}; got {name!r}")

@@ -31,12 +31,24 @@ def _load_package() -> None:
         importlib.import_module(f"{__name__}.{name}")
 
 
+PLUGIN_ERRORS: list[str] = []  # raised by check_plugins (the CLI's first step, and validation), not at import
+
+
 def _load_plugins() -> None:
     for name in filter(None, (part.strip() for part in os.environ.get(PLUGINS_ENV, "").split(","))):
         try:
             importlib.import_module(name)
-        except ImportError as exc:
-            raise ImportError(f"{PLUGINS_ENV}: cannot import the plug-in module {name!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - reported as one line by check_plugins
+            PLUGIN_ERRORS.append(f"{PLUGINS_ENV}: cannot import the plug-in module {name!r}: "
+                                 f"{type(exc).__name__}: {exc}")
+
+
+def check_plugins() -> None:
+    """An InputError naming the first plug-in that could not be imported."""
+    if PLUGIN_ERRORS:
+        from ..errors import InputError
+
+        raise InputError(PLUGIN_ERRORS[0])
 
 
 _load_package()

@@ -80,5 +80,5 @@ def test_a_toy_method_in_its_own_module_runs_through_pslora_run(tiny_bert, tmp_p
     assert json.loads(done.stdout)["merge"]["method"] == "sum"
 
     missing = _run(["--help"], tmp_path, plugins="no_such_plugin")
-    assert missing.returncode != 0 and "PSLORA_PLUGINS: cannot import the plug-in module 'no_such_plugin'" in \
-        missing.stderr
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and \
+        "PSLORA_PLUGINS: cannot import the plug-in module 'no_such_plugin'" in missing.stderr
