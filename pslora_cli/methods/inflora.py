@@ -119,6 +119,7 @@ def input_matrices(run) -> dict:
 class InfLoRAHooks(Hooks):
     """A_t designed before training and frozen; the input subspace extended after it, kept in the task folder."""
     settings = SETTINGS
+    key_name = "subspace"
 
     def resolve(self, method: dict, backbone_kind: str) -> None:
         design, threshold = RECIPES[backbone_kind in ("causal-lm", "seq2seq-lm")]

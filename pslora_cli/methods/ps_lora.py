@@ -89,7 +89,9 @@ def _prepare(method, name: str, inputs, alphas: dict):
     return PreparedHistory(dense, alpha=alphas[name], variant=method.variant, factors=factors)
 
 
-register_term(Term("stability", "ps", "stability_weight", _make, settings=SETTINGS[1:],
+# settings in the order the task cache's key has always listed them (a reordering would miss every cached entry)
+register_term(Term("stability", "ps", "stability_weight", _make,
+                   settings=("variant", "alpha_mode", "alpha", "reduction"),
                    default=lambda method: 1.0, validate=_validate))
 
 STABILITY = Knob("stability_weight")

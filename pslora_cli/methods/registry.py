@@ -122,6 +122,7 @@ class Hooks:
     peft_model, model, previous (the earlier AdapterFiles) and batch(idx), the model inputs and targets of
     training rows. `settings`: the method's own settings these read (idle under another method)."""
     settings: tuple[str, ...] = ()
+    key_name: str = "hooks"  # the name of its part of the task cache's key
 
     def resolve(self, method: dict, backbone_kind: str) -> None:
         """Fill settings that depend on the backbone's kind (in the validated section, a dict); InputError

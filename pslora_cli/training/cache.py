@@ -51,7 +51,7 @@ def training_key(seq: Sequence, i: int, earlier_files: list[dict], data_fingerpr
         weight = getattr(m, term.weight)
         method[term.name] = [weight, *(getattr(m, key) for key in term.settings)] if term.settings else weight
     if spec.hooks is not None:
-        method["hooks"] = spec.hooks.cache_key(m, len(seq.tasks))
+        method[spec.hooks.key_name] = spec.hooks.cache_key(m, len(seq.tasks))
     return canonical_hash({
         "backbone": plain["backbone"], "lora": plain["lora"], "scenario": plain["scenario"],
         "training": {k: v for k, v in plain["training"].items() if k not in _NOT_TRAINING},

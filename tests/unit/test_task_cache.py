@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from conftest import run_cli
@@ -110,3 +111,33 @@ def test_a_compare_grid_shares_its_task_cache_and_reports_the_choices(word_bert,
     assert runs["ps-lora"]["selection"]["t2"]["values"]["stability_weight"] in (10.0, 5.0)
     assert runs["inc-lora"]["selection"] is None
     assert cache.ENV not in __import__("os").environ  # the grid's cache is the grid's only
+
+
+KEY_SEQUENCE = """
+name: k
+scenario: task-incremental
+backbone: {source: builtin, name: smollm2-135m-instruct}
+training: {steps: 5}
+tasks:
+  - {id: a, data: {type: wordnet, classes: [animal, food]}}
+  - {id: b, data: {type: wordnet, classes: [person, plant]}}
+"""
+# The keys of a second task as the cache computed them before methods became plug-ins (c7346dd): a restructuring
+# that changes a key silently retrains everything a cache holds.
+PINNED_KEYS = {
+    "ps-lora": "1ca3a3494ed661554d06777a19fc465f9e0ab94f39f84c97df14d6b5c5567ca3",
+    "o-lora": "23b432d43f63954bce60a47f0c4c4637a83389429c3849e814d66839a83edfb4",
+    "n-lora": "f56ecde8d3e8e55b85311aaa590a80a6edae458adc1f1c034517f68bae4ca616",
+    "inflora": "fd9dec04457552d4ec9999a0602f4e0e8080344a07b36e3c56223e92544a6f5e",
+    "ps-lora+o-lora": "e6372a92082d9b2c8ce0f0d746c0caee875025787db4968e0b58bbdaafa8a4c1",
+}
+
+
+@pytest.mark.parametrize("method", sorted(PINNED_KEYS))
+def test_a_task_s_cache_key_is_the_one_older_versions_computed(method):
+    from pslora_cli.config import sequence_from_text
+    from pslora_cli.training.cache import training_key
+
+    extra = ["method.sparsity_form=update"] if method == "n-lora" else []
+    seq = sequence_from_text(KEY_SEQUENCE, "k.yaml", ".", overrides=[f"method.name={method}", *extra])
+    assert training_key(seq, 1, [{"adapter_model.safetensors": "0" * 64}], "f" * 64) == PINNED_KEYS[method]
