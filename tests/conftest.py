@@ -186,6 +186,12 @@ def write_sequence(tmp_path):
     return write
 
 
+def generated_block(doc: Path, begin: str, end: str) -> str:
+    """The part of a document between a generated block's markers, both included."""
+    text = doc.read_text(encoding="utf-8")
+    return text[text.index(begin):text.index(end) + len(end)]
+
+
 def run_cli(capsys, *args) -> tuple[int, dict | None, str]:
     """Run `pslora ARGS` in-process: (exit code, the JSON document on stdout if any, stderr)."""
     from pslora_cli.cli import main

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..registries import register_into
+
 
 @dataclass(frozen=True)
 class Knob:
@@ -108,9 +110,7 @@ TERMS: dict[str, Term] = {}
 
 
 def register_term(term: Term) -> Term:
-    if term.name in TERMS:
-        raise ValueError(f"loss term {term.name!r} is registered twice")
-    TERMS[term.name] = term
+    register_into(TERMS, [term], "loss term")
     return term
 
 
@@ -191,10 +191,7 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register(*specs: MethodSpec) -> None:
-    for spec in specs:
-        if spec.name in METHODS:
-            raise ValueError(f"method {spec.name!r} is registered twice")
-        METHODS[spec.name] = spec
+    register_into(METHODS, specs, "method")
 
 
 def get_method(name: str) -> MethodSpec:

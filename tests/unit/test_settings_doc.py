@@ -4,6 +4,7 @@ every setting has its help text."""
 import dataclasses
 from pathlib import Path
 
+from conftest import generated_block
 from pslora_cli.config.docs import BEGIN, END, readme_block
 from pslora_cli.config.schema import SECTIONS, Sequence, Task
 
@@ -11,9 +12,8 @@ README = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 def test_the_readme_settings_table_is_the_generated_one():
-    text = README.read_text(encoding="utf-8")
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    assert text[start:end] == readme_block(), "run: python -m pslora_cli.config.docs, and paste it into docs/settings.md"
+    assert generated_block(README, BEGIN, END) == readme_block(), \
+        "run: python -m pslora_cli.config.docs, and paste it into docs/settings.md"
 
 
 def test_every_setting_has_help_text():

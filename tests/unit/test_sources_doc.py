@@ -3,6 +3,7 @@ they drift, and every record has its summary, keys and loader."""
 
 from pathlib import Path
 
+from conftest import generated_block
 from pslora_cli.data import SOURCES
 from pslora_cli.data.sources import BEGIN, END, sources_block
 
@@ -10,9 +11,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "sequences.md"
 
 
 def test_the_documented_list_of_sources_is_the_generated_one():
-    text = DOC.read_text(encoding="utf-8")
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    assert text[start:end] == sources_block(), "run: python -m pslora_cli.data, and paste it into docs/sequences.md"
+    assert generated_block(DOC, BEGIN, END) == sources_block(), \
+        "run: python -m pslora_cli.data, and paste it into docs/sequences.md"
 
 
 def test_every_source_is_one_whole_record():

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from types import ModuleType
 
+from ...registries import register_into
+
 
 @dataclass(frozen=True)
 class MergeOption:
@@ -76,13 +78,11 @@ MERGE_SCALE_DEFAULTS = {m.name: p.default for m in MERGES.values() for p in m.pa
 def register_merge(info: MergeInfo) -> None:
     """Add a merge (a plug-in's, docs/plugins.md): its module by full dotted name, its options among density and
     scale (the settings method.merge_density and method.merge_scale give them)."""
-    if info.name in MERGES:
-        raise ValueError(f"merge {info.name!r} is registered twice")
     unknown = [p.name for p in info.parameters if p.setting not in ("merge_density", "merge_scale")]
     if unknown:
         raise ValueError(f"merge {info.name!r}: option {unknown[0]!r} has no method setting (merge_density or "
                          f"merge_scale)")
-    MERGES[info.name] = info
+    register_into(MERGES, [info], "merge")
     MERGE_SCALE_DEFAULTS.update({info.name: p.default for p in info.parameters if p.name == "scale"})
 DEFAULT_MERGE = "magnitude"
 
