@@ -79,7 +79,6 @@ class EWCHooks(Hooks):
     settings = ("ewc_decay",)
 
     def after_training(self, run, folder) -> dict:
-        import torch
         from safetensors.torch import save_file
 
         fisher = empirical_fisher(run)

@@ -91,8 +91,7 @@ def _prepare(method, name: str, inputs, alphas: dict):
 
 # settings in the order the task cache's key has always listed them (a reordering would miss every cached entry)
 register_term(Term("stability", "ps", "stability_weight", _make,
-                   settings=("variant", "alpha_mode", "alpha", "reduction"),
-                   default=lambda method: 1.0, validate=_validate))
+                   settings=("variant", "alpha_mode", "alpha", "reduction"), validate=_validate))
 
 STABILITY = Knob("stability_weight")
 
