@@ -37,8 +37,11 @@ def adapter_sha(store, task) -> str:
 
 def test_a_second_store_reuses_the_identical_first_task_bitwise(word_bert, tmp_path, capsys, monkeypatch):
     path = sequence_file(tmp_path, word_bert)
-    code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / "fresh", "--set", "method.name=inc-lora")
-    assert code == 0, err
+    for method, store in (("inc-lora", "fresh"), ("per-task", "fresh-per-task")):
+        code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / store, "--set", f"method.name={method}")
+        assert code == 0, err
+    # what lets per-task share inc-lora's first training: trained apart, they are bitwise the same
+    assert adapter_sha(tmp_path / "fresh-per-task", "t1") == adapter_sha(tmp_path / "fresh", "t1")
     monkeypatch.setenv(cache.ENV, str(tmp_path / "task-cache"))
     for method in ("ps-lora", "inc-lora", "o-lora"):
         code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / method, "--set", f"method.name={method}")
@@ -76,6 +79,11 @@ def test_the_key_holds_what_acts_and_only_that(word_bert, tmp_path):
     assert key(0, "method.name=inc-lora") == key(0, "method.name=inc-lora", "training.checkpoint_every=7")
     assert key(0, "method.name=inc-lora") != key(0, "method.name=n-lora", "method.sparsity_form=update")
     assert key(0, "method.name=inc-lora") != key(0, "method.name=seq-lora")  # continues the previous adapter
+    # scoring each task with its own adapter does not act on the training: per-task trains what magmax-ind does,
+    # and its first task is inc-lora's
+    assert key(0, "method.name=per-task") == key(0, "method.name=inc-lora")
+    assert key(1, "method.name=per-task") == key(1, "method.name=magmax-ind")
+    assert key(1, "method.name=per-task") != key(1, "method.name=inc-lora")  # inc-lora folds the history in
     assert key(1, "method.name=inc-lora", earlier=[{"a": "1"}]) != key(1, "method.name=inc-lora",
                                                                        earlier=[{"a": "2"}])
 
