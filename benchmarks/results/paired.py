@@ -4,6 +4,11 @@ freedom; with 2 seeds the interval is wide by construction). Stores are paired b
 manifests: orders are different sequences, and two stores of one side with the same sequence and seed are an error
 (one would silently replace the other).
 
+Where both stores of a pair kept their last row's per-prompt record (matrix.json's "hits"; `pslora eval` adds it to
+a store scored before), a second ACC row per pair gives the difference over the same test prompts, with its 95 %
+normal interval and the prompts only one side got right: it measures the test set's sampling, not another seed's
+training.
+
     .venv/bin/python benchmarks/results/paired.py --a STORE [STORE ...] --b STORE [STORE ...] [--names A,B]
         [--split test|validation]           (the matrix `pslora eval --split` wrote; default test)
         [--b-recorded [SEQUENCE:]SEED=ACC,BWT ...]  (a result recorded in RESULTS.md whose store is gone, in %;
@@ -19,14 +24,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from pslora_cli.core.metrics import paired_interval  # noqa: E402
+from pslora_cli.core.metrics import paired_interval, prompt_paired_interval  # noqa: E402
 
 
 def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
+    """(sequence, seed) and the primary metrics, with "hits": the last row's per-prompt records (None if any is
+    missing)."""
     sequence = json.loads((store / "manifest.json").read_text())["sequence"]
     folder = store / "eval" if split == "test" else store / "eval" / split
     doc = json.loads((folder / "matrix.json").read_text())
-    return (sequence["name"], sequence["seed"]), doc["metrics"]["primary"]
+    last = ((doc.get("hits") or {}).get(doc.get("primary")) or [None])[-1] or [None]
+    return (sequence["name"], sequence["seed"]), {**doc["metrics"]["primary"], "hits": None if None in last else last}
 
 
 def recorded(text: str) -> tuple[tuple[str, int], dict]:
@@ -96,6 +104,14 @@ def main() -> int:
         per_seed = ", ".join(f"{100 * x:.1f} vs {100 * y:.1f}" for x, y in zip(va, vb))
         print(f"| {label} | {name_a} − {name_b} | seeds {keys} | {summary(va)} | {summary(vb)} | "
               f"{interval([x - y for x, y in zip(va, vb)])} | {per_seed} |")
+    for (seq, seed), x, y in matched:
+        if x.get("hits") and y.get("hits"):
+            d = prompt_paired_interval(x["hits"], y["hits"])
+            if d["mean"] is None:  # a task of one prompt
+                continue
+            print(f"| ACC, per prompt | {name_a} − {name_b} | {seq}:{seed} | {100 * x['acc']:.1f} | "
+                  f"{100 * y['acc']:.1f} | {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
+                  f"{d['n']} prompts: only {name_a} right {d['a_only']}, only {name_b} right {d['b_only']} |")
     return 0
 
 

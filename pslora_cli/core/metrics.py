@@ -179,3 +179,31 @@ def paired_interval(differences: Sequence[float]) -> dict[str, float | int | Non
     t = _T975[max(k for k in _T975 if k <= df)]
     half = t * std / math.sqrt(len(diffs))
     return {"n": len(diffs), "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def prompt_paired_interval(hits_a: Sequence[str], hits_b: Sequence[str]) -> dict[str, float | int | None]:
+    """ACC of A minus ACC of B from the per-prompt records of their last rows (one "0"/"1" string per task, both
+    stores scoring the same prompts in the same order), with a two-sided 95 % normal interval.
+
+    ACC weights tasks equally, so the difference is mean_i d_i with d_i task i's mean of a_ij − b_ij, and its
+    variance sum_i s_i² / n_i / T², s_i² the sample variance of a_ij − b_ij over task i's n_i prompts. It measures
+    how much the test prompts alone could move the difference between these two trained models: it says nothing
+    of another seed's training. a_only / b_only count the prompts only A / only B got right (McNemar's discordant
+    pairs). The interval is None where a task has fewer than two prompts."""
+    if len(hits_a) != len(hits_b) or not hits_a:
+        raise ValueError(f"per-prompt records of {len(hits_a)} and {len(hits_b)} tasks: expected the same, at least 1")
+    diffs = []
+    for i, (a, b) in enumerate(zip(hits_a, hits_b)):
+        if len(a) != len(b) or set(a + b) - {"0", "1"}:
+            raise ValueError(f"task {i + 1}: per-prompt records of {len(a)} and {len(b)} prompts, or not 0/1")
+        diffs.append([int(x) - int(y) for x, y in zip(a, b)])
+    out = {"n": sum(map(len, diffs)), "mean": None, "low": None, "high": None,
+           "a_only": sum(d.count(1) for d in diffs), "b_only": sum(d.count(-1) for d in diffs)}
+    if min(map(len, diffs)) < 2:
+        return out
+    means = [_mean(d) for d in diffs]
+    variance = math.fsum(math.fsum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d) for d, m in zip(diffs, means))
+    half = 1.959964 * math.sqrt(variance) / len(diffs)
+    out["mean"] = _mean(means)
+    out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    return out

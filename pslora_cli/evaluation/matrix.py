@@ -7,6 +7,11 @@ Two matrices are kept:
   row 0 and for tasks not yet seen.
 The primary matrix is task_agnostic for class-incremental sequences and task_aware for task-incremental. Cells are
 recomputed only when the adapters or heads they depend on change (each row and column carries a key).
+
+Beside each cell, under "hits", the cell's per-prompt record: one character per example of the split, in its order,
+"1" right and "0" wrong. Two stores of one sequence and seed score the same examples in the same order, so their
+last rows give paired per-prompt differences (core.metrics.prompt_paired_interval). The last row of a matrix scored
+before hits were recorded is scored again to get them; the other rows keep their cells.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ def empty_doc(seq: Sequence, split: str = "test") -> dict:
             "scorer_detail": scorer_detail(seq) if seq.generative else seq.scorer,
             "primary": "task_agnostic" if ci else "task_aware",
             "task_aware": grid(), "task_agnostic": grid() if ci else None,
+            "hits": {"task_aware": grid(), "task_agnostic": grid() if ci else None},
             "sample_counts": [None] * n, "row_keys": [None] * (n + 1), "col_keys": [None] * n}
 
 
@@ -119,12 +125,14 @@ def load_doc(seq: Sequence, store: Store, split: str = "test") -> dict:
             or doc.get("scorer", "heads") != fresh["scorer"]:
         return fresh
     doc["scorer"], doc["scorer_detail"], doc["split"] = fresh["scorer"], fresh["scorer_detail"], split
+    if not isinstance(doc.get("hits"), dict):  # scored before per-prompt hits were kept
+        doc["hits"] = fresh["hits"]
     return doc
 
 
 def _drop_stale(doc: dict, row_keys: list[str], col_keys: list[str]) -> None:
     """Clear the rows and columns whose key changed (their adapters, heads or data are not those scored)."""
-    grids = [doc[name] for name in GRIDS.values() if doc[name] is not None]
+    grids = [g for name in GRIDS.values() for g in (doc[name], doc["hits"][name]) if g is not None]
     for t, key in enumerate(row_keys):
         if doc["row_keys"][t] != key:
             for grid in grids:
@@ -158,8 +166,9 @@ def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
                                  f"data.validation_fraction, or a train_per_class cap, has them")
     _drop_stale(doc, *matrix_keys(seq, store, k, split, load_data))
     todo: dict[int, list[tuple[int, str]]] = {}
+    recorded = not distributed.world().active  # under torchrun each rank scores a shard: no per-prompt record
     for t, i, kind in needed_cells(k, doc["task_agnostic"] is not None):
-        if doc[GRIDS[kind]][t][i] is None:
+        if doc[GRIDS[kind]][t][i] is None or (recorded and t == k and doc["hits"][GRIDS[kind]][t][i] is None):
             todo.setdefault(t, []).append((i, kind))
     if todo:
         if split == "test":  # the validation split's data was checked above, before its keys read it
@@ -171,6 +180,7 @@ def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
                          f"on {len({i for i, _ in todo[t]})} task(s)")
             for (i, kind), acc in evaluator.stage(t, todo[t]).items():
                 doc[GRIDS[kind]][t][i] = round(acc, 6)
+                doc["hits"][GRIDS[kind]][t][i] = evaluator.hits.get((t, i, kind)) if recorded else None
         for i in range(k):
             doc["sample_counts"][i] = len(load_data(i).split(split)[1])
     doc["metrics"] = matrix_metrics(doc, k)

@@ -39,6 +39,10 @@ class Evaluator:
         self.folder = WeightFolder(target_parameters(self.backbone.model, seq.lora.target_modules))
         self.load_data = load_data
         self._heads: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # (stage, task index, kind) -> each test prompt right ("1") or wrong ("0"), in the split's order, from the
+        # last scoring of that cell: what paired per-prompt differences between two stores are computed from
+        # (not under torchrun, where each rank holds only its shard)
+        self.hits: dict[tuple[int, int, str], str] = {}
 
     def head(self, i: int, t: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Task i's head at stage t: its own, or for a method that trains jointly (one joint head per stage) stage
@@ -124,20 +128,26 @@ class Evaluator:
         """Accuracy of W0 + `updates` with stage t's heads on the (task index, kind) cells."""
         self.folder.fold(updates)
         if self.seq.generative:
-            return {(i, kind): _accuracy(self.answer_hits(i)) for i, kind in cells}
+            return {(i, kind): self._record(t, i, kind, self.answer_hits(i)) for i, kind in cells}
         results = {}
         for i in sorted({i for i, _ in cells}):
             feats, labels = self.features(i)
             kinds = {kind for j, kind in cells if j == i}
             if "aware" in kinds:
                 w, b = self.head(i, t)
-                results[(i, "aware")] = _accuracy((feats @ w.T + b).argmax(-1).eq(labels))
+                results[(i, "aware")] = self._record(t, i, "aware", (feats @ w.T + b).argmax(-1).eq(labels))
             if "agnostic" in kinds:
                 heads = [self.head(j, t) for j in range(t)]
                 logits = torch.cat([feats @ w.T + b for w, b in heads], dim=1)
                 offset = sum(w.shape[0] for w, _ in heads[:i])
-                results[(i, "agnostic")] = _accuracy(logits.argmax(-1).eq(labels + offset))
+                results[(i, "agnostic")] = self._record(t, i, "agnostic", logits.argmax(-1).eq(labels + offset))
         return results
+
+    def _record(self, t: int, i: int, kind: str, hits: torch.Tensor) -> float:
+        """The cell's accuracy; its per-prompt hits are kept in self.hits."""
+        if not distributed.world().active:
+            self.hits[(t, i, kind)] = "".join("1" if h else "0" for h in hits.tolist())
+        return _accuracy(hits)
 
 
 def _accuracy(hits: torch.Tensor) -> float:

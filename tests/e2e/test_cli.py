@@ -263,3 +263,46 @@ def test_eval_prints_why_fwt_is_null_with_heads(finished_store, capsys):
     assert main(["eval", "--store", str(store), "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "FWT is null where tasks are scored with heads" in out and "R[i-1][i] > R[0][i]" in out  # not eaten as markup
+
+
+def test_the_matrix_keeps_each_cell_s_per_prompt_record(finished_store, capsys):
+    _, store = finished_store
+    doc = json.loads((store / "eval" / "matrix.json").read_text())
+    cells = 0
+    for name in ("task_aware", "task_agnostic"):
+        for t, row in enumerate(doc[name]):
+            for i, value in enumerate(row):
+                hits = doc["hits"][name][t][i]
+                assert (value is None) == (hits is None), (name, t, i)
+                if hits is not None:
+                    cells += 1
+                    assert len(hits) == doc["sample_counts"][i] and set(hits) <= {"0", "1"}
+                    assert hits.count("1") / len(hits) == pytest.approx(value, abs=1e-6)
+    # task-aware: the base row, then each stage's seen tasks and the next; task-agnostic: each stage's seen tasks
+    assert cells == 3 + (2 + 3 + 3) + (1 + 2 + 3)
+
+
+def test_a_matrix_scored_before_hits_were_kept_scores_its_last_row_again(finished_store, capsys, tmp_path,
+                                                                        monkeypatch):
+    import shutil
+
+    from pslora_cli.evaluation.scoring import Evaluator
+
+    _, original = finished_store
+    store = tmp_path / "store"
+    shutil.copytree(original, store)
+    path = store / "eval" / "matrix.json"
+    before = json.loads(path.read_text())
+    old = {k: v for k, v in before.items() if k != "hits"}
+    path.write_text(json.dumps(old))
+    scored = []
+    stage = Evaluator.stage
+    monkeypatch.setattr(Evaluator, "stage", lambda self, t, cells, **kw: scored.append(t) or stage(self, t, cells,
+                                                                                                   **kw))
+    code, doc, err = run_cli(capsys, "eval", "--store", store, "--json", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    assert scored == [3]  # only the last row, and only once
+    after = json.loads(path.read_text())
+    assert after["hits"]["task_agnostic"][3] == before["hits"]["task_agnostic"][3]
+    assert after["hits"]["task_aware"][2] == [None, None, None]  # earlier rows keep their cells, without records
+    assert after["task_aware"] == before["task_aware"] and after["task_agnostic"] == before["task_agnostic"]

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pslora_cli.core.metrics import METRIC_DOCS, cl_metrics, paired_interval
+from pslora_cli.core.metrics import METRIC_DOCS, cl_metrics, paired_interval, prompt_paired_interval
 
 # R[t][i] = matrix[t][i-1]; row 0 = base model
 M3 = [
@@ -180,3 +180,34 @@ def test_forgetting_is_the_drop_from_the_best_stage_since_the_task_was_learned_a
     assert "max_{j≤l<T}" in method and "max_{1≤l<T}" not in method
     assert "max_{j<=l<T}" in METRICS_HELP.replace("\n", " ") and "1<=l<T" not in METRICS_HELP
     assert "max_{j<=l<T}" in METRIC_DOCS["forgetting"]
+
+
+def test_prompt_paired_interval_hand_computed():
+    # task 1: d = [0, 1, -1, 0], mean 0, sample variance 2/3, over 4 prompts 1/6; task 2: d = [1, 1], variance 0.
+    # ACC difference (0 + 1) / 2 = 0.5; standard error sqrt(1/6) / 2.
+    d = prompt_paired_interval(["1100", "11"], ["1010", "00"])
+    half = 1.959964 * math.sqrt(1 / 6) / 2
+    assert d == pytest.approx({"n": 6, "mean": 0.5, "low": 0.5 - half, "high": 0.5 + half, "a_only": 3, "b_only": 1})
+
+
+def test_prompt_paired_difference_is_the_difference_of_the_accuracies():
+    import random
+
+    rng = random.Random(3)
+    a = ["".join(rng.choice("01") for _ in range(n)) for n in (5, 40, 17)]
+    b = ["".join(rng.choice("01") for _ in range(len(x))) for x in a]
+    acc = lambda hits: sum(h.count("1") / len(h) for h in hits) / len(hits)  # noqa: E731
+    d = prompt_paired_interval(a, b)
+    assert d["mean"] == pytest.approx(acc(a) - acc(b)) and d["low"] < d["mean"] < d["high"]
+    same = prompt_paired_interval(a, a)
+    assert same["mean"] == same["low"] == same["high"] == 0 and same["a_only"] == same["b_only"] == 0
+
+
+@pytest.mark.parametrize("a, b", [(["10"], ["10", "1"]), (["10"], ["1"]), (["1x"], ["10"]), ([], [])])
+def test_prompt_paired_interval_refuses_records_that_do_not_pair(a, b):
+    with pytest.raises(ValueError):
+        prompt_paired_interval(a, b)
+
+
+def test_prompt_paired_interval_of_a_one_prompt_task_has_no_interval():
+    assert prompt_paired_interval(["1", "10"], ["0", "11"])["mean"] is None

@@ -46,3 +46,18 @@ def test_a_recorded_row_pairs_by_seed(tmp_path):
     a1 = store(tmp_path, "a1", "order1", 1, 0.80, -0.1)
     out = paired("--a", a1, "--b-recorded", "1=70.0,-5.0")
     assert out.returncode == 0 and "80.0 vs 70.0" in out.stdout, out.stderr
+
+
+def test_stores_with_per_prompt_records_get_a_per_prompt_row(tmp_path):
+    a1 = store(tmp_path, "a1", "order1", 0, 0.75, -0.1)
+    b1 = store(tmp_path, "b1", "order1", 0, 0.50, -0.1)
+    for folder, hits in ((a1, [["1100", "11"]]), (b1, [["1010", "00"]])):
+        path = folder / "eval" / "matrix.json"
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps({**doc, "primary": "task_aware", "hits": {"task_aware": [[None, None], *hits]}}))
+    lines = paired("--a", a1, "--b", b1).stdout.splitlines()
+    # the hand case of test_core_metrics: +50.0 with half-width 1.96 sqrt(1/6) / 2 = 40.0 points
+    assert lines[2] == ("| ACC, per prompt | A − B | order1:0 | 75.0 | 50.0 | +50.0 [+10.0, +90.0] | "
+                        "6 prompts: only A right 3, only B right 1 |"), lines
+    assert len(paired("--a", store(tmp_path, "a2", "o", 0, 0.7, 0), "--b", store(tmp_path, "b2", "o", 0, 0.6, 0))
+               .stdout.splitlines()) == 2  # without records: no such row
