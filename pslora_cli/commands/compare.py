@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..config import parse_yaml
-from ..core.metrics import paired_interval
+from ..core.metrics import paired_interval, prompt_paired_interval
 from ..errors import InputError
 from ..methods import METHODS
 from .grid import GridRun, run_record
@@ -189,7 +189,17 @@ def paired_differences(runs: list[dict], methods: list[str], baseline: str) -> d
             metric: paired_interval([mine[k][metric] - base[k][metric] for k in keys
                                      if mine[k].get(metric) is not None and base[k].get(metric) is not None])
             for metric in PAIRED_METRICS}
+        # per (order, seed): the ACC difference over the same test prompts (the test set's sampling only)
+        hits = {method: {(r["order"], r["seed"]): r.get("last_hits") for r in runs if r["method"] == method}
+                for method in (method, baseline)}
+        out["methods"][method]["acc_per_prompt"] = [
+            {"order": k[0], "seed": k[1], **prompt_paired_interval(hits[method][k], hits[baseline][k])}
+            for k in keys if _complete(hits[method].get(k)) and _complete(hits[baseline].get(k))]
     return out
+
+
+def _complete(last_hits: list | None) -> bool:
+    return bool(last_hits) and None not in last_hits
 
 
 def summary_csv(summary: dict) -> str:
@@ -297,15 +307,23 @@ def _paired_table(paired: dict, class_incremental: bool):
     table.add_column("pairs", justify="right")
     for metric in PAIRED_METRICS:
         table.add_column(f"Δ {metric.upper()}", justify="right", no_wrap=True)
+    # one seed and order: no t interval, but the difference over the same test prompts has one
+    one_pair = all(row["acc"]["n"] == 1 and len(row.get("acc_per_prompt", [])) == 1
+                   for row in paired["methods"].values())
+    if one_pair:
+        table.add_column("Δ ACC over the test prompts", justify="right", no_wrap=True)
     for method, row in paired["methods"].items():
-        cells = []
-        for metric in PAIRED_METRICS:
-            d = row[metric]
-            cells.append("—" if d["mean"] is None else f"{100 * d['mean']:+.1f}" if d["low"] is None else
-                         f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+        cells = [_interval_cell(row[metric]) for metric in PAIRED_METRICS]
+        if one_pair:
+            cells.append(_interval_cell(row["acc_per_prompt"][0]))
         table.add_row(f"{_display_name(method, class_incremental)} − {paired['baseline']}", str(row["acc"]["n"]),
                       *cells)
     return table
+
+
+def _interval_cell(d: dict) -> str:
+    return ("—" if d["mean"] is None else f"{100 * d['mean']:+.1f}" if d["low"] is None else
+            f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
 
 
 def _display_name(method: str, class_incremental: bool) -> str:

@@ -38,7 +38,9 @@ def run_record(run: GridRun, doc: dict, trained: list[str] | None, seconds: floa
             "matrix": doc[doc["primary"]], "metrics": doc["metrics"].get("primary", {}),
             "fwt_task_aware": doc["metrics"].get("task_aware", {}).get("fwt"),
             "forgetting_split": doc["metrics"].get("forgetting_split"),
-            "selection": doc.get("selection")}  # what a selection protocol chose per task, if one ran
+            "selection": doc.get("selection"),  # what a selection protocol chose per task, if one ran
+            # the last row's per-prompt records (None where a cell has none): per-prompt paired differences
+            "last_hits": ((doc.get("hits") or {}).get(doc["primary"]) or [None])[-1]}
 
 
 def run_argv(run, base: Session, threads: int | None = None) -> list[str]:

@@ -49,12 +49,19 @@ def test_compare_runs_methods_seeds_orders(tiny_bert, write_sequence, tmp_path, 
              if a["method"] == "ps-lora" and b["method"] == "inc-lora" and (a["order"], a["seed"]) == (b["order"], b["seed"])]
     acc = paired["methods"]["ps-lora"]["acc"]
     assert acc["n"] == 4 and acc["mean"] == pytest.approx(sum(diffs) / 4, abs=1e-12) and acc["low"] <= acc["high"]
+    # and per pair, over the same test prompts: the same difference, with the test set's interval
+    per_prompt = paired["methods"]["ps-lora"]["acc_per_prompt"]
+    assert [d["mean"] for d in per_prompt] == pytest.approx(diffs, abs=1e-6)
+    assert all(d["low"] <= d["mean"] <= d["high"] and d["n"] == 2 * 16 for d in per_prompt)
     # Re-running finds every store complete and trains nothing; the table shows the split.
     code = main(["compare", str(seq), "--methods", "inc-lora,ps-lora", "--seeds", "0,1", "--out", str(out),
                  "--baseline", "ps-lora", "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0 and "BWT heads" in printed and "inc-lora − ps-lora" in printed
     assert re.search(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]", printed), printed  # a mean and its interval
+    code = main(["compare", str(seq), "--methods", "inc-lora,ps-lora", "--seeds", "0", "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out  # one seed and order: the interval over the test prompts is the one there is
+    assert code == 0 and "over the test prompts" in printed, printed
     code = main(["compare", str(seq), "--methods", "inc-lora", "--seeds", "0", "--out", str(out), "--json", "--quiet"])
     assert code == 0 and json.loads(capsys.readouterr().out)["runs"][0]["trained"] == []
     # the same stores scored on validation, trained again nothing; its summary beside the test one
