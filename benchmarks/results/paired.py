@@ -33,8 +33,13 @@ def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
     sequence = json.loads((store / "manifest.json").read_text())["sequence"]
     folder = store / "eval" if split == "test" else store / "eval" / split
     doc = json.loads((folder / "matrix.json").read_text())
-    last = ((doc.get("hits") or {}).get(doc.get("primary")) or [None])[-1] or [None]
-    return (sequence["name"], sequence["seed"]), {**doc["metrics"]["primary"], "hits": None if None in last else last}
+    k = doc["metrics"]["primary"].get("num_tasks") or 0
+    grid = (doc.get("hits") or {}).get(doc.get("primary"))
+    last = grid[k][:k] if grid and k else [None]
+    data = [json.loads((store / "tasks" / task / "meta.json").read_text()).get("data_fingerprint")
+            if (store / "tasks" / task / "meta.json").is_file() else None for task in doc.get("tasks", [])[:k]]
+    return (sequence["name"], sequence["seed"]), {**doc["metrics"]["primary"], "data": data,
+                                                  "hits": None if None in last else last}
 
 
 def recorded(text: str) -> tuple[tuple[str, int], dict]:
@@ -105,7 +110,10 @@ def main() -> int:
         print(f"| {label} | {name_a} − {name_b} | seeds {keys} | {summary(va)} | {summary(vb)} | "
               f"{interval([x - y for x, y in zip(va, vb)])} | {per_seed} |")
     for (seq, seed), x, y in matched:
-        if x.get("hits") and y.get("hits"):
+        if x.get("hits") and y.get("hits") and x["data"] != y["data"]:  # one name and seed, other data settings
+            print(f"{seq}:{seed}: the two stores' tasks hold other data (fingerprints differ): no per-prompt row",
+                  file=sys.stderr)
+        elif x.get("hits") and y.get("hits"):
             d = prompt_paired_interval(x["hits"], y["hits"])
             if d["mean"] is None:  # a task of one prompt
                 continue

@@ -199,11 +199,13 @@ def prompt_paired_interval(hits_a: Sequence[str], hits_b: Sequence[str]) -> dict
         diffs.append([int(x) - int(y) for x, y in zip(a, b)])
     out = {"n": sum(map(len, diffs)), "mean": None, "low": None, "high": None,
            "a_only": sum(d.count(1) for d in diffs), "b_only": sum(d.count(-1) for d in diffs)}
-    if min(map(len, diffs)) < 2:
+    if min(map(len, diffs)) < 1:
         return out
     means = [_mean(d) for d in diffs]
+    out["mean"] = _mean(means)
+    if min(map(len, diffs)) < 2:
+        return out
     variance = math.fsum(math.fsum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d) for d, m in zip(diffs, means))
     half = 1.959964 * math.sqrt(variance) / len(diffs)
-    out["mean"] = _mean(means)
     out["low"], out["high"] = out["mean"] - half, out["mean"] + half
     return out

@@ -25,6 +25,7 @@ from ..config import Sequence, canonical_hash
 from ..core.metrics import cl_metrics, forgetting_split
 from ..errors import InputError
 from ..store import Store, read_json, write_json_atomic, write_text_atomic
+from . import cells
 from .scoring import Evaluator, stage_merge_options
 
 GRIDS = {"aware": "task_aware", "agnostic": "task_agnostic"}
@@ -164,7 +165,8 @@ def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
                 raise InputError(f"task {task_id}: has no validation examples (its training side is used whole: "
                                  f"no train_per_class cap leaves any over); a new store whose task sets "
                                  f"data.validation_fraction, or a train_per_class cap, has them")
-    _drop_stale(doc, *matrix_keys(seq, store, k, split, load_data))
+    keys = matrix_keys(seq, store, k, split, load_data)
+    _drop_stale(doc, *keys)
     todo: dict[int, list[tuple[int, str]]] = {}
     recorded = not distributed.world().active  # under torchrun each rank scores a shard: no per-prompt record
     for t, i, kind in needed_cells(k, doc["task_agnostic"] is not None):
@@ -173,20 +175,45 @@ def complete_matrix(seq: Sequence, store: Store, device, load_data: Callable,
     if todo:
         if split == "test":  # the validation split's data was checked above, before its keys read it
             check_data_unchanged(seq, store, k, load_data)
-        evaluator = evaluator or Evaluator(seq, store, device, load_data, split)
+        shared = cells.cells_dir(seq) if recorded else None
+        if shared:
+            todo = _from_shared_cells(seq, store, split, doc, todo, keys, shared, progress)
         for t in sorted(todo):
+            evaluator = evaluator or Evaluator(seq, store, device, load_data, split)
             if progress:
                 progress(f"evaluating stage {t} ({'base model' if t == 0 else 'tasks 1..' + str(t) + ' merged'}) "
                          f"on {len({i for i, _ in todo[t]})} task(s)")
             for (i, kind), acc in evaluator.stage(t, todo[t]).items():
                 doc[GRIDS[kind]][t][i] = round(acc, 6)
                 doc["hits"][GRIDS[kind]][t][i] = evaluator.hits.get((t, i, kind)) if recorded else None
+                if shared and kind == "aware":
+                    cells.keep(shared, cells.cell_key(seq, store, split, i, keys[0][t], keys[1][i]),
+                               doc[GRIDS[kind]][t][i], doc["hits"][GRIDS[kind]][t][i])
         for i in range(k):
             doc["sample_counts"][i] = len(load_data(i).split(split)[1])
     doc["metrics"] = matrix_metrics(doc, k)
     if distributed.world().is_main:
         write_matrix(store, doc, split)
     return doc
+
+
+def _from_shared_cells(seq: Sequence, store: Store, split: str, doc: dict, todo: dict, keys: tuple, shared,
+                       progress: Callable[[str], None] | None) -> dict[int, list[tuple[int, str]]]:
+    """Fill the cells another store of the grid already scored (evaluation/cells.py); the rest, still to score."""
+    left: dict[int, list[tuple[int, str]]] = {}
+    taken = 0
+    for t, wanted in todo.items():
+        for i, kind in wanted:
+            found = cells.lookup(shared, cells.cell_key(seq, store, split, i, keys[0][t], keys[1][i])) \
+                if kind == "aware" else None
+            if found is None:
+                left.setdefault(t, []).append((i, kind))
+            else:
+                doc["task_aware"][t][i], doc["hits"]["task_aware"][t][i] = found
+                taken += 1
+    if taken and progress:
+        progress(f"{taken} cell(s) taken from the grid's scored cells ({shared})")
+    return left
 
 
 def _prefix(grid: list[list], k: int) -> list[list]:

@@ -306,3 +306,6 @@ def test_a_matrix_scored_before_hits_were_kept_scores_its_last_row_again(finishe
     assert after["hits"]["task_agnostic"][3] == before["hits"]["task_agnostic"][3]
     assert after["hits"]["task_aware"][2] == [None, None, None]  # earlier rows keep their cells, without records
     assert after["task_aware"] == before["task_aware"] and after["task_agnostic"] == before["task_agnostic"]
+    scored.clear()
+    code, _, err = run_cli(capsys, "eval", "--store", store, "--json", "--quiet", "--device", "cpu")
+    assert code == 0 and scored == [], err  # the record kept: nothing scored again

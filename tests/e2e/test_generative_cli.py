@@ -213,3 +213,33 @@ def test_inflora_on_a_language_model_designs_a_from_the_prompt_and_answer_tokens
         a = w["base_model.model." + name.removesuffix(".weight") + ".lora_A.weight"]
         assert 1 <= basis.shape[1] <= basis.shape[0] == a.shape[1]
         assert (a.double() @ basis.double()).abs().max() < 1e-5, name
+
+
+def test_a_grid_scores_a_cell_once_for_every_store_that_shares_it(tiny_llama, write_sequence, tmp_path, capsys,
+                                                                  monkeypatch):
+    """ps-merge-only's first task is ps-lora's training (task cache), merged by the same rule: its base-model row
+    and its first stage are ps-lora's cells, taken from the grid's scored cells; only its second stage is scored."""
+    from pslora_cli.evaluation.scoring import Evaluator
+
+    monkeypatch.setenv("PSLORA_TASK_CACHE", str(tmp_path / "cache"))
+    seq = write_sequence(sequence(tiny_llama))
+    code, first, err = run_cli(capsys, "run", seq, "--store", tmp_path / "a", "--json")
+    assert code == 0, err
+    scored = []
+    stage = Evaluator.stage
+    monkeypatch.setattr(Evaluator, "stage", lambda self, t, cells, **kw: scored.append(t) or stage(self, t, cells,
+                                                                                                   **kw))
+    code, second, err = run_cli(capsys, "run", seq, "--store", tmp_path / "b", "--set", "method.name=ps-merge-only",
+                                "--json")
+    assert code == 0, err
+    assert scored == [2], scored
+    a, b = first["matrix"], second["matrix"]
+    assert b["task_aware"][:2] == a["task_aware"][:2] and b["hits"]["task_aware"][:2] == a["hits"]["task_aware"][:2]
+    assert b["row_keys"][:2] == a["row_keys"][:2] and b["row_keys"][2] != a["row_keys"][2]
+    # a damaged entry is scored again, never used
+    for entry in (tmp_path / "cache" / "cells").iterdir():
+        entry.write_text('{"value": 1.0, "hits": "0000"}')
+    scored.clear()
+    (tmp_path / "b" / "eval" / "matrix.json").unlink()
+    code, _, err = run_cli(capsys, "eval", "--store", tmp_path / "b", "--json")
+    assert code == 0 and scored == [0, 1, 2], (err, scored)

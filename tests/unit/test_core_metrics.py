@@ -210,4 +210,6 @@ def test_prompt_paired_interval_refuses_records_that_do_not_pair(a, b):
 
 
 def test_prompt_paired_interval_of_a_one_prompt_task_has_no_interval():
-    assert prompt_paired_interval(["1", "10"], ["0", "11"])["mean"] is None
+    d = prompt_paired_interval(["1", "10"], ["0", "11"])
+    assert d["mean"] == pytest.approx((1 - 0.5) / 2) and d["low"] is None and d["high"] is None
+    assert prompt_paired_interval(["", "10"], ["", "11"])["mean"] is None  # a task without prompts

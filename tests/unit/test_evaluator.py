@@ -60,6 +60,9 @@ def test_score_with_equals_hand_computed_accuracies(word_bert, tmp_path):
     # aware: t1 3 of 5 labels are 0; t2 3 of 4 labels are 1. agnostic at stage 2: the logits [1, 0, 0, 2] over
     # all four classes always pick t2's class 1, never a class of t1.
     assert got == approx({(0, "aware"): 3 / 5, (1, "aware"): 3 / 4, (0, "agnostic"): 0.0, (1, "agnostic"): 3 / 4})
+    # and each example's hit, in the test set's order (what pairs two stores prompt by prompt)
+    assert ev.hits == {(2, 0, "aware"): "11100", (2, 1, "aware"): "0111", (2, 0, "agnostic"): "00000",
+                       (2, 1, "agnostic"): "0111"}
     # agnostic at stage 1: only t1's head exists, [1, 0] picks its class 0
     assert ev.score_with(1, None, [(0, "agnostic")]) == approx({(0, "agnostic"): 3 / 5})
 

@@ -48,16 +48,32 @@ def test_a_recorded_row_pairs_by_seed(tmp_path):
     assert out.returncode == 0 and "80.0 vs 70.0" in out.stdout, out.stderr
 
 
+def with_hits(folder: Path, last_row: list[str], fingerprints: tuple[str, str] = ("d1", "d2")) -> Path:
+    """A two-task store's matrix with its last row's per-prompt records, and its tasks' data fingerprints."""
+    path = folder / "eval" / "matrix.json"
+    doc = json.loads(path.read_text())
+    doc["metrics"]["primary"]["num_tasks"] = 2
+    path.write_text(json.dumps({**doc, "tasks": ["t1", "t2"], "primary": "task_aware",
+                                "hits": {"task_aware": [[None, None], [None, None], last_row]}}))
+    for task, fingerprint in zip(("t1", "t2"), fingerprints):
+        (folder / "tasks" / task).mkdir(parents=True)
+        (folder / "tasks" / task / "meta.json").write_text(json.dumps({"data_fingerprint": fingerprint}))
+    return folder
+
+
 def test_stores_with_per_prompt_records_get_a_per_prompt_row(tmp_path):
-    a1 = store(tmp_path, "a1", "order1", 0, 0.75, -0.1)
-    b1 = store(tmp_path, "b1", "order1", 0, 0.50, -0.1)
-    for folder, hits in ((a1, [["1100", "11"]]), (b1, [["1010", "00"]])):
-        path = folder / "eval" / "matrix.json"
-        doc = json.loads(path.read_text())
-        path.write_text(json.dumps({**doc, "primary": "task_aware", "hits": {"task_aware": [[None, None], *hits]}}))
+    a1 = with_hits(store(tmp_path, "a1", "order1", 0, 0.75, -0.1), ["1100", "11"])
+    b1 = with_hits(store(tmp_path, "b1", "order1", 0, 0.50, -0.1), ["1010", "00"])
     lines = paired("--a", a1, "--b", b1).stdout.splitlines()
     # the hand case of test_core_metrics: +50.0 with half-width 1.96 sqrt(1/6) / 2 = 40.0 points
     assert lines[2] == ("| ACC, per prompt | A − B | order1:0 | 75.0 | 50.0 | +50.0 [+10.0, +90.0] | "
                         "6 prompts: only A right 3, only B right 1 |"), lines
     assert len(paired("--a", store(tmp_path, "a2", "o", 0, 0.7, 0), "--b", store(tmp_path, "b2", "o", 0, 0.6, 0))
                .stdout.splitlines()) == 2  # without records: no such row
+
+
+def test_stores_of_other_data_get_no_per_prompt_row(tmp_path):
+    a1 = with_hits(store(tmp_path, "a1", "order1", 0, 0.75, -0.1), ["1100", "11"])
+    b1 = with_hits(store(tmp_path, "b1", "order1", 0, 0.50, -0.1), ["1010", "00"], ("d1", "other"))
+    out = paired("--a", a1, "--b", b1)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 2 and "fingerprints differ" in out.stderr
