@@ -7,7 +7,8 @@ manifests: orders are different sequences, and two stores of one side with the s
 Where both stores of a pair kept their last row's per-prompt record (matrix.json's "hits"; `pslora eval` adds it to
 a store scored before), a second ACC row per pair gives the difference over the same test prompts, with its 95 %
 normal interval and the prompts only one side got right: it measures the test set's sampling, not another seed's
-training.
+training. A third counts every prompt once (acc_weighted): where it differs from the second, the gap comes from
+weighting tasks of different sizes equally.
 
     .venv/bin/python benchmarks/results/paired.py --a STORE [STORE ...] --b STORE [STORE ...] [--names A,B]
         [--split test|validation]           (the matrix `pslora eval --split` wrote; default test)
@@ -120,6 +121,10 @@ def main() -> int:
             print(f"| ACC, per prompt | {name_a} − {name_b} | {seq}:{seed} | {100 * x['acc']:.1f} | "
                   f"{100 * y['acc']:.1f} | {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
                   f"{d['n']} prompts: only {name_a} right {d['a_only']}, only {name_b} right {d['b_only']} |")
+            right = [sum(h.count("1") for h in z["hits"]) / d["n"] for z in (x, y)]
+            print(f"| ACC, each prompt once | {name_a} − {name_b} | {seq}:{seed} | {100 * right[0]:.1f} | "
+                  f"{100 * right[1]:.1f} | {100 * d['pooled_mean']:+.1f} [{100 * d['pooled_low']:+.1f}, "
+                  f"{100 * d['pooled_high']:+.1f}] | tasks weighted by their prompts (acc_weighted) |")
     return 0
 
 

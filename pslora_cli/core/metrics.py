@@ -189,7 +189,9 @@ def prompt_paired_interval(hits_a: Sequence[str], hits_b: Sequence[str]) -> dict
     variance sum_i s_i² / n_i / T², s_i² the sample variance of a_ij − b_ij over task i's n_i prompts. It measures
     how much the test prompts alone could move the difference between these two trained models: it says nothing
     of another seed's training. a_only / b_only count the prompts only A / only B got right (McNemar's discordant
-    pairs). The interval is None where a task has fewer than two prompts."""
+    pairs). The interval is None where a task has fewer than two prompts. pooled_*: the same for the accuracy that
+    counts every prompt once (`acc_weighted`), (a_only − b_only) / n with the sample variance over all prompts: where
+    the two disagree, the gap comes from weighting tasks of different sizes equally."""
     if len(hits_a) != len(hits_b) or not hits_a:
         raise ValueError(f"per-prompt records of {len(hits_a)} and {len(hits_b)} tasks: expected the same, at least 1")
     diffs = []
@@ -198,7 +200,14 @@ def prompt_paired_interval(hits_a: Sequence[str], hits_b: Sequence[str]) -> dict
             raise ValueError(f"task {i + 1}: per-prompt records of {len(a)} and {len(b)} prompts, or not 0/1")
         diffs.append([int(x) - int(y) for x, y in zip(a, b)])
     out = {"n": sum(map(len, diffs)), "mean": None, "low": None, "high": None,
-           "a_only": sum(d.count(1) for d in diffs), "b_only": sum(d.count(-1) for d in diffs)}
+           "a_only": sum(d.count(1) for d in diffs), "b_only": sum(d.count(-1) for d in diffs),
+           "pooled_mean": None, "pooled_low": None, "pooled_high": None}
+    pooled = [x for d in diffs for x in d]
+    if pooled:
+        out["pooled_mean"] = m = _mean(pooled)
+        if len(pooled) > 1:
+            half = 1.959964 * math.sqrt(math.fsum((x - m) ** 2 for x in pooled) / (len(pooled) - 1) / len(pooled))
+            out["pooled_low"], out["pooled_high"] = m - half, m + half
     if min(map(len, diffs)) < 1:
         return out
     means = [_mean(d) for d in diffs]

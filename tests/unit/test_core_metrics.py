@@ -185,9 +185,18 @@ def test_forgetting_is_the_drop_from_the_best_stage_since_the_task_was_learned_a
 def test_prompt_paired_interval_hand_computed():
     # task 1: d = [0, 1, -1, 0], mean 0, sample variance 2/3, over 4 prompts 1/6; task 2: d = [1, 1], variance 0.
     # ACC difference (0 + 1) / 2 = 0.5; standard error sqrt(1/6) / 2.
+    # Every prompt once: d = [0, 1, -1, 0, 1, 1], mean 1/3, sample variance 2/3, standard error sqrt(2/3 / 6) = 1/3.
     d = prompt_paired_interval(["1100", "11"], ["1010", "00"])
-    half = 1.959964 * math.sqrt(1 / 6) / 2
-    assert d == pytest.approx({"n": 6, "mean": 0.5, "low": 0.5 - half, "high": 0.5 + half, "a_only": 3, "b_only": 1})
+    half, pooled = 1.959964 * math.sqrt(1 / 6) / 2, 1.959964 / 3
+    assert d == pytest.approx({"n": 6, "mean": 0.5, "low": 0.5 - half, "high": 0.5 + half, "a_only": 3, "b_only": 1,
+                               "pooled_mean": 1 / 3, "pooled_low": 1 / 3 - pooled, "pooled_high": 1 / 3 + pooled})
+
+
+def test_pooled_difference_is_zero_where_the_discordant_prompts_balance():
+    # A wins two prompts of a big task, B one prompt of each small task: equal counts, an ACC gap for B.
+    d = prompt_paired_interval(["1100000000", "0", "0"], ["0000000000", "1", "1"])
+    assert d["pooled_mean"] == 0 and d["a_only"] == d["b_only"] == 2
+    assert d["mean"] == pytest.approx((0.2 - 1 - 1) / 3)
 
 
 def test_prompt_paired_difference_is_the_difference_of_the_accuracies():

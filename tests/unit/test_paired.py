@@ -68,6 +68,9 @@ def test_stores_with_per_prompt_records_get_a_per_prompt_row(tmp_path):
     # the hand case of test_core_metrics: +50.0 with half-width 1.96 sqrt(1/6) / 2 = 40.0 points
     assert lines[2] == ("| ACC, per prompt | A − B | order1:0 | 75.0 | 50.0 | +50.0 [+10.0, +90.0] | "
                         "6 prompts: only A right 3, only B right 1 |"), lines
+    # every prompt once: 4/6 against 2/6, +33.3 with half-width 1.96 / 3 = 65.3 points
+    assert lines[3] == ("| ACC, each prompt once | A − B | order1:0 | 66.7 | 33.3 | +33.3 [-32.0, +98.7] | "
+                        "tasks weighted by their prompts (acc_weighted) |"), lines
     assert len(paired("--a", store(tmp_path, "a2", "o", 0, 0.7, 0), "--b", store(tmp_path, "b2", "o", 0, 0.6, 0))
                .stdout.splitlines()) == 2  # without records: no such row
 
