@@ -7,8 +7,8 @@ not the scoring batch), the task, its data fingerprint, the seed and index, ever
 store (their sha256), and of the method only what changes the training here: how earlier tasks are folded in (none,
 their sum, or their merge with its options), the stability term's settings when it is on and has a history, the
 orthogonality weight when it has earlier adapters, the sparsity term when it is on, InfLoRA's design and thresholds,
-and how the adapter starts. So the first task of inc-lora, ps-lora, ps-merge-only, o-lora and per-task is one
-training, per-task and magmax-ind train the same adapters, and the reference run of stability decay (the knobs
+and how the adapter starts. So the first task of inc-lora, ps-lora, ps-merge-only, o-lora, per-task, seq-lora and
+magmax is one training, per-task and magmax-ind train the same adapters, and the reference run of stability decay (the knobs
 off) is the method without its term.
 
 The cache is on where PSLORA_TASK_CACHE names a folder (`compare` sets OUT/task-cache for its runs).
@@ -46,7 +46,10 @@ def training_key(seq: Sequence, i: int, earlier_files: list[dict], data_fingerpr
     has_history = bool(earlier_files)
     # "input_subspace": whether the method has training hooks; "own_adapters" stays False: scoring each task with
     # its own adapter does not act on its training (both names kept so older entries still match)
-    method: dict = {"init": spec.init, "input_subspace": spec.hooks is not None, "own_adapters": False}
+    # "previous" (continue task t-1's factors) starts like "new" where there is no task t-1: seq-lora's and magmax's
+    # first task is inc-lora's, bitwise
+    init = "new" if spec.init == "previous" and not has_history else spec.init
+    method: dict = {"init": init, "input_subspace": spec.hooks is not None, "own_adapters": False}
     if has_history and m.previous != "none":
         method["fold"] = ("sum",) if m.previous == "sum" or m.merge == "sum" else (m.merge, m.merge_options)
     for term in active_terms(m, has_history):

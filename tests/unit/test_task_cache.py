@@ -37,11 +37,12 @@ def adapter_sha(store, task) -> str:
 
 def test_a_second_store_reuses_the_identical_first_task_bitwise(word_bert, tmp_path, capsys, monkeypatch):
     path = sequence_file(tmp_path, word_bert)
-    for method, store in (("inc-lora", "fresh"), ("per-task", "fresh-per-task")):
+    for method, store in (("inc-lora", "fresh"), ("per-task", "fresh-per-task"), ("seq-lora", "fresh-seq-lora")):
         code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / store, "--set", f"method.name={method}")
         assert code == 0, err
-    # what lets per-task share inc-lora's first training: trained apart, they are bitwise the same
+    # what lets per-task and seq-lora share inc-lora's first training: trained apart, they are bitwise the same
     assert adapter_sha(tmp_path / "fresh-per-task", "t1") == adapter_sha(tmp_path / "fresh", "t1")
+    assert adapter_sha(tmp_path / "fresh-seq-lora", "t1") == adapter_sha(tmp_path / "fresh", "t1")
     monkeypatch.setenv(cache.ENV, str(tmp_path / "task-cache"))
     for method in ("ps-lora", "inc-lora", "o-lora"):
         code, _, err = run_cli(capsys, "run", path, "--store", tmp_path / method, "--set", f"method.name={method}")
@@ -78,7 +79,9 @@ def test_the_key_holds_what_acts_and_only_that(word_bert, tmp_path):
     assert key(0, "method.name=inc-lora") != key(0, "method.name=inc-lora", "training.learning_rate=0.5")
     assert key(0, "method.name=inc-lora") == key(0, "method.name=inc-lora", "training.checkpoint_every=7")
     assert key(0, "method.name=inc-lora") != key(0, "method.name=n-lora", "method.sparsity_form=update")
-    assert key(0, "method.name=inc-lora") != key(0, "method.name=seq-lora")  # continues the previous adapter
+    # seq-lora continues the previous adapter; with none yet it starts as inc-lora does
+    assert key(0, "method.name=inc-lora") == key(0, "method.name=seq-lora") == key(0, "method.name=magmax")
+    assert key(1, "method.name=seq-lora") != key(1, "method.name=magmax-ind")
     # scoring each task with its own adapter does not act on the training: per-task trains what magmax-ind does,
     # and its first task is inc-lora's
     assert key(0, "method.name=per-task") == key(0, "method.name=inc-lora")
