@@ -1,11 +1,13 @@
-"""ACC against BWT per method: the mean over seeds with its two-sided 95 % t interval on both axes (with two
-seeds the two seeds' range instead, since a 2-seed t interval is ±12.7 standard errors; a point alone for one
-seed), from finished stores and from results recorded in RESULTS.md whose stores are gone.
-Up and right is better: more accurate at the end, less forgetting.
+"""ACC against BWT per method: the mean over its runs (seeds, or task orders: a run is one (sequence, seed)) with
+its two-sided 95 % t interval on both axes (with two runs their range instead, since a 2-run t interval is ±12.7
+standard errors; a point alone for one run), from finished stores and from results recorded in RESULTS.md whose
+stores are gone. Up and right is better: more accurate at the end, less forgetting.
 
     .venv/bin/python benchmarks/results/acc_bwt_plot.py --out benchmarks/figures/acc-bwt-gen-mixed-order1.png \
         [--split test|validation] [--title TEXT] \
-        METHOD=STORE [METHOD=STORE ...] [METHOD@SEED=ACC,BWT ...]      (recorded figures in %)
+        METHOD=STORE [METHOD=STORE ...] [METHOD@[SEQUENCE:]SEED=ACC,BWT ...]      (recorded figures in %)
+
+Two runs of one method with the same sequence and seed are an error (one would silently replace the other).
 """
 
 from __future__ import annotations
@@ -21,24 +23,27 @@ from paired import metrics  # noqa: E402  a store's seed and primary metrics
 from pslora_cli.core.metrics import paired_interval  # noqa: E402
 
 
-def points(items: list[str], split: str) -> dict[str, dict[int, tuple[float, float]]]:
-    """method -> seed -> (ACC, BWT) in %."""
-    out: dict[str, dict[int, tuple[float, float]]] = {}
+def points(items: list[str], split: str) -> dict[str, dict[tuple[str, int], tuple[float, float]]]:
+    """method -> (sequence, seed) -> (ACC, BWT) in %."""
+    out: dict[str, dict[tuple[str, int], tuple[float, float]]] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
             raise SystemExit(f"{item!r}: expected METHOD=STORE or METHOD@SEED=ACC,BWT")
         if "@" in name:
-            name, _, seed = name.partition("@")
-            acc, bwt = (float(v) for v in value.split(","))
-            out.setdefault(name, {})[int(seed)] = (acc, bwt)
+            name, _, run = name.partition("@")
+            sequence, _, seed = run.rpartition(":")
+            key, (acc, bwt) = (sequence, int(seed)), (float(v) for v in value.split(","))
         else:
-            seed, m = metrics(Path(value), split)
-            out.setdefault(name, {})[seed] = (100 * m["acc"], 100 * m["bwt"])
+            key, m = metrics(Path(value), split)
+            acc, bwt = 100 * m["acc"], 100 * m["bwt"]
+        if key in out.get(name, {}):
+            raise SystemExit(f"{item!r}: {name} has a second run of sequence {key[0] or '(unnamed)'} seed {key[1]}")
+        out.setdefault(name, {})[key] = (acc, bwt)
     return out
 
 
-def summarise(per_seed: dict[int, tuple[float, float]]) -> dict:
+def summarise(per_seed: dict[tuple[str, int], tuple[float, float]]) -> dict:
     accs, bwts = [v[0] for v in per_seed.values()], [v[1] for v in per_seed.values()]
     out = {"n": len(accs), "acc": statistics.mean(accs), "bwt": statistics.mean(bwts)}
     if len(accs) == 2:
@@ -49,8 +54,10 @@ def summarise(per_seed: dict[int, tuple[float, float]]) -> dict:
 
 
 def place_labels(fig, ax, summary: dict[str, dict], colors: dict[str, str]) -> None:
-    """Each label at the first offset around its point that overlaps no label placed before it."""
+    """Each label at the first offset around its point that stays inside the axes and overlaps no label placed
+    before it."""
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     offsets = [(6, 5), (6, -12), (-6, 5), (-6, -12), (6, 16), (6, -23), (-6, 16), (-6, -23)]
     placed = []
     order = sorted(summary.items(), key=lambda kv: -kv[1]["acc"])
@@ -59,7 +66,8 @@ def place_labels(fig, ax, summary: dict[str, dict], colors: dict[str, str]) -> N
             label = ax.annotate(f"{name} (n={s['n']})", (s["bwt"], s["acc"]), textcoords="offset points",
                                 xytext=(dx, dy), fontsize=8, color=colors[name], ha="left" if dx > 0 else "right")
             box = label.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed) or (dx, dy) == offsets[-1]:
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in placed) or (dx, dy) == offsets[-1]:
                 placed.append(box)
                 break
             label.remove()
@@ -83,8 +91,9 @@ def plot(summary: dict[str, dict], out: Path, title: str) -> None:
     ax.set_ylabel("ACC (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.text(0.01, 0.01, "filled: 95 % t interval over 3+ seeds; open circle: the two seeds' range; "
-            "open square: one seed", transform=ax.transAxes, fontsize=7, color="0.4")
+    ax.text(0.01, 0.01, "filled: 95 % t interval over 3+ runs; open circle: the two runs' range; "
+            "open square: one run (n: runs, seeds or orders)", transform=ax.transAxes, fontsize=7, color="0.4")
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     fig.tight_layout()
     place_labels(fig, ax, summary, colors)
     out.parent.mkdir(parents=True, exist_ok=True)

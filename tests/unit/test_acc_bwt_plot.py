@@ -34,3 +34,30 @@ def test_labels_of_coinciding_points_do_not_overlap():
     assert len(boxes) == 3
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     plt.close(fig)
+
+
+def test_runs_are_keyed_by_sequence_and_seed(tmp_path):
+    plot = load_script()
+    # two orders at seed 0 are two runs, not one replacing the other
+    runs = plot.points(["m@order1:0=60,-5", "m@order2:0=50,-15", "m@1=70,-1"], "test")["m"]
+    assert runs == {("order1", 0): (60.0, -5.0), ("order2", 0): (50.0, -15.0), ("", 1): (70.0, -1.0)}
+    s = plot.summarise({k: v for k, v in runs.items() if k[0]})
+    assert s["n"] == 2 and s["acc"] == 55 and s["acc_ci"] == (50, 60) and s["bwt_ci"] == (-15, -5)
+    with pytest.raises(SystemExit, match="second run of sequence order1 seed 0"):
+        plot.points(["m@order1:0=60,-5", "m@order1:0=61,-5"], "test")
+
+
+def test_a_label_at_the_right_edge_goes_to_the_left_of_its_point():
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot = load_script()
+    fig, ax = plt.subplots()
+    ax.set_xlim(-50, 0.5)
+    ax.set_ylim(50, 100)
+    name = "per-task (a long label)"
+    plot.place_labels(fig, ax, {name: {"n": 2, "acc": 75.0, "bwt": 0.0}}, {name: "k"})
+    renderer = fig.canvas.get_renderer()
+    box, frame = ax.texts[0].get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1
+    plt.close(fig)
