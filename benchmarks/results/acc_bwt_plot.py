@@ -29,7 +29,7 @@ def points(items: list[str], split: str) -> dict[str, dict[tuple[str, int], tupl
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise SystemExit(f"{item!r}: expected METHOD=STORE or METHOD@SEED=ACC,BWT")
+            raise SystemExit(f"{item!r}: expected METHOD=STORE or METHOD@[SEQUENCE:]SEED=ACC,BWT")
         if "@" in name:
             name, _, run = name.partition("@")
             sequence, _, seed = run.rpartition(":")
@@ -37,8 +37,12 @@ def points(items: list[str], split: str) -> dict[str, dict[tuple[str, int], tupl
         else:
             key, m = metrics(Path(value), split)
             acc, bwt = 100 * m["acc"], 100 * m["bwt"]
-        if key in out.get(name, {}):
-            raise SystemExit(f"{item!r}: {name} has a second run of sequence {key[0] or '(unnamed)'} seed {key[1]}")
+        # a run without its sequence may be any sequence's run of that seed: one of each is an error too
+        clash = [k for k in out.get(name, {}) if k == key or k[1] == key[1] and "" in (k[0], key[0])]
+        if clash:
+            beside = "" if clash[0] == key else f" (beside {clash[0][0] or '(unnamed)'}: name both sequences)"
+            raise SystemExit(f"{item!r}: {name} has a second run of sequence {key[0] or '(unnamed)'} seed {key[1]}"
+                             + beside)
         out.setdefault(name, {})[key] = (acc, bwt)
     return out
 

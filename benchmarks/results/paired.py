@@ -116,11 +116,13 @@ def main() -> int:
                   file=sys.stderr)
         elif x.get("hits") and y.get("hits"):
             d = prompt_paired_interval(x["hits"], y["hits"])
-            if d["mean"] is None:  # a task of one prompt
+            if d["low"] is not None:  # None where a task has fewer than two prompts
+                span = f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+                print(f"| ACC, per prompt | {name_a} − {name_b} | {seq}:{seed} | {100 * x['acc']:.1f} | "
+                      f"{100 * y['acc']:.1f} | {span} | "
+                      f"{d['n']} prompts: only {name_a} right {d['a_only']}, only {name_b} right {d['b_only']} |")
+            if d["pooled_low"] is None:
                 continue
-            print(f"| ACC, per prompt | {name_a} − {name_b} | {seq}:{seed} | {100 * x['acc']:.1f} | "
-                  f"{100 * y['acc']:.1f} | {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
-                  f"{d['n']} prompts: only {name_a} right {d['a_only']}, only {name_b} right {d['b_only']} |")
             right = [sum(h.count("1") for h in z["hits"]) / d["n"] for z in (x, y)]
             print(f"| ACC, each prompt once | {name_a} − {name_b} | {seq}:{seed} | {100 * right[0]:.1f} | "
                   f"{100 * right[1]:.1f} | {100 * d['pooled_mean']:+.1f} [{100 * d['pooled_low']:+.1f}, "

@@ -7,8 +7,8 @@ alone for the last task, and for a store that never forgets, such as the per-tas
     .venv/bin/python benchmarks/results/stores_markdown.py [--split validation] [--per-task] STORE|ROW.json [...]
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -22,8 +22,11 @@ def signed(v) -> str:
 
 def load(path: Path, split: str) -> dict:
     """Label, method, seed, training minutes (None for a row) and the matrix document of a store or a row."""
-    if path.is_file():  # a row: the store is gone, its file name says what it was
-        doc = json.loads(path.read_text())["matrix"]
+    if path.is_file():  # a row (`run --json`, or `eval --json`'s bare matrix): the store is gone, its name says what
+        data = json.loads(path.read_text())
+        doc = data.get("matrix", data)
+        if doc.get("split", "test") != split:
+            raise SystemExit(f"{path}: a {doc.get('split')} matrix, not {split} (--split)")
         return {"label": path.stem, "method": "—", "seed": "—", "minutes": None, "doc": doc}
     seq = json.loads((path / "manifest.json").read_text())["sequence"]
     folder = path / "eval" if split == "test" else path / "eval" / split
@@ -76,11 +79,9 @@ def main(paths: list[Path], split: str = "test", per_task: bool = False) -> None
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if not args or args[0] in ("-h", "--help"):
-        sys.exit(print(__doc__))
-    split, per_task = "test", "--per-task" in args
-    args = [a for a in args if a != "--per-task"]
-    if args[:1] == ["--split"]:
-        split, args = args[1], args[2:]
-    main([Path(a) for a in args], split, per_task)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", type=Path, metavar="STORE|ROW.json")
+    ap.add_argument("--split", default="test", choices=("test", "validation"))
+    ap.add_argument("--per-task", action="store_true")
+    args = ap.parse_args()
+    main(args.paths, args.split, args.per_task)

@@ -189,9 +189,10 @@ def prompt_paired_interval(hits_a: Sequence[str], hits_b: Sequence[str]) -> dict
     variance sum_i s_i² / n_i / T², s_i² the sample variance of a_ij − b_ij over task i's n_i prompts. It measures
     how much the test prompts alone could move the difference between these two trained models: it says nothing
     of another seed's training. a_only / b_only count the prompts only A / only B got right (McNemar's discordant
-    pairs). The interval is None where a task has fewer than two prompts. pooled_*: the same for the accuracy that
-    counts every prompt once (`acc_weighted`), (a_only − b_only) / n with the sample variance over all prompts: where
-    the two disagree, the gap comes from weighting tasks of different sizes equally."""
+    pairs). The interval is None where a task has fewer than two prompts. pooled_*: the difference of the accuracy that
+    counts every prompt once (`acc_weighted`), (a_only − b_only) / n, with the sample variance over all prompts
+    (ignoring the grouping by task, which makes it conservative): where the two differences disagree, the gap comes
+    from weighting tasks of different sizes equally."""
     if len(hits_a) != len(hits_b) or not hits_a:
         raise ValueError(f"per-prompt records of {len(hits_a)} and {len(hits_b)} tasks: expected the same, at least 1")
     diffs = []

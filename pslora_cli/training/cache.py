@@ -8,8 +8,8 @@ store (their sha256), and of the method only what changes the training here: how
 their sum, or their merge with its options), the stability term's settings when it is on and has a history, the
 orthogonality weight when it has earlier adapters, the sparsity term when it is on, InfLoRA's design and thresholds,
 and how the adapter starts. So the first task of inc-lora, ps-lora, ps-merge-only, o-lora, per-task, seq-lora and
-magmax is one training, per-task and magmax-ind train the same adapters, and the reference run of stability decay (the knobs
-off) is the method without its term.
+magmax is one training, per-task and magmax-ind train the same adapters, and the reference run of stability decay
+(the knobs off) is the method without its term.
 
 The cache is on where PSLORA_TASK_CACHE names a folder (`compare` sets OUT/task-cache for its runs).
 """

@@ -45,6 +45,8 @@ def test_runs_are_keyed_by_sequence_and_seed(tmp_path):
     assert s["n"] == 2 and s["acc"] == 55 and s["acc_ci"] == (50, 60) and s["bwt_ci"] == (-15, -5)
     with pytest.raises(SystemExit, match="second run of sequence order1 seed 0"):
         plot.points(["m@order1:0=60,-5", "m@order1:0=61,-5"], "test")
+    with pytest.raises(SystemExit, match="name both sequences"):  # an unnamed run may be order1's
+        plot.points(["m@order1:0=60,-5", "m@0=61,-5"], "test")
 
 
 def test_a_label_at_the_right_edge_goes_to_the_left_of_its_point():

@@ -80,3 +80,12 @@ def test_stores_of_other_data_get_no_per_prompt_row(tmp_path):
     b1 = with_hits(store(tmp_path, "b1", "order1", 0, 0.50, -0.1), ["1010", "00"], ("d1", "other"))
     out = paired("--a", a1, "--b", b1)
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 2 and "fingerprints differ" in out.stderr
+
+
+def test_a_one_prompt_task_gives_the_pooled_row_alone(tmp_path):
+    a1 = with_hits(store(tmp_path, "a1", "order1", 0, 0.75, -0.1), ["1100", "1"])
+    b1 = with_hits(store(tmp_path, "b1", "order1", 0, 0.50, -0.1), ["1010", "0"])
+    out = paired("--a", a1, "--b", b1)
+    assert out.returncode == 0, out.stderr
+    rows = out.stdout.splitlines()[2:]
+    assert len(rows) == 1 and rows[0].startswith("| ACC, each prompt once |"), rows

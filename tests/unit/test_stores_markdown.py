@@ -55,3 +55,12 @@ def test_a_store_gives_its_method_seed_and_matrix(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "| s | ps-lora | 3 | 60.0 | −25.0 | 25.0 | 72.5 | 2 |" in out.stdout
     assert "base   10.0" in out.stdout and "a   80.0" in out.stdout
+
+
+def test_a_row_of_another_split_is_refused(tmp_path):
+    doc = {**matrix(["a"], [[0.1], [0.8]]), "split": "test"}
+    out = run("--split", "validation", row(tmp_path, "r", doc))
+    assert out.returncode != 0 and "a test matrix, not validation" in out.stderr
+    bare = tmp_path / "bare.validation.json"  # `pslora eval --json`'s matrix, with no "matrix" key around it
+    bare.write_text(json.dumps({**doc, "split": "validation"}))
+    assert run("--per-task", "--split", "validation", bare).returncode == 0
