@@ -5,7 +5,7 @@ temporary name and renamed whole, so a killed process leaves each file and each 
 
     STORE/
       manifest.json            schema version, resolved sequence + hash, base model identity
-      sequence.yaml            copy of the sequence file the store was started with
+      sequence.yaml            copy of the sequence file the store was started with (without --set overrides)
       .lock                    advisory lock held by the command writing the store
       tasks/<id>/              one finished task:
         adapter_model.safetensors, adapter_config.json   (PEFT format; stock PeftModel loads the folder)
