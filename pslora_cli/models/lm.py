@@ -9,6 +9,7 @@ once into an ordinary float32 folder in the user's cache, which later loads take
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
@@ -43,11 +44,27 @@ def builtin_lm_folder(name: str) -> str:
     gguf = gguf_dir / gguf_name
     if not gguf.is_file():
         raise InputError(f"backbone {name!r}: {gguf} is missing; reinstall: {install}")
-    stat = gguf.stat()
-    folder = cache_dir() / "models" / f"{name}-{stat.st_size}-{stat.st_mtime_ns}"
+    folder = cache_dir() / "models" / f"{name}-{_content_key(gguf)}"
     if not (folder / "config.json").is_file():
         _convert_gguf(gguf_dir, gguf_name, folder, install)
     return str(folder)
+
+
+_CONTENT_KEYS: dict[tuple, str] = {}
+
+
+def _content_key(gguf: Path) -> str:
+    """Size and SHA-256 of the GGUF, hashed once a process (about 0.2 s for SmolLM2's 98 MB). Not its mtime: every
+    reinstall (a fresh venv, a CI clone) would otherwise convert the same bytes again into another 0.5 GB folder."""
+    stat = gguf.stat()
+    memo = (str(gguf), stat.st_size, stat.st_mtime_ns)
+    if memo not in _CONTENT_KEYS:
+        h = hashlib.sha256()
+        with open(gguf, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _CONTENT_KEYS[memo] = f"{stat.st_size}-{h.hexdigest()[:16]}"
+    return _CONTENT_KEYS[memo]
 
 
 def _convert_gguf(gguf_dir: Path, gguf_name: str, folder: Path, install: str) -> None:
