@@ -66,7 +66,8 @@ def _stats_text(stats: dict) -> str:
     from .methods import TERMS
 
     parts = [f"loss {stats['loss']:.4f}"]
-    parts += [f"{term.short} {stats[f'{name}_loss']:.4f}" for name, term in TERMS.items() if stats.get(f"{name}_loss")]
+    # Four significant digits: a regulariser's raw value can be 1e-7 (EWC on LoRA factors) or 1e4 (N-LoRA's L1).
+    parts += [f"{term.short} {stats[f'{name}_loss']:.4g}" for name, term in TERMS.items() if stats.get(f"{name}_loss")]
     parts.append(f"acc {stats['train_accuracy']:.2f}")
     return " ".join(parts)
 
