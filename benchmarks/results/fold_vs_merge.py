@@ -15,6 +15,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
+def trained_in_updates(adapters: list, method, i: int) -> dict:
+    """The dense update over W0 that task i (0-based) was trained in: the method's merge of tasks < i, as training
+    folded it, plus task i's own update."""
+    from pslora_cli.models.adapters import merged_deltas
+
+    history = dict(merged_deltas(adapters[:i], method.merge, "cpu", **method.merge_options)) if i else {}
+    own = dict(merged_deltas(adapters[i:i + 1], "sum", "cpu"))
+    return {k: history.get(k, 0) + own[k] for k in own}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, required=True)
@@ -27,7 +37,6 @@ def main() -> int:
     from pslora_cli.config import sequence_from_stored
     from pslora_cli.data.loader import data_loader
     from pslora_cli.evaluation.scoring import Evaluator
-    from pslora_cli.models.adapters import merged_deltas
     from pslora_cli.store import Store
 
     torch.set_num_threads(args.threads)
@@ -40,11 +49,8 @@ def main() -> int:
     if method.previous != "merge" or method.spec.own_adapters:
         raise SystemExit(f"{args.store}: method {method.name} does not train on a merge of the earlier tasks")
     ev = Evaluator(seq, store, cpu, data_loader(seq))
-    adapters = ev.adapters(i + 1)
-    history = dict(merged_deltas(adapters[:i], method.merge, cpu, **method.merge_options)) if i else {}
-    own = dict(merged_deltas(adapters[i:i + 1], "sum", cpu))
     cell = [(i, "aware")]
-    trained_in = ev.score_with(i + 1, {k: history.get(k, 0) + own[k] for k in own}, cell)[cell[0]]
+    trained_in = ev.score_with(i + 1, trained_in_updates(ev.adapters(i + 1), method, i), cell)[cell[0]]
     merged = ev.stage(i + 1, cell)[cell[0]]
     print(f"{args.store.name} {args.task}: {100 * trained_in:.1f} in the weights it was trained in, "
           f"{100 * merged:.1f} after the merge of tasks 1..{i + 1}")
