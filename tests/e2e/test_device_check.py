@@ -1,6 +1,7 @@
 """benchmarks/device_check.sh, the one command for a CUDA machine, in its CPU dry run (`--device cpu --tiny`): every
 step runs (the GPU checks' script on small sizes, one training step of a tiny LLaMA in bfloat16 with plain LoRA and
-PS-LoRA, gen-mixed-order1 for the main methods on a tiny random LM, two steps a task) and the table names each."""
+PS-LoRA, gen-mixed-order1 for the main methods on a tiny random LM, two steps a task; Standard order 1 on a tiny
+CL_Benchmark stand-in) and the table names each."""
 
 import json
 import os
@@ -16,14 +17,20 @@ def test_the_device_script_dry_run_passes_on_the_cpu(tmp_path):
     # a GPU; without it the dry run skipped them and missed that they asked the kernel for a form it does not cover
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--device", "cpu", "--tiny",
-                           "--out", str(tmp_path), "--carry", str(tmp_path / "no-carry")],
+                           "--out", str(tmp_path), "--carry", str(tmp_path / "no-carry"),
+                           "--only", "preflight,gpu-check,7b-step,gen-mixed,cl-standard", "--orders", "1"],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r["step"]: r for r in json.loads((tmp_path / "device_check.json").read_text())}
     methods = ("ps-lora", "inc-lora", "o-lora", "magmax")
     assert set(rows) == {"preflight", "gpu-check", "7b-step lora", "7b-step ps-lora", "gen-mixed"} | {
-        f"gen-mixed {m}" for m in methods}
+        f"gen-mixed {m}" for m in methods} | {"cl-standard-order1"} | {
+        f"cl-standard-order1 {m}" for m in ("ps-lora", "multitask")}
     assert all(r["status"] == "ok" for r in rows.values()), rows
     assert rows["7b-step ps-lora"]["lora_dtypes"] == ["torch.float32"]
     assert all(0 <= rows[f"gen-mixed {m}"]["acc"] <= 1 for m in methods)
     assert "| gen-mixed ps-lora" in proc.stdout and "| 7b-step ps-lora" in proc.stdout  # one table
+    # the Standard grid's rows come back named as the committed rows, each a store's matrix with its per-task cells
+    for m in ("ps-lora", "multitask"):
+        doc = json.loads((tmp_path / "rows" / f"cl-standard-order1-{m}-seed0.json").read_text())
+        assert doc["tasks"] == ["dbpedia", "amazon", "yahoo", "agnews"] and len(doc["task_aware"]) == 5
