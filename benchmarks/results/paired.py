@@ -10,6 +10,8 @@ normal interval and the prompts only one side got right: it measures the test se
 training. A third counts every prompt once (acc_weighted): where it differs from the second, the gap comes from
 weighting tasks of different sizes equally.
 
+A committed row (benchmarks/results/rows/*.json, written by make_row.py) stands for its store wherever a store goes.
+
     .venv/bin/python benchmarks/results/paired.py --a STORE [STORE ...] --b STORE [STORE ...] [--names A,B]
         [--split test|validation]           (the matrix `pslora eval --split` wrote; default test)
         [--b-recorded [SEQUENCE:]SEED=ACC,BWT ...]  (a result recorded in RESULTS.md whose store is gone, in %;
@@ -30,16 +32,24 @@ from pslora_cli.core.metrics import paired_interval, prompt_paired_interval  # n
 
 def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
     """(sequence, seed) and the primary metrics, with "hits": the last row's per-prompt records (None if any is
-    missing)."""
-    sequence = json.loads((store / "manifest.json").read_text())["sequence"]
-    folder = store / "eval" if split == "test" else store / "eval" / split
-    doc = json.loads((folder / "matrix.json").read_text())
+    missing). `store` is a store, or a committed row of one (a .json file written by make_row.py)."""
+    if store.is_file():
+        row = json.loads(store.read_text())
+        if "sequence" not in row:
+            raise SystemExit(f"{store}: a row without its sequence and data (write it with make_row.py)")
+        if row["matrix"].get("split", "test") != split:
+            raise SystemExit(f"{store}: a row of the {row['matrix'].get('split')} split, not {split}")
+        sequence, doc, data = row["sequence"], row["matrix"], row.get("data_fingerprints") or []
+    else:
+        sequence = json.loads((store / "manifest.json").read_text())["sequence"]
+        folder = store / "eval" if split == "test" else store / "eval" / split
+        doc = json.loads((folder / "matrix.json").read_text())
+        data = [json.loads((store / "tasks" / task / "meta.json").read_text()).get("data_fingerprint")
+                if (store / "tasks" / task / "meta.json").is_file() else None for task in doc.get("tasks", [])]
     k = doc["metrics"]["primary"].get("num_tasks") or 0
     grid = (doc.get("hits") or {}).get(doc.get("primary"))
     last = grid[k][:k] if grid and k else [None]
-    data = [json.loads((store / "tasks" / task / "meta.json").read_text()).get("data_fingerprint")
-            if (store / "tasks" / task / "meta.json").is_file() else None for task in doc.get("tasks", [])[:k]]
-    return (sequence["name"], sequence["seed"]), {**doc["metrics"]["primary"], "data": data,
+    return (sequence["name"], sequence["seed"]), {**doc["metrics"]["primary"], "data": data[:k],
                                                   "hits": None if None in last else last}
 
 

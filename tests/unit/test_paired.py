@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "paired.py"
+MAKE_ROW = SCRIPT.with_name("make_row.py")
 
 
 def store(root: Path, name: str, sequence: str, seed: int, acc: float, bwt: float) -> Path:
@@ -89,3 +90,29 @@ def test_a_one_prompt_task_gives_the_pooled_row_alone(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = out.stdout.splitlines()[2:]
     assert len(rows) == 1 and rows[0].startswith("| ACC, each prompt once |"), rows
+
+
+def row(folder: Path, out: Path, *run_json) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MAKE_ROW), str(folder), "--out", str(out), *map(str, run_json)],
+                          capture_output=True, text=True)
+
+
+def test_a_committed_row_stands_for_its_store(tmp_path):
+    """The stores are gone on another machine; the rows made from them give the same lines, per-prompt rows and the
+    data check included, and a row that is not its store's matrix is refused."""
+    a1 = with_hits(store(tmp_path, "a1", "order1", 0, 0.75, -0.1), ["1100", "11"])
+    b1 = with_hits(store(tmp_path, "b1", "order1", 0, 0.50, -0.1), ["1010", "00"])
+    c1 = with_hits(store(tmp_path, "c1", "order1", 0, 0.50, -0.1), ["1010", "00"], ("d1", "other"))
+    for name in ("a1", "b1", "c1"):
+        assert row(tmp_path / name, tmp_path / f"{name}.json").returncode == 0
+    from_stores = paired("--a", a1, "--b", b1).stdout
+    assert len(from_stores.splitlines()) == 4
+    assert paired("--a", tmp_path / "a1.json", "--b", tmp_path / "b1.json").stdout == from_stores
+    assert paired("--a", tmp_path / "a1.json", "--b", b1).stdout == from_stores
+    other = paired("--a", tmp_path / "a1.json", "--b", tmp_path / "c1.json")
+    assert len(other.stdout.splitlines()) == 2 and "fingerprints differ" in other.stderr
+    (tmp_path / "run.json").write_text(json.dumps({"store": "x", "matrix": {"task_aware": [[0.1]]}}))
+    refused = row(a1, tmp_path / "a1-run.json", "--run-json", tmp_path / "run.json")
+    assert refused.returncode != 0 and "evaluated matrix" in refused.stderr and not (tmp_path / "a1-run.json").exists()
+    (tmp_path / "bare.json").write_text(json.dumps({"matrix": {}}))
+    assert "without its sequence" in paired("--a", tmp_path / "bare.json", "--b", b1).stderr

@@ -1,0 +1,48 @@
+"""A committed row from a finished store: what the tables and the paired differences need once the store is gone
+(stores do not survive a change of machine). The row is the run's `--json` output when given (checked to be this
+store's), with the store's evaluated matrix (per-prompt records included), its sequence's name and seed, and its
+tasks' data fingerprints. `paired.py` and `stores_markdown.py` read rows as they read stores.
+
+    .venv/bin/python benchmarks/results/make_row.py STORE --out benchmarks/results/rows/NAME.json [--run-json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def make_row(store: Path, run_json: Path | None = None) -> dict:
+    doc = json.loads((store / "eval" / "matrix.json").read_text())
+    sequence = json.loads((store / "manifest.json").read_text())["sequence"]
+    row = json.loads(run_json.read_text()) if run_json else {"store": str(store)}
+    if run_json and row.get("matrix", {}).get(doc["primary"]) != doc.get(doc["primary"]):
+        raise SystemExit(f"{run_json}: its matrix is not {store}'s evaluated matrix (another store, or a rescoring)")
+    metas = [store / "tasks" / task / "meta.json" for task in doc["tasks"]]
+    row.update(matrix=doc, sequence={"name": sequence["name"], "seed": sequence["seed"]},
+               data_fingerprints=[json.loads(m.read_text()).get("data_fingerprint") if m.is_file() else None
+                                  for m in metas])
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("store", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--run-json", type=Path, default=None)
+    args = ap.parse_args()
+    if not (args.store / "eval" / "matrix.json").is_file():
+        raise SystemExit(f"{args.store}: no eval/matrix.json (not a finished store)")
+    row = make_row(args.store, args.run_json)
+    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(row, f, indent=1)
+    os.replace(tmp, args.out)  # whole or not at all
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
