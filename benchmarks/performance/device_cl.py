@@ -64,6 +64,20 @@ def _cl_sets(args, lm) -> tuple[str, list[str]]:
                                         for k, n in (("train", 4), ("test", 2))]
 
 
+def run_compare(cmd: list[str], carry: Path, log: Path, **env) -> tuple[dict | None, str]:
+    """Run a `pslora compare --json` command line (the carried pylib, the scattertext stub and gguf, on the path),
+    its stderr to `log`: (the JSON document, "") or (None, what failed)."""
+    env = dict(os.environ, **env)
+    if (carry / "pylib").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join([str(carry / "pylib"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    log.write_text(proc.stderr)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
+        return None, f"exit {proc.returncode}: {last}; log {log}"
+    return json.loads(proc.stdout), ""
+
+
 def cl_benchmark(args, work: Path, model: tuple, row) -> list[dict]:
     """`pslora compare` on each of --cl-sequences with --cl-methods, seed 0; per run a row, and each store's matrix
     (per-prompt records included) in OUT/rows/ as the committed rows are named. Stores stay off OUT. `model`:
@@ -75,23 +89,18 @@ def cl_benchmark(args, work: Path, model: tuple, row) -> list[dict]:
                     "benchmarks/device-carry/cl-benchmark (--prepare --cl-benchmark DIR) or pass --cl-benchmark")]
     methods, sets = _cl_sets(args, lm)
     stores = work / "cl-stores" if args.tiny else Path(tempfile.mkdtemp(prefix="cl-stores-"))
-    env = dict(os.environ, PSLORA_CL_BENCHMARK=str(root))
-    if (args.carry / "pylib").is_dir():
-        env["PYTHONPATH"] = os.pathsep.join([str(args.carry / "pylib"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     rows = []
     for name in [n.strip() for n in args.cl_sequences.split(",") if n.strip()]:
         cmd = [sys.executable, "-m", "pslora_cli", "compare", str(ROOT / "task_sequences" / f"{name}.yaml"),
                "--methods", methods, "--seeds", "0", "--device", args.device, "--jobs", str(args.jobs),
                "--out", str(stores / name), "--json", "--quiet"] + [x for s in sets for x in ("--set", s)]
         started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-        (work / f"{name}.log").write_text(proc.stderr)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
-            rows.append(row(name, f"FAILED (exit {proc.returncode})", f"{last}; log {work / (name + '.log')}"))
+        doc, failed = run_compare(cmd, args.carry, work / f"{name}.log", PSLORA_CL_BENCHMARK=str(root))
+        if doc is None:
+            rows.append(row(name, "FAILED", failed))
             continue
         (work / "rows").mkdir(exist_ok=True)
-        for run in json.loads(proc.stdout)["runs"]:
+        for run in doc["runs"]:
             shutil.copy2(Path(run["store"]) / "eval" / "matrix.json",
                          work / "rows" / f"{name}-{run['method']}-seed0.json")
             m, wall = run["metrics"], run["wall_seconds"]

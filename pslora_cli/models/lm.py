@@ -9,7 +9,6 @@ once into an ordinary float32 folder in the user's cache, which later loads take
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -26,6 +25,7 @@ from ..config import Backbone
 from ..config.backbones import BUILTIN_LM
 from ..data.prompts import normalise  # noqa: F401 (how exact match compares; the answers are checked with it)
 from ..errors import InputError
+from ..store.files import sha256_file
 
 IGNORE = -100
 
@@ -59,11 +59,7 @@ def _content_key(gguf: Path) -> str:
     stat = gguf.stat()
     memo = (str(gguf), stat.st_size, stat.st_mtime_ns)
     if memo not in _CONTENT_KEYS:
-        h = hashlib.sha256()
-        with open(gguf, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _CONTENT_KEYS[memo] = f"{stat.st_size}-{h.hexdigest()[:16]}"
+        _CONTENT_KEYS[memo] = f"{stat.st_size}-{sha256_file(gguf)[:16]}"
     return _CONTENT_KEYS[memo]
 
 
