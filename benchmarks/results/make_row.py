@@ -1,9 +1,11 @@
 """A committed row from a finished store: what the tables and the paired differences need once the store is gone
 (stores do not survive a change of machine). The row is the run's `--json` output when given (checked to be this
 store's), with the store's evaluated matrix (per-prompt records included), its sequence's name and seed, and its
-tasks' data fingerprints. `paired.py` and `stores_markdown.py` read rows as they read stores.
+tasks' data fingerprints. `paired.py` and `stores_markdown.py` read rows as they read stores. `--split validation`
+makes the row of the store's validation scoring (`pslora eval --split validation`; its `--json` output as the run JSON).
 
     .venv/bin/python benchmarks/results/make_row.py STORE --out benchmarks/results/rows/NAME.json [--run-json FILE]
+        [--split validation]
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ import tempfile
 from pathlib import Path
 
 
-def make_row(store: Path, run_json: Path | None = None) -> dict:
-    doc = json.loads((store / "eval" / "matrix.json").read_text())
+def matrix_path(store: Path, split: str = "test") -> Path:
+    return store / "eval" / "matrix.json" if split == "test" else store / "eval" / split / "matrix.json"
+
+
+def make_row(store: Path, run_json: Path | None = None, split: str = "test") -> dict:
+    doc = json.loads(matrix_path(store, split).read_text())
     sequence = json.loads((store / "manifest.json").read_text())["sequence"]
     row = json.loads(run_json.read_text()) if run_json else {"store": str(store)}
+    if "matrix" not in row:  # `pslora eval --json` prints the matrix itself, its selection record beside it
+        row = {"store": str(store), "selection": row.get("selection"), "matrix": row}
     if run_json and row.get("matrix", {}).get(doc["primary"]) != doc.get(doc["primary"]):
         raise SystemExit(f"{run_json}: its matrix is not {store}'s evaluated matrix (another store, or a rescoring)")
     metas = [store / "tasks" / task / "meta.json" for task in doc["tasks"]]
@@ -33,13 +41,16 @@ def main() -> int:
     ap.add_argument("store", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--run-json", type=Path, default=None)
+    ap.add_argument("--split", choices=("test", "validation"), default="test")
     args = ap.parse_args()
-    if not (args.store / "eval" / "matrix.json").is_file():
-        raise SystemExit(f"{args.store}: no eval/matrix.json (not a finished store)")
-    row = make_row(args.store, args.run_json)
+    if not matrix_path(args.store, args.split).is_file():
+        raise SystemExit(f"{args.store}: no {matrix_path(args.store, args.split).relative_to(args.store)} "
+                         f"(not a finished store{'' if args.split == 'test' else ', or not scored on ' + args.split})")
+    row = make_row(args.store, args.run_json, args.split)
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(row, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a row from the rest of a shared checkout
     os.replace(tmp, args.out)  # whole or not at all
     return 0
 

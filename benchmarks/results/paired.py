@@ -43,6 +43,9 @@ def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
     else:
         sequence = json.loads((store / "manifest.json").read_text())["sequence"]
         folder = store / "eval" if split == "test" else store / "eval" / split
+        if not (folder / "matrix.json").is_file():
+            raise SystemExit(f"{store}: no {(folder / 'matrix.json').relative_to(store)} (not a finished store"
+                             f"{'' if split == 'test' else ', or not scored on ' + split})")
         doc = json.loads((folder / "matrix.json").read_text())
         data = [json.loads((store / "tasks" / task / "meta.json").read_text()).get("data_fingerprint")
                 if (store / "tasks" / task / "meta.json").is_file() else None for task in doc.get("tasks", [])]
