@@ -89,28 +89,34 @@ def _devices(base: Session) -> list[str | None]:
 PROGRESS_EVERY = 30.0  # seconds between the progress lines of the running runs
 _TASK_LINE = re.compile(r"training task (\S+) \((\d+)/(\d+)\)")
 _STEP_LINE = re.compile(r"task (\S+): step (\d+)/(\d+) .*?([\d.]+) step/s")
+_TRY_LINE = re.compile(r"task (\S+): selection \([\w-]+\) (reference|try-\d+): (.*)")
 
 
 def run_progress(log: Path, elapsed: float) -> str:
-    """One line on a running grid run from its log: the task (i/T), the step, and a rough ETA for the run (the
-    steps left at the current task's rate; evaluation and selection tries are not counted)."""
+    """One line on a running grid run from its log: the task (i/T), the selection protocol's try when one is
+    training, the step, and a rough ETA for the run (the steps left at the current task's rate; evaluation is not
+    counted, and under a selection protocol the tries still to come are not either: the ETA is then a least)."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, 2) - 8192))
             tail = f.read().decode("utf-8", "replace")
     except OSError:
         return "no log yet"
-    tasks, steps = _TASK_LINE.findall(tail), _STEP_LINE.findall(tail)
+    tasks, steps, tries = _TASK_LINE.findall(tail), _STEP_LINE.findall(tail), _TRY_LINE.findall(tail)
     if not tasks:
         return f"starting ({elapsed:.0f} s)"
     task_id, i, total_tasks = tasks[-1][0], int(tasks[-1][1]), int(tasks[-1][2])
-    text = f"task {i}/{total_tasks} ({task_id})"
+    selecting = bool(tries) and tries[-1][0] == task_id
+    text = f"task {i}/{total_tasks} ({task_id}"
+    if selecting:
+        text += f", {'the reference' if tries[-1][1] == 'reference' else tries[-1][1]}: {tries[-1][2]}"
+    text += ")"
     if steps and steps[-1][0] == task_id:
         step, total_steps, rate = int(steps[-1][1]), int(steps[-1][2]), float(steps[-1][3])
         text += f", step {step}/{total_steps}"
         if rate > 0:
             left = (total_steps - step + (total_tasks - i) * total_steps) / rate
-            text += f", ETA ~{left / 60:.0f} min of training"
+            text += f", ETA {'≥ ' if selecting else ''}~{left / 60:.0f} min of training"
     return text + f" ({elapsed / 60:.0f} min so far)"
 
 

@@ -42,3 +42,20 @@ def test_grid_children_are_not_quiet(tmp_path, monkeypatch):
                           data_dir=tmp_path, order=1)
     grid.run_parallel([run], Session(store_path=tmp_path, device_name="cpu", quiet=True), 1, tmp_path)
     assert len(started) == 1 and "--quiet" not in started[0] and "run" in started[0]
+
+
+def test_progress_line_names_the_selection_try_and_calls_its_eta_a_least(tmp_path):
+    """Under a selection protocol a task trains several times; a line that only says "step 30/30" over and over, with
+    an ETA that ignores the tries to come, reads as a hung run."""
+    log = tmp_path / "run.log"
+    log.write_text("training task sentiment (1/3): 2 classes\ntask sentiment: step 30/30 loss 0.1 acc 1.00 "
+                   "0.5 step/s\ntask animal: selection (stability-decay) reference: stability_weight=0\n"
+                   "training task animal (2/3): 2 classes\ntask animal: step 30/30 loss 0.2 acc 0.9 0.5 step/s\n"
+                   "task animal: reference (knobs off) validation accuracy 83.3; accepting >= 79.2\n"
+                   "task animal: selection (stability-decay) try-1: stability_weight=1\n"
+                   "training task animal (2/3): 2 classes\ntask animal: step 10/30 loss 0.47 acc 0.75 0.5 step/s\n")
+    line = grid.run_progress(log, 600)
+    assert line.startswith("task 2/3 (animal, try-1: stability_weight=1), step 10/30, ETA ≥ ~2 min"), line
+    log.write_text(log.read_text() + "task animal: selection (stability-decay) chose stability_weight=1\n"
+                   "training task food (3/3): 2 classes\ntask food: step 5/30 loss 0.5 acc 0.7 0.5 step/s\n")
+    assert grid.run_progress(log, 600).startswith("task 3/3 (food), step 5/30, ETA ~1 min"), grid.run_progress(log, 600)

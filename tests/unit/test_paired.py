@@ -124,8 +124,9 @@ def test_a_validation_row_stands_for_the_stores_validation_scoring(tmp_path):
     a1, b1 = store(tmp_path, "a1", "order1", 0, 0.75, -0.1), store(tmp_path, "b1", "order1", 0, 0.50, -0.1)
     for folder, acc, hits in ((a1, 0.6, ["1100", "10"]), (b1, 0.4, ["1010", "00"])):
         (folder / "eval" / "validation").mkdir()
-        doc = {"split": "validation", "tasks": ["t1", "t2"], "primary": "task_aware", "metrics": {"primary": {"acc": acc, "bwt": 0.0,
-               "num_tasks": 2}}, "hits": {"task_aware": [[], [hits[0], hits[1]], [hits[0], hits[1]]]}}
+        doc = {"split": "validation", "tasks": ["t1", "t2"], "primary": "task_aware",
+               "metrics": {"primary": {"acc": acc, "bwt": 0.0, "num_tasks": 2}},
+               "hits": {"task_aware": [[], [hits[0], hits[1]], [hits[0], hits[1]]]}}
         (folder / "eval" / "validation" / "matrix.json").write_text(json.dumps(doc))
     (tmp_path / "a1.val.json").write_text(json.dumps(
         {**json.loads((a1 / "eval" / "validation" / "matrix.json").read_text()), "selection": {"food": 0.1}}))
@@ -140,6 +141,7 @@ def test_a_validation_row_stands_for_the_stores_validation_scoring(tmp_path):
     assert "validation split, not test" in paired("--a", tmp_path / "a1-val.json", "--b", b1).stderr  # test asked
     c1 = store(tmp_path, "c1", "order1", 0, 0.5, 0.0)
     missing = paired("--a", a1, "--b", c1, "--split", "validation")
-    assert missing.returncode != 0 and "Traceback" not in missing.stderr and "eval/validation/matrix.json" in missing.stderr
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "eval/validation/matrix.json" in missing.stderr
     refused = row(c1, tmp_path / "c1-val.json", "--split", "validation")
     assert refused.returncode != 0 and not (tmp_path / "c1-val.json").exists()
