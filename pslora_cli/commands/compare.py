@@ -296,6 +296,30 @@ def print_summary(reporter, doc: dict) -> None:
     paired = doc.get("paired") or {}
     if paired.get("methods"):
         reporter.out.print(_paired_table(paired, split))
+    for line in selection_lines(doc.get("runs") or []):
+        reporter.out.print(line, markup=False, highlight=False)
+
+
+def selection_lines(runs: list[dict]) -> list[str]:
+    """What a selection protocol chose in each run, task by task, with the validation accuracy of each try: the
+    numbers behind the ACC a user is reading."""
+    lines = []
+    for run in runs:
+        chosen = []
+        for task, record in (run.get("selection") or {}).items():
+            if not record or not record.get("values"):
+                continue
+            values = ", ".join(f"{k}={v:g}" for k, v in record["values"].items())
+            tries = [a for a in record.get("attempts") or [] if a.get("accuracy") is not None]
+            scored = "" if record.get("reference") is None else (
+                f" (reference {100 * record['reference']:.1f}; tries "
+                + ", ".join(f"{100 * a['accuracy']:.1f}" for a in tries) + ")")
+            chosen.append(f"{task} {values}{scored}")
+        if chosen:
+            protocol = next(r["protocol"] for r in run["selection"].values() if r and r.get("protocol"))
+            lines.append(f"{run['method']} seed {run['seed']} order {run['order']}, chosen on validation by "
+                         f"{protocol}: " + "; ".join(chosen))
+    return lines
 
 
 def _paired_table(paired: dict, class_incremental: bool):
