@@ -24,12 +24,17 @@ def matrix_path(store: Path, split: str = "test") -> Path:
 def make_row(store: Path, run_json: Path | None = None, split: str = "test") -> dict:
     doc = json.loads(matrix_path(store, split).read_text())
     sequence = json.loads((store / "manifest.json").read_text())["sequence"]
+    metas = [store / "tasks" / task / "meta.json" for task in doc.get("tasks") or []]
     row = json.loads(run_json.read_text()) if run_json else {"store": str(store)}
-    if "matrix" not in row:  # `pslora eval --json` prints the matrix itself, its selection record beside it
+    if run_json and "matrix" not in row:  # `pslora eval --json` prints the matrix itself, its selection beside it
         row = {"store": str(store), "selection": row.get("selection"), "matrix": row}
+    elif run_json and split != "test":
+        raise SystemExit(f"{run_json}: a run's output, scored on test; for the {split} row pass `pslora eval --split "
+                         f"{split} --json`'s output")
+    elif not run_json and split != "test":  # what a selection protocol chose, from the tasks' meta.json
+        row["selection"] = {m.parent.name: json.loads(m.read_text()).get("selection") for m in metas if m.is_file()}
     if run_json and row.get("matrix", {}).get(doc["primary"]) != doc.get(doc["primary"]):
         raise SystemExit(f"{run_json}: its matrix is not {store}'s evaluated matrix (another store, or a rescoring)")
-    metas = [store / "tasks" / task / "meta.json" for task in doc["tasks"]]
     row.update(matrix=doc, sequence={"name": sequence["name"], "seed": sequence["seed"]},
                data_fingerprints=[json.loads(m.read_text()).get("data_fingerprint") if m.is_file() else None
                                   for m in metas])

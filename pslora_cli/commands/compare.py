@@ -301,25 +301,37 @@ def print_summary(reporter, doc: dict) -> None:
 
 
 def selection_lines(runs: list[dict]) -> list[str]:
-    """What a selection protocol chose in each run, task by task, with the validation accuracy of each try: the
-    numbers behind the ACC a user is reading."""
+    """What a selection protocol chose in each run, with the validation accuracy of the reference and of each try:
+    the numbers behind the ACC a user is reading."""
     lines = []
     for run in runs:
-        chosen = []
+        chosen, protocol = [], None
         for task, record in (run.get("selection") or {}).items():
-            if not record or not record.get("values"):
-                continue
-            values = ", ".join(f"{k}={v:g}" for k, v in record["values"].items())
-            tries = [a for a in record.get("attempts") or [] if a.get("accuracy") is not None]
-            scored = "" if record.get("reference") is None else (
-                f" (reference {100 * record['reference']:.1f}; tries "
-                + ", ".join(f"{100 * a['accuracy']:.1f}" for a in tries) + ")")
-            chosen.append(f"{task} {values}{scored}")
+            protocol = protocol or (record or {}).get("protocol")
+            # a note: a task no knob acts on, or a later task of first-tasks (it repeats the first tasks' choice)
+            if record and record.get("values") and not record.get("note"):
+                where = f"the first {record['first_tasks']} tasks" if record.get("first_tasks") else task
+                text = _choice(where, record)
+                if text not in chosen:  # first-tasks keeps one record on each of the first k tasks
+                    chosen.append(text)
+            if record and (record.get("merge") or {}).get("values"):
+                chosen.append(_choice(f"the merge at {task}", record["merge"]))
         if chosen:
-            protocol = next(r["protocol"] for r in run["selection"].values() if r and r.get("protocol"))
             lines.append(f"{run['method']} seed {run['seed']} order {run['order']}, chosen on validation by "
                          f"{protocol}: " + "; ".join(chosen))
     return lines
+
+
+def _choice(where: str, record: dict) -> str:
+    details = [] if record.get("reference") is None else [f"reference {100 * record['reference']:.1f}"]
+    tries = [a for a in record.get("attempts") or [] if a.get("accuracy") is not None]
+    if tries:
+        details.append("tries " + ", ".join("/".join(f"{v:g}" for v in a["values"].values())
+                                            + f": {100 * a['accuracy']:.1f}" for a in tries))
+    if record.get("accepted") is False:
+        details.append("none within the tolerance: the last kept")
+    values = ", ".join(f"{k}={v:g}" for k, v in record["values"].items())
+    return f"{where} {values}" + (f" ({'; '.join(details)})" if details else "")
 
 
 def _paired_table(paired: dict, class_incremental: bool):

@@ -89,7 +89,16 @@ def _devices(base: Session) -> list[str | None]:
 PROGRESS_EVERY = 30.0  # seconds between the progress lines of the running runs
 _TASK_LINE = re.compile(r"training task (\S+) \((\d+)/(\d+)\)")
 _STEP_LINE = re.compile(r"task (\S+): step (\d+)/(\d+) .*?([\d.]+) step/s")
-_TRY_LINE = re.compile(r"task (\S+): selection \([\w-]+\) (reference|try-\d+): (.*)")
+# stability decay logs "task X: selection (...) try-N: ...", first-tasks "selection (first-tasks) try-N: ..."
+_TRY_LINE = re.compile(r"(?:task (\S+): )?selection \([\w-]+\) (reference|try-\d+): (.*)")
+_CHOSE_LINE = re.compile(r"selection \([\w-]+\) chose ")
+
+
+def _last(pattern: re.Pattern, text: str) -> re.Match | None:
+    match = None
+    for match in pattern.finditer(text):
+        pass
+    return match
 
 
 def run_progress(log: Path, elapsed: float) -> str:
@@ -102,20 +111,23 @@ def run_progress(log: Path, elapsed: float) -> str:
             tail = f.read().decode("utf-8", "replace")
     except OSError:
         return "no log yet"
-    tasks, steps, tries = _TASK_LINE.findall(tail), _STEP_LINE.findall(tail), _TRY_LINE.findall(tail)
-    if not tasks:
+    task, step, attempt = _last(_TASK_LINE, tail), _last(_STEP_LINE, tail), _last(_TRY_LINE, tail)
+    if not task:
         return f"starting ({elapsed:.0f} s)"
-    task_id, i, total_tasks = tasks[-1][0], int(tasks[-1][1]), int(tasks[-1][2])
-    selecting = bool(tries) and tries[-1][0] == task_id
+    task_id, i, total_tasks = task[1], int(task[2]), int(task[3])
+    chose = _last(_CHOSE_LINE, tail)
+    selecting = (attempt is not None and attempt[1] in (None, task_id)
+                 and (chose is None or chose.start() < attempt.start()))
     text = f"task {i}/{total_tasks} ({task_id}"
     if selecting:
-        text += f", {'the reference' if tries[-1][1] == 'reference' else tries[-1][1]}: {tries[-1][2]}"
+        text += f", {'the reference' if attempt[2] == 'reference' else attempt[2]}: {attempt[3]}"
     text += ")"
-    if steps and steps[-1][0] == task_id:
-        step, total_steps, rate = int(steps[-1][1]), int(steps[-1][2]), float(steps[-1][3])
-        text += f", step {step}/{total_steps}"
+    # a step line of this training only: not one of the previous try's (a try taken from the cache logs none)
+    if step and step[1] == task_id and step.start() > max(task.start(), attempt.start() if selecting else 0):
+        done, total_steps, rate = int(step[2]), int(step[3]), float(step[4])
+        text += f", step {done}/{total_steps}"
         if rate > 0:
-            left = (total_steps - step + (total_tasks - i) * total_steps) / rate
+            left = (total_steps - done + (total_tasks - i) * total_steps) / rate
             text += f", ETA {'≥ ' if selecting else ''}~{left / 60:.0f} min of training"
     return text + f" ({elapsed / 60:.0f} min so far)"
 

@@ -59,3 +59,18 @@ def test_progress_line_names_the_selection_try_and_calls_its_eta_a_least(tmp_pat
     log.write_text(log.read_text() + "task animal: selection (stability-decay) chose stability_weight=1\n"
                    "training task food (3/3): 2 classes\ntask food: step 5/30 loss 0.5 acc 0.7 0.5 step/s\n")
     assert grid.run_progress(log, 600).startswith("task 3/3 (food), step 5/30, ETA ~1 min"), grid.run_progress(log, 600)
+
+
+def test_progress_line_reads_first_tasks_tries_and_drops_a_finished_or_stale_try(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("selection (first-tasks) try-0: stability_weight=10\ntraining task sentiment (1/4): 2 classes\n"
+                   "task sentiment: step 50/100 loss 0.3 acc 0.8 0.5 step/s\n")
+    assert grid.run_progress(log, 60).startswith("task 1/4 (sentiment, try-0: stability_weight=10), step 50/100, ETA ≥")
+    # the next try came from the task cache: no step line of its own yet, so none of the last try's
+    log.write_text(log.read_text() + "selection (first-tasks) try-1: stability_weight=1\n"
+                   "training task sentiment (1/4): 2 classes\n")
+    assert grid.run_progress(log, 60) == "task 1/4 (sentiment, try-1: stability_weight=1) (1 min so far)"
+    log.write_text(log.read_text() + "task sentiment: step 100/100 loss 0.2 acc 0.9 0.5 step/s\n"
+                   "task animal: selection (first-tasks) chose stability_weight=1\n"
+                   "training task animal (2/4): 2 classes\ntask animal: step 10/100 loss 0.5 acc 0.7 0.5 step/s\n")
+    assert grid.run_progress(log, 60).startswith("task 2/4 (animal), step 10/100, ETA ~"), grid.run_progress(log, 60)

@@ -144,4 +144,10 @@ def test_a_validation_row_stands_for_the_stores_validation_scoring(tmp_path):
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "eval/validation/matrix.json" in missing.stderr
     refused = row(c1, tmp_path / "c1-val.json", "--split", "validation")
-    assert refused.returncode != 0 and not (tmp_path / "c1-val.json").exists()
+    assert "not scored on validation" in refused.stderr and not (tmp_path / "c1-val.json").exists()
+    (tmp_path / "run.json").write_text(json.dumps({"store": "a1", "matrix": {}}))  # `pslora run --json`: test only
+    wrong = row(a1, tmp_path / "a1-wrong.json", "--split", "validation", "--run-json", tmp_path / "run.json")
+    assert "eval --split validation --json" in wrong.stderr and not (tmp_path / "a1-wrong.json").exists()
+    assert row(a1, tmp_path / "a1-test.json").returncode == 0  # a test row without a run's output: nothing added
+    keys = set(json.loads((tmp_path / "a1-test.json").read_text()))
+    assert keys == {"store", "matrix", "sequence", "data_fingerprints"}
