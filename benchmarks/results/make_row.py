@@ -18,7 +18,12 @@ from pathlib import Path
 
 
 def matrix_path(store: Path, split: str = "test") -> Path:
-    return store / "eval" / "matrix.json" if split == "test" else store / "eval" / split / "matrix.json"
+    """The store's evaluated matrix of `split`; a store without one is one line naming it (no traceback)."""
+    path = store / "eval" / "matrix.json" if split == "test" else store / "eval" / split / "matrix.json"
+    if not path.is_file():
+        raise SystemExit(f"{store}: no {path.relative_to(store)} (not a finished store"
+                         f"{'' if split == 'test' else ', or not scored on ' + split})")
+    return path
 
 
 def make_row(store: Path, run_json: Path | None = None, split: str = "test") -> dict:
@@ -48,9 +53,6 @@ def main() -> int:
     ap.add_argument("--run-json", type=Path, default=None)
     ap.add_argument("--split", choices=("test", "validation"), default="test")
     args = ap.parse_args()
-    if not matrix_path(args.store, args.split).is_file():
-        raise SystemExit(f"{args.store}: no {matrix_path(args.store, args.split).relative_to(args.store)} "
-                         f"(not a finished store{'' if args.split == 'test' else ', or not scored on ' + args.split})")
     row = make_row(args.store, args.run_json, args.split)
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.")
     with os.fdopen(fd, "w") as f:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pslora_cli.core.metrics import paired_interval, prompt_paired_interval  # noqa: E402
+from make_row import matrix_path  # noqa: E402 (benchmarks/results/make_row.py: one reading of a store's matrix)
 
 
 def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
@@ -42,11 +43,7 @@ def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
         sequence, doc, data = row["sequence"], row["matrix"], row.get("data_fingerprints") or []
     else:
         sequence = json.loads((store / "manifest.json").read_text())["sequence"]
-        folder = store / "eval" if split == "test" else store / "eval" / split
-        if not (folder / "matrix.json").is_file():
-            raise SystemExit(f"{store}: no {(folder / 'matrix.json').relative_to(store)} (not a finished store"
-                             f"{'' if split == 'test' else ', or not scored on ' + split})")
-        doc = json.loads((folder / "matrix.json").read_text())
+        doc = json.loads(matrix_path(store, split).read_text())
         data = [json.loads((store / "tasks" / task / "meta.json").read_text()).get("data_fingerprint")
                 if (store / "tasks" / task / "meta.json").is_file() else None for task in doc.get("tasks", [])]
     k = doc["metrics"]["primary"].get("num_tasks") or 0
