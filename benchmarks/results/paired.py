@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pslora_cli.core.metrics import paired_interval, prompt_paired_interval  # noqa: E402
-from make_row import matrix_path  # noqa: E402 (benchmarks/results/make_row.py: one reading of a store's matrix)
+from make_row import make_row  # noqa: E402 (benchmarks/results/make_row.py: one reading of a store)
 
 
 def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
@@ -40,12 +40,9 @@ def metrics(store: Path, split: str = "test") -> tuple[tuple[str, int], dict]:
             raise SystemExit(f"{store}: a row without its sequence and data (write it with make_row.py)")
         if row["matrix"].get("split", "test") != split:
             raise SystemExit(f"{store}: a row of the {row['matrix'].get('split')} split, not {split}")
-        sequence, doc, data = row["sequence"], row["matrix"], row.get("data_fingerprints") or []
     else:
-        sequence = json.loads((store / "manifest.json").read_text())["sequence"]
-        doc = json.loads(matrix_path(store, split).read_text())
-        data = [json.loads((store / "tasks" / task / "meta.json").read_text()).get("data_fingerprint")
-                if (store / "tasks" / task / "meta.json").is_file() else None for task in doc.get("tasks", [])]
+        row = make_row(store, split=split)  # a store is read as the row make_row.py would write of it
+    sequence, doc, data = row["sequence"], row["matrix"], row.get("data_fingerprints") or []
     k = doc["metrics"]["primary"].get("num_tasks") or 0
     grid = (doc.get("hits") or {}).get(doc.get("primary"))
     last = grid[k][:k] if grid and k else [None]
