@@ -167,7 +167,8 @@ def merge_adapter_set(folders: list[Path], method: str, out: Path, device, *, ba
     from .merge_options import check_merge_name, resolve_options
 
     check_merge_name(method, allowed=tuple(m for m in MERGES if m != "last"))
-    options = resolve_options(method, {"density": density, "scale": scale}, {"density": "--density", "scale": "--scale"})
+    options = resolve_options(method, {"density": density, "scale": scale},
+                              {"density": "--density", "scale": "--scale"})
     aset = AdapterSet(folders)
     as_file = out.suffix == ".safetensors"
     model = None

@@ -121,7 +121,8 @@ def print_matrix(reporter: Reporter, doc: dict, k: int) -> None:
             reporter.out.print(selection_line(task_id, record), markup=False, highlight=False)
         split = doc["metrics"].get("forgetting_split") or {}
         if split.get("mostly"):
-            reporter.out.print(f"Forgetting (task-agnostic BWT {100 * (split['bwt_backbone'] + split['bwt_heads']):+.1f}): "
+            agnostic = 100 * (split['bwt_backbone'] + split['bwt_heads'])
+            reporter.out.print(f"Forgetting (task-agnostic BWT {agnostic:+.1f}): "
                                f"backbone {100 * split['bwt_backbone']:+.1f} (task-aware BWT), heads "
                                f"{100 * split['bwt_heads']:+.1f}; mostly in the {split['mostly']}.")
 

@@ -20,7 +20,8 @@ histograms.csv (pooled), intervention.csv, correlation.csv, comparison.csv and t
 sign-agreement.png, intervention.png, compare.png.
 
 Modules: options (the command's options), stats (the statistics from the adapters, the accuracy drops, the
-comparison), intervention, files (CSV and writing), figures, tables (terminal); the command's entry point is commands/analyze.py.
+comparison), intervention, files (CSV and writing), figures, tables (terminal); the command's entry point is
+commands/analyze.py.
 """
 
 from .options import AnalysisOptions, parse_ks, parse_rank_by

@@ -17,8 +17,8 @@ METRICS_HELP = """Metrics, from the accuracy matrix R (R[t][i] = accuracy on tas
 base model; stage t = W0 + merge of tasks 1..t): ACC = mean_i R[T][i]; avg_incremental_accuracy = mean_t
 mean_{i<=t} R[t][i]; BWT = mean_{i<T} (R[T][i] - R[i][i]) (negative = forgetting); FWT = mean_{i>=2}
 (R[i-1][i] - R[0][i]) (language models only: with heads, task i's head was fitted to stage i-1, so FWT is null);
-forgetting = mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j]); forgetting_last = mean_{j<T} (R[j][j] - R[T][j]); learning_accuracy = mean_i R[i][i]. Undefined
-values (e.g. T = 1) are null, not 0."""
+forgetting = mean_{j<T} (max_{j<=l<T} R[l][j] - R[T][j]); forgetting_last = mean_{j<T} (R[j][j] - R[T][j]);
+learning_accuracy = mean_i R[i][i]. Undefined values (e.g. T = 1) are null, not 0."""
 
 
 SplitOpt = Annotated[str, typer.Option(
@@ -72,8 +72,10 @@ def compare_cmd(
     methods: Annotated[str, typer.Option("--methods", help=f"Comma-separated methods ({methods_help()}).")]
     = "ps-lora,inc-lora,o-lora,seq-lora",
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
-    orders: Annotated[int, typer.Option("--orders", help="Task orders: 1 = as written, k > 1 adds seeded shuffles.")] = 1,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the per-run stores and the summary.")] = Path("pslora-compare"),
+    orders: Annotated[int, typer.Option(
+        "--orders", help="Task orders: 1 = as written, k > 1 adds seeded shuffles.")] = 1,
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder for the per-run stores and the summary.")] = Path("pslora-compare"),
     baseline: Annotated[Optional[str], typer.Option(
         "--baseline", help="The method the others are paired against (default: inc-lora if compared, else the "
                            "first).")] = None,
@@ -136,7 +138,8 @@ def compare_cmd(
 
 def train_task_cmd(
     task: Annotated[str, typer.Option("--task", help="Task id from the sequence.")],
-    sequence: Annotated[Optional[Path], typer.Option("--sequence", help="Sequence YAML (needed for a new store).")] = None,
+    sequence: Annotated[Optional[Path], typer.Option(
+        "--sequence", help="Sequence YAML (needed for a new store).")] = None,
     eval_: Annotated[bool, typer.Option("--eval/--no-eval", help="Complete the accuracy matrix afterwards.")] = True,
     store: StoreOpt = DEFAULT_STORE, device: DeviceOpt = "auto", seed: SeedOpt = None, json_: JsonOpt = False,
     quiet: QuietOpt = False, set_: SetOpt = None, threads: ThreadsOpt = None, restart: RestartOpt = False,
@@ -156,10 +159,12 @@ def train_task_cmd(
 
 
 def merge_cmd(
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the merged update here too (.safetensors).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Write the merged update here too (.safetensors).")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help=f"The merge (default: the sequence's method.merge): "
                                                                  f"{merges_help()}.")] = None,
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma-separated task ids (default: all trained).")] = None,
+    tasks: Annotated[Optional[str], typer.Option(
+        "--tasks", help="Comma-separated task ids (default: all trained).")] = None,
     adapters: Annotated[Optional[list[Path]], typer.Option(
         "--adapters", help="PEFT LoRA adapter folders from anywhere (--adapters A B C), merged instead of a store's "
                            "tasks; --out FILE.safetensors writes the dense updates, --out DIR the base model with "

@@ -141,7 +141,8 @@ def compare(sequence_file: Path, methods: list[str], seeds: list[int], orders: i
     name = "compare" if split == "test" else f"compare-{split}"  # the validation summary beside the test one
     write_json_atomic(out_dir / f"{name}.json", doc)
     write_text_atomic(out_dir / f"{name}.csv", summary_csv(summary))
-    doc["figure"] = str(plot_curves(runs, methods, out_dir / ("curves.png" if split == "test" else f"curves-{split}.png")))
+    name = "curves.png" if split == "test" else f"curves-{split}.png"
+    doc["figure"] = str(plot_curves(runs, methods, out_dir / name))
     doc["files"] = [str(out_dir / f"{name}.json"), str(out_dir / f"{name}.csv")]
     return doc
 
@@ -205,7 +206,8 @@ def _complete(last_hits: list | None) -> bool:
 def summary_csv(summary: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["method", "runs"] + [f"{m}_{s}" for m in SUMMARY_METRICS + ("fwt_task_aware",) for s in ("mean", "std")])
+    metrics = SUMMARY_METRICS + ("fwt_task_aware",)
+    w.writerow(["method", "runs"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
     for method, row in summary.items():
         w.writerow([method, row["runs"]] + [row[m][s] for m in SUMMARY_METRICS + ("fwt_task_aware",)
                                             for s in ("mean", "std")])

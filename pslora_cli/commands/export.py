@@ -86,7 +86,8 @@ def _write_language_model(model: ContinualModel, folder: Path) -> str:
               f'prompt = task["prefix"] + "your text here" + task["suffix"]\n')
     if lm.kind == "seq2seq-lm":  # transformers 5 has no text2text pipeline: generate() reads generation_config.json
         return ("import json, torch\nfrom transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n\n"
-                'model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained("DIR"), AutoTokenizer.from_pretrained("DIR")\n'
+                'model = AutoModelForSeq2SeqLM.from_pretrained("DIR")\n'
+                'tokenizer = AutoTokenizer.from_pretrained("DIR")\n'
                 + prompt + "ids = tokenizer(prompt, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]\n"
                 'answer = model.generate(torch.tensor([ids]), max_new_tokens=task["max_new_tokens"])\n'
                 "print(tokenizer.decode(answer[0], skip_special_tokens=True))")
@@ -117,7 +118,8 @@ def _write_timm(model: ContinualModel, folder: Path) -> str:
     with torch.no_grad():
         classifier.weight.copy_(weight)
         classifier.bias.copy_(bias)
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
+    weights = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(weights, str(folder / "model.safetensors"))
     labels = model.labels
     arch = net.pretrained_cfg.get("architecture") or _architecture(cfg)  # a timm name, also for hf-hub: backbones
     config = {"architecture": arch, "num_classes": len(labels), "num_features": vision.feature_dim,

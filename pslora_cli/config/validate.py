@@ -251,7 +251,8 @@ def _check_generative(seq: Sequence, where: Where) -> None:
 
     scorer = seq.evaluation.scorer
     if seq.generative and scorer == "heads":
-        raise where("evaluation.scorer", f"a language model ({seq.backbone.kind}) has no heads: use exact-match or rank")
+        raise where("evaluation.scorer",
+                    f"a language model ({seq.backbone.kind}) has no heads: use exact-match or rank")
     if not seq.generative and scorer in ("exact-match", "rank"):
         raise where("evaluation.scorer", f"{scorer} scores a language model's answers; this backbone is an encoder "
                                          f"with heads (use heads or auto)")

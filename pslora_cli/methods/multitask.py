@@ -4,4 +4,5 @@ that adapter alone and its heads."""
 
 from .registry import MethodSpec, register
 
-register(MethodSpec("multitask", "upper bound: tasks 1..t trained jointly", merge="last", previous="none", init="joint"))
+register(MethodSpec("multitask", "upper bound: tasks 1..t trained jointly", merge="last", previous="none",
+                    init="joint"))

@@ -2,4 +2,5 @@
 
 from .registry import MethodSpec, register
 
-register(MethodSpec("seq-lora", "one adapter trained on through all tasks", merge="last", previous="none", init="previous"))
+register(MethodSpec("seq-lora", "one adapter trained on through all tasks", merge="last", previous="none",
+                    init="previous"))

@@ -138,7 +138,8 @@ class LanguageModel:
         text = self.tokenizer.decode(self._ids(example.text)[:budget])
         return self._ids(example.render(text))[: max(1, self.max_length - reserve)]
 
-    def training_batch(self, examples: list, labels: list[int], answers: list[str], device) -> tuple[dict, torch.Tensor]:
+    def training_batch(self, examples: list, labels: list[int], answers: list[str],
+                       device) -> tuple[dict, torch.Tensor]:
         """(batch, answer tokens): inputs for AnswerModel and the flattened answer targets."""
         pairs = []
         for ex, y in zip(examples, labels):

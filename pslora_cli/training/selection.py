@@ -37,7 +37,8 @@ def knobs(seq: Sequence) -> tuple:
     protocol = seq.selection.protocol
     if protocol == "fixed":
         return ()
-    return tuple(k for k in seq.method.spec.knobs if k.kind != "merge" and (k.per_task or protocol != "stability-decay"))
+    return tuple(k for k in seq.method.spec.knobs
+                 if k.kind != "merge" and (k.per_task or protocol != "stability-decay"))
 
 
 def merge_knobs(seq: Sequence) -> tuple:

@@ -130,7 +130,8 @@ def magnitude_merge_factors(factors: Iterable[tuple[Tensor, Tensor]], *, block_e
     shape = None
     for i, (b, a) in enumerate(factors):
         if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
-            raise ValueError(f"expected factors B (d_out, r) and A (r, d_in), got {tuple(b.shape)} and {tuple(a.shape)}")
+            raise ValueError("expected factors B (d_out, r) and A (r, d_in), "
+                             f"got {tuple(b.shape)} and {tuple(a.shape)}")
         shape = shape or (b.shape[0], a.shape[1])
         if (b.shape[0], a.shape[1]) != shape:
             raise ValueError(f"shape mismatch: product #{i + 1} is {b.shape[0]}x{a.shape[1]}, expected "
@@ -208,7 +209,8 @@ def add_magnitude_merge_factors_(weight: Tensor, factors: Iterable[tuple[Tensor,
         raise ValueError("nothing to merge: no deltas were added")
     for i, (b, a) in enumerate(factors):
         if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
-            raise ValueError(f"expected factors B (d_out, r) and A (r, d_in), got {tuple(b.shape)} and {tuple(a.shape)}")
+            raise ValueError("expected factors B (d_out, r) and A (r, d_in), "
+                             f"got {tuple(b.shape)} and {tuple(a.shape)}")
         if (b.shape[0], a.shape[1]) != (factors[0][0].shape[0], factors[0][1].shape[1]):
             raise ValueError(f"shape mismatch: product #{i + 1} is {b.shape[0]}x{a.shape[1]}")
     d_out, d_in = factors[0][0].shape[0], factors[0][1].shape[1]
