@@ -113,6 +113,18 @@ def magnitude_merge(deltas: Iterable[Tensor]) -> Tensor:
     return fold.result
 
 
+def _check_factor(i: int, b: Tensor, a: Tensor, shape: tuple[int, int] | None) -> tuple[int, int]:
+    """Product #i + 1's (d_out, d_in), refused unless B (d_out, r) @ A (r, d_in) and the shape of the first."""
+    if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
+        raise ValueError("expected factors B (d_out, r) and A (r, d_in), "
+                         f"got {tuple(b.shape)} and {tuple(a.shape)}")
+    shape = shape or (b.shape[0], a.shape[1])
+    if (b.shape[0], a.shape[1]) != shape:
+        raise ValueError(f"shape mismatch: product #{i + 1} is {b.shape[0]}x{a.shape[1]}, expected "
+                         f"{shape[0]}x{shape[1]}")
+    return shape
+
+
 def magnitude_merge_factors(factors: Iterable[tuple[Tensor, Tensor]], *, block_elements: int = 1 << 18,
                             chunk_tasks: int = 4) -> Tensor:
     """The magnitude merge of the products B_i @ A_i, from the LoRA factors (B_i: d_out x r_i, already scaled;
@@ -129,13 +141,7 @@ def magnitude_merge_factors(factors: Iterable[tuple[Tensor, Tensor]], *, block_e
     acc: Tensor | None = None
     shape = None
     for i, (b, a) in enumerate(factors):
-        if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
-            raise ValueError("expected factors B (d_out, r) and A (r, d_in), "
-                             f"got {tuple(b.shape)} and {tuple(a.shape)}")
-        shape = shape or (b.shape[0], a.shape[1])
-        if (b.shape[0], a.shape[1]) != shape:
-            raise ValueError(f"shape mismatch: product #{i + 1} is {b.shape[0]}x{a.shape[1]}, expected "
-                             f"{shape[0]}x{shape[1]}")
+        shape = _check_factor(i, b, a, shape)
         chunk.append((b, a))
         if len(chunk) == chunk_tasks:
             acc = _fold_factor_chunk(acc, chunk, block_elements)
@@ -207,13 +213,10 @@ def add_magnitude_merge_factors_(weight: Tensor, factors: Iterable[tuple[Tensor,
     factors = list(factors)
     if not factors:
         raise ValueError("nothing to merge: no deltas were added")
+    shape = None
     for i, (b, a) in enumerate(factors):
-        if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
-            raise ValueError("expected factors B (d_out, r) and A (r, d_in), "
-                             f"got {tuple(b.shape)} and {tuple(a.shape)}")
-        if (b.shape[0], a.shape[1]) != (factors[0][0].shape[0], factors[0][1].shape[1]):
-            raise ValueError(f"shape mismatch: product #{i + 1} is {b.shape[0]}x{a.shape[1]}")
-    d_out, d_in = factors[0][0].shape[0], factors[0][1].shape[1]
+        shape = _check_factor(i, b, a, shape)
+    d_out, d_in = shape
     if weight.numel() != d_out * d_in or weight.shape[0] != d_out:
         raise ValueError(f"weight of shape {tuple(weight.shape)} does not take a {d_out}x{d_in} update")
     target = weight.view(d_out, d_in)
